@@ -1,0 +1,4 @@
+"""python -m onnxprune"""
+from .cli import main
+
+main()

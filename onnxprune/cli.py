@@ -1,0 +1,163 @@
+"""Command line: a thin click layer over `onnxprune.prune` and friends.
+
+Exit codes: 0 success; 1 a failure or a user error, printed as one line (no traceback unless
+--debug); 2 a usage error (click). Heavy modules are imported inside the commands so `--help`
+is instant.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import OnnxPruneError
+
+# kept in step with onnxprune.criteria.REGISTRY (a test checks it); listed here so --help needs no numpy
+CRITERIA = ("l1", "l2", "fpgm", "bn_scale", "random")
+
+
+class DefaultGroup(click.Group):
+    """A group whose first argument, when it is not a command, goes to the `prune` command."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = ["prune", *args]
+        return super().parse_args(ctx, args)
+
+
+def parse_input_shapes(values: tuple[str, ...]) -> dict[str, list[int]]:
+    """'NAME:1,3,224,224' (repeatable) -> {NAME: [1, 3, 224, 224]}."""
+    shapes = {}
+    for value in values:
+        name, sep, dims = value.rpartition(":")
+        try:
+            if not sep or not name:
+                raise ValueError
+            shapes[name] = [int(d) for d in dims.replace("x", ",").split(",")]
+            if any(d <= 0 for d in shapes[name]):
+                raise ValueError
+        except ValueError:
+            raise click.BadParameter(f"'{value}': expected NAME:D0,D1,... with positive sizes",
+                                     param_hint="--input-shape") from None
+    return shapes
+
+
+def _fail(exc: Exception, debug: bool) -> None:
+    if debug:
+        raise exc
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(1)
+
+
+def _run(debug: bool, fn):
+    try:
+        return fn()
+    except OnnxPruneError as exc:
+        _fail(exc, debug)
+    except MemoryError:
+        _fail(OnnxPruneError("out of memory"), debug)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # a bug: still one line, but say so
+        if debug:
+            raise
+        click.echo(f"error: internal error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                   f"rerun with --debug for the traceback", err=True)
+        sys.exit(1)
+
+
+@click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="onnxprune")
+def main():
+    """Structured channel pruning for ONNX CNNs.
+
+    \b
+    onnxprune MODEL.onnx --criterion l1 --ratio 0.5 -o pruned.onnx   (same as `onnxprune prune ...`)
+    onnxprune analyse MODEL.onnx
+    """
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file [default: MODEL_pruned.onnx].")
+@click.option("--criterion", default="l1", show_default=True, help=f"Filter importance: {', '.join(CRITERIA)}.")
+@click.option("--ratio", type=float, default=0.5, show_default=True,
+              help="Fraction of channels removed in each prunable group, in [0, 1).")
+@click.option("--global", "global_pruning", is_flag=True, help="One threshold across groups (normalised scores).")
+@click.option("--max-ratio", type=float, default=1.0, show_default=True, help="Cap on the fraction removed per group.")
+@click.option("--min-channels", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Channels every group keeps at least.")
+@click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Round kept channel counts up to a multiple of N.")
+@click.option("--ignore", multiple=True, metavar="PATTERN", help="Leave groups of matching node names alone (fnmatch).")
+@click.option("--plan", "plan", type=click.Path(path_type=Path), help="Apply a saved plan instead of scoring.")
+@click.option("--save-plan", type=click.Path(path_type=Path), help="Write the plan (kept channels per group) as JSON.")
+@click.option("--input-shape", multiple=True, metavar="NAME:DIMS", help="Fix dynamic input dims, e.g. x:1,3,224,224.")
+@click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write the report as JSON.")
+@click.option("--show", type=click.Choice(["groups"]), multiple=True, help="Also print the per-group table.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random criteria and test inputs.")
+@click.option("--no-verify", is_flag=True, help="Skip the onnx.checker/onnxruntime verification.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def prune(model, output, criterion, ratio, global_pruning, max_ratio, min_channels, round_to, ignore, plan,
+          save_plan, input_shape, report_path, show, seed, no_verify, debug):
+    """Prune MODEL and write the smaller model."""
+    shapes = parse_input_shapes(input_shape)
+
+    def work():
+        from rich.console import Console
+
+        from . import io, pipeline, report
+
+        out = output or model.with_name(model.stem + "_pruned.onnx")
+        io.check_output_path(out, [model])
+        for extra in (report_path, save_plan):
+            if extra is not None:
+                io.check_output_path(extra, [model])
+        result = pipeline.prune(
+            str(model), criterion=criterion, ratio=ratio, global_pruning=global_pruning, max_ratio=max_ratio,
+            min_channels=min_channels, round_to=round_to, ignore=ignore, plan=str(plan) if plan else None,
+            save_plan=str(save_plan) if save_plan else None, input_shape=shapes, seed=seed, verify=not no_verify)
+        console = Console()
+        report.render_prune(result.report, console, show_groups="groups" in show)
+        if result.verification is not None and not result.verification.valid:
+            raise OnnxPruneError("pruned model is invalid, nothing written: " + "; ".join(result.verification.problems))
+        written = io.save(result.model, out)
+        result.report["output"] = str(written[0])
+        if report_path:
+            report.write_json(result.report, str(report_path))
+        click.echo(f"wrote {written[0]}" + (f" (+ {written[1].name})" if len(written) > 1 else ""), err=True)
+
+    _run(debug, work)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
+@click.option("--input-shape", multiple=True, metavar="NAME:DIMS", help="Fix dynamic input dims, e.g. x:1,3,224,224.")
+@click.option("--json", "as_json", is_flag=True, help="Print the groups as JSON.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def analyse(model, input_shape, as_json, debug):
+    """Print MODEL's channel groups (what could be pruned, and why not) without pruning."""
+    shapes = parse_input_shapes(input_shape)
+
+    def work():
+        import json
+
+        from rich.console import Console
+
+        from . import pipeline, report
+
+        an = pipeline.analyse(str(model), shapes)
+        groups = [g.to_dict() for g in an.groups]
+        if as_json:
+            click.echo(json.dumps({"schema_version": 1, "model": str(model), "groups": groups}, indent=1))
+        else:
+            report.render_analysis(groups, Console())
+
+    _run(debug, work)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Criteria registry: name -> function(context) -> {group id: importance per unit (higher = keep)}.
+
+Every criterion scores the units of each prunable group in the group's canonical order. Scores
+of a coupled group are reduced over its members: each member's per-channel scores are
+normalised by their maximum and summed into the units they belong to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..groups import Analysis
+
+
+@dataclass
+class ScoreContext:
+    """What criteria may read: the analysis, a seed, and (later stages) calibration statistics."""
+
+    analysis: Analysis
+    seed: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+Criterion = Callable[[ScoreContext], dict[int, np.ndarray]]
+REGISTRY: dict[str, Criterion] = {}
+
+
+def register(name: str):
+    """Decorator adding a criterion to the registry under `name`."""
+    def wrap(fn: Criterion) -> Criterion:
+        REGISTRY[name] = fn
+        return fn
+    return wrap
+
+
+def names() -> list[str]:
+    """Criterion names, as offered by the CLI."""
+    return list(REGISTRY)
+
+
+def score(name: str, ctx: ScoreContext) -> dict[int, np.ndarray]:
+    """Run criterion `name` on every prunable group."""
+    if name not in REGISTRY:
+        raise KeyError(name)
+    return REGISTRY[name](ctx)
+
+
+from . import weights  # noqa: E402,F401  (registers the weight criteria)

@@ -1,0 +1,115 @@
+"""Data-free criteria computed from weights (criteria.md §7): l1, l2, fpgm, bn_scale, random.
+
+- l1: ``s_i = sum |W_i|`` (Li et al., ICLR 2017); l2: ``s_i = ||W_i||_2``;
+- fpgm: ``s_i = sum_j ||W_i - W_j||_2`` (He et al., CVPR 2019): filters near the geometric median
+  of their layer are the most replaceable and score lowest;
+- bn_scale: ``|gamma_c|`` of the BatchNormalization reading the channel (Network Slimming);
+- random: uniform scores from the seed (a control).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.spatial.distance import cdist
+
+from ..graph import GraphIndex, attr
+from . import ScoreContext, register
+
+
+def filters(node, index: GraphIndex) -> np.ndarray:
+    """The weights of each output channel of a source node, one row per channel."""
+    w = index.const(node.input[1]).astype(np.float64)
+    if node.op_type == "Conv":
+        return w.reshape(w.shape[0], -1)
+    if node.op_type == "ConvTranspose":
+        groups = attr(node, "group", 1)
+        k_in, k_out = w.shape[0] // groups, w.shape[1]
+        rows = [w[(o // k_out) * k_in:(o // k_out + 1) * k_in, o % k_out].ravel() for o in range(groups * k_out)]
+        return np.stack(rows)
+    if node.op_type == "Gemm":
+        return w if attr(node, "transB", 0) else w.T
+    return w.T  # MatMul: [K, N]
+
+
+def reduce_members(ctx: ScoreContext, per_channel) -> dict[int, np.ndarray]:
+    """Sum max-normalised per-channel member scores into each prunable group's units.
+
+    Args:
+        per_channel: function(source node, filter matrix) -> score per output channel.
+    """
+    an = ctx.analysis
+    index = GraphIndex(an.model)
+    result = {}
+    for g in an.groups:
+        if not g.prunable:
+            continue
+        scores = np.zeros(g.size)
+        for tensor in g.tensors:
+            node = an.source_nodes.get(tensor)
+            if node is None:
+                continue
+            s = np.asarray(per_channel(node, filters(node, index)), dtype=np.float64)
+            _accumulate(an, g.id, tensor, s, scores)
+        result[g.id] = scores
+    return result
+
+
+def _accumulate(an, gid, tensor, s, scores) -> None:
+    top = np.max(np.abs(s)) if s.size else 0.0
+    s = s / top if top > 0 else s
+    pos = an.positions(gid, tensor)
+    valid = pos >= 0
+    np.add.at(scores, pos[valid], s[valid])
+
+
+@register("l1")
+def l1(ctx: ScoreContext) -> dict[int, np.ndarray]:
+    """L1 norm of each filter."""
+    return reduce_members(ctx, lambda node, f: np.abs(f).sum(axis=1))
+
+
+@register("l2")
+def l2(ctx: ScoreContext) -> dict[int, np.ndarray]:
+    """L2 norm of each filter."""
+    return reduce_members(ctx, lambda node, f: np.sqrt((f * f).sum(axis=1)))
+
+
+@register("fpgm")
+def fpgm(ctx: ScoreContext) -> dict[int, np.ndarray]:
+    """Sum of distances to the other filters of the layer (geometric-median criterion)."""
+    return reduce_members(ctx, lambda node, f: cdist(f, f).sum(axis=1))
+
+
+@register("bn_scale")
+def bn_scale(ctx: ScoreContext) -> dict[int, np.ndarray]:
+    """|gamma| of the BatchNormalization nodes reading the group's channels (l2 where there is none)."""
+    an = ctx.analysis
+    index = GraphIndex(an.model)
+    fallback = None
+    result = {}
+    for g in an.groups:
+        if not g.prunable:
+            continue
+        scores = np.zeros(g.size)
+        found = False
+        for tensor in g.tensors:
+            for node, slot in index.consumers.get(tensor, []):
+                if node.op_type == "BatchNormalization" and slot == 0:
+                    gamma = index.const(node.input[1])
+                    if gamma is not None:
+                        _accumulate(an, g.id, tensor, np.abs(gamma.astype(np.float64)), scores)
+                        found = True
+        if not found:
+            if fallback is None:
+                fallback = l2(ctx)
+                ctx.notes.append("bn_scale: groups without BatchNormalization were scored by l2")
+            scores = fallback[g.id]
+        result[g.id] = scores
+    return result
+
+
+@register("random")
+def random(ctx: ScoreContext) -> dict[int, np.ndarray]:
+    """Uniform random scores from `ctx.seed` (reproducible)."""
+    rng = np.random.default_rng(ctx.seed)
+    return {g.id: rng.random(g.size) for g in ctx.analysis.groups if g.prunable}

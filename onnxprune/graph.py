@@ -1,0 +1,377 @@
+"""Thin helpers over an ONNX graph: producers, consumers, constant weights, shapes, clean-up.
+
+Weights reach nodes as initializers, as `Constant` nodes (PaddlePaddle exports) or through
+`Identity` chains; `GraphIndex.const` resolves all three. `normalise` turns `Constant` nodes into
+initializers once at load so the rest of the program sees one representation.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, shape_inference
+
+from .errors import OnnxPruneError
+
+
+def real_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Graph inputs that are fed at run time (IR 3 files also list initializers as inputs)."""
+    inits = {i.name for i in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
+    for attr in node.attribute:
+        if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+            return numpy_helper.to_array(attr.t)
+        if attr.name == "value_float":
+            return np.array(attr.f, dtype=np.float32)
+        if attr.name == "value_floats":
+            return np.array(list(attr.floats), dtype=np.float32)
+        if attr.name == "value_int":
+            return np.array(attr.i, dtype=np.int64)
+        if attr.name == "value_ints":
+            return np.array(list(attr.ints), dtype=np.int64)
+    return None
+
+
+# ops whose output is computed once here when all their inputs are constants (weights prepared
+# by Unsqueeze/Reshape/Mul..., as Caffe2 and Paddle exports do); shape ops are left alone
+FOLDABLE = {"Identity", "Unsqueeze", "Squeeze", "Reshape", "Transpose", "Cast", "Mul", "Add", "Sub", "Div",
+            "Sqrt", "Neg", "Reciprocal", "Pow", "Concat", "ConstantOfShape", "Flatten"}
+FOLD_LIMIT = 64 * 1024 * 1024  # elements
+
+
+def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return a copy where `Constant` nodes became initializers and constant-only ops are folded.
+
+    The computation is unchanged; weights then reach every node as initializers.
+    """
+    model = copy.deepcopy(model)
+    _constants_to_initializers(model)
+    _fold_constants(model)
+    sync_initializer_inputs(model)
+    return model
+
+
+def _fold_constants(model: onnx.ModelProto) -> None:
+    from onnx.reference import ReferenceEvaluator
+
+    graph = model.graph
+    values = {i.name: i for i in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    real = {i.name for i in real_inputs(model)}
+    keep = []
+    for node in graph.node:
+        ins = [i for i in node.input if i]
+        foldable = (node.op_type in FOLDABLE and node.domain in ("", "ai.onnx") and ins
+                    and all(i in values and i not in real for i in ins)
+                    and not any(o in outputs for o in node.output))
+        if foldable:
+            try:
+                sub = helper.make_model(
+                    helper.make_graph([node], "fold", [], [onnx.ValueInfoProto(name=o) for o in node.output],
+                                      initializer=[values[i] for i in dict.fromkeys(ins)]),
+                    opset_imports=list(model.opset_import), ir_version=max(model.ir_version, 4))
+                results = ReferenceEvaluator(sub).run(None, {})
+                if all(np.asarray(r).size <= FOLD_LIMIT for r in results):
+                    for name, value in zip(node.output, results):
+                        tensor = numpy_helper.from_array(np.asarray(value), name)
+                        graph.initializer.append(tensor)
+                        values[name] = tensor
+                    continue
+            except Exception:
+                pass
+        keep.append(node)
+    if len(keep) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(keep)
+        remove_dead(model)
+
+
+def _constants_to_initializers(model: onnx.ModelProto) -> None:
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    keep = []
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.output[0] not in outputs:
+            value = _constant_value(node)
+            if value is not None:
+                graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
+                continue
+        keep.append(node)
+    if len(keep) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(keep)
+
+
+def sync_initializer_inputs(model: onnx.ModelProto) -> None:
+    """IR < 4 requires every initializer to be listed as a graph input; keep that list exact."""
+    if model.ir_version >= 4:
+        return
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    fixed, listed = [], set()
+    for vi in graph.input:
+        if vi.name in inits:  # refresh the declared shape: slicing changes it
+            init = inits[vi.name]
+            vi = helper.make_tensor_value_info(vi.name, init.data_type, list(init.dims))
+        fixed.append(vi)
+        listed.add(vi.name)
+    for name, init in inits.items():
+        if name not in listed:
+            fixed.append(helper.make_tensor_value_info(name, init.data_type, list(init.dims)))
+    del graph.input[:]
+    graph.input.extend(fixed)
+
+
+class GraphIndex:
+    """Read-only index of a graph: who produces and who consumes each tensor, and constant values."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        graph = model.graph
+        self.initializers = {i.name: i for i in graph.initializer}
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = defaultdict(list)
+        for node in graph.node:
+            for out in node.output:
+                if out:
+                    self.producer[out] = node
+            for slot, inp in enumerate(node.input):
+                if inp:
+                    self.consumers[inp].append((node, slot))
+        self.inputs = [i.name for i in real_inputs(model)]
+        self.outputs = [o.name for o in graph.output]
+        self._const_cache: dict[str, np.ndarray | None] = {}
+
+    def const_source(self, name: str) -> str | None:
+        """Name of the initializer behind `name` (through Identity chains), or None."""
+        seen = 0
+        while name not in self.initializers:
+            node = self.producer.get(name)
+            if node is None or node.op_type != "Identity" or seen > 64:
+                return None
+            name = node.input[0]
+            seen += 1
+        return name
+
+    def const(self, name: str) -> np.ndarray | None:
+        """The constant value of tensor `name`, or None if it is computed at run time."""
+        if not name:
+            return None
+        if name not in self._const_cache:
+            src = self.const_source(name)
+            self._const_cache[name] = None if src is None else numpy_helper.to_array(self.initializers[src])
+        return self._const_cache[name]
+
+    def is_const(self, name: str) -> bool:
+        """True when `name` is an initializer or reaches one through Identity nodes."""
+        return self.const_source(name) is not None
+
+
+def attr(node: onnx.NodeProto, name: str, default=None):
+    """Value of attribute `name` of `node`, or `default`."""
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def set_attr(node: onnx.NodeProto, name: str, value) -> None:
+    """Set (or add) attribute `name` of `node`."""
+    for i, a in enumerate(node.attribute):
+        if a.name == name:
+            del node.attribute[i]
+            break
+    node.attribute.append(helper.make_attribute(name, value))
+
+
+def fixed_input_shapes(model: onnx.ModelProto, user_shapes: dict[str, list[int]] | None = None,
+                       batch: int = 1) -> dict[str, list[int]]:
+    """Concrete shapes for every real input: user-given, else static dims with a dynamic batch set to `batch`.
+
+    Raises:
+        OnnxPruneError: an input has dynamic non-batch dims and no --input-shape was given, or a
+            user shape names an unknown input or has the wrong rank.
+    """
+    user_shapes = dict(user_shapes or {})
+    shapes = {}
+    inputs = real_inputs(model)
+    names = {i.name for i in inputs}
+    for name in user_shapes:
+        if name not in names:
+            raise OnnxPruneError(f"--input-shape names '{name}', but the model's inputs are: {', '.join(sorted(names))}")
+    for vi in inputs:
+        dims = vi.type.tensor_type.shape.dim
+        if vi.name in user_shapes:
+            shape = list(user_shapes[vi.name])
+            if vi.type.tensor_type.HasField("shape") and len(shape) != len(dims):
+                raise OnnxPruneError(f"--input-shape {vi.name}: rank {len(shape)} given, the model expects rank {len(dims)}")
+            for d, s in zip(dims, shape):
+                if d.HasField("dim_value") and d.dim_value != s:
+                    raise OnnxPruneError(
+                        f"--input-shape {vi.name}:{','.join(map(str, shape))} conflicts with the model's static shape "
+                        f"{[x.dim_value if x.HasField('dim_value') else x.dim_param for x in dims]}")
+            shapes[vi.name] = shape
+            continue
+        shape = []
+        dynamic = []
+        for axis, d in enumerate(dims):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                shape.append(d.dim_value)
+            elif axis == 0:
+                shape.append(batch)
+            else:
+                dynamic.append(d.dim_param or "?")
+                shape.append(None)
+        if dynamic:
+            raise OnnxPruneError(
+                f"input '{vi.name}' has dynamic dims {dynamic}: give concrete sizes with --input-shape "
+                f"{vi.name}:{','.join('1' if s is None and i == 0 else ('N' if s is None else str(s)) for i, s in enumerate(shape))}"
+            )
+        shapes[vi.name] = shape
+    return shapes
+
+
+def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> dict[str, list[int | None]]:
+    """Shapes of every tensor, inferred with the inputs fixed to `input_shapes` (the model is not changed).
+
+    Uses onnx shape inference with data propagation; tensors it cannot resolve are filled in by
+    one onnxruntime run on zeros when possible.
+    """
+    m = _skeleton(model)
+    for vi in m.graph.input:
+        if vi.name in input_shapes:
+            dims = vi.type.tensor_type.shape.dim
+            del dims[:]
+            for s in input_shapes[vi.name]:
+                dims.add().dim_value = int(s)
+    for vi in m.graph.output:
+        vi.type.tensor_type.ClearField("shape")
+    try:
+        m = shape_inference.infer_shapes(m, data_prop=True)
+    except Exception:
+        m = shape_inference.infer_shapes(m, data_prop=False)
+    shapes: dict[str, list[int | None]] = {}
+    for vi in list(m.graph.input) + list(m.graph.value_info) + list(m.graph.output):
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    for init in m.graph.initializer:
+        shapes[init.name] = list(init.dims)
+    missing = [o for n in m.graph.node for o in n.output if o and (o not in shapes or None in shapes[o])]
+    if missing:
+        shapes.update(_shapes_from_run(model, input_shapes, missing))
+    return shapes
+
+
+def _skeleton(model: onnx.ModelProto, small: int = 4096) -> onnx.ModelProto:
+    """A copy for shape inference: large initializers become typed graph inputs (no data copied)."""
+    m = onnx.ModelProto()
+    for field in ("ir_version", "producer_name", "domain", "model_version"):
+        setattr(m, field, getattr(model, field))
+    m.opset_import.extend(model.opset_import)
+    m.functions.extend(model.functions)
+    g = m.graph
+    src = model.graph
+    g.name = src.name
+    g.node.extend(src.node)
+    g.output.extend(src.output)
+    inits = {i.name for i in src.initializer}
+    g.input.extend(i for i in src.input if i.name not in inits)
+    m.ir_version = max(model.ir_version, 4)
+    for init in src.initializer:
+        if int(np.prod(init.dims, dtype=np.int64)) <= small:
+            g.initializer.append(init)
+        else:
+            g.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    return m
+
+
+def _shapes_from_run(model: onnx.ModelProto, input_shapes, names) -> dict[str, list[int]]:
+    """Fill shapes that inference could not resolve by running the model once on zeros."""
+    import onnxruntime as ort
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    del m.graph.value_info[:]
+    existing = {o.name for o in m.graph.output}
+    for name in names:
+        if name not in existing:
+            m.graph.output.append(onnx.ValueInfoProto(name=name))
+    try:
+        sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        feeds = {}
+        for inp in sess.get_inputs():
+            if inp.name not in input_shapes:
+                return {}
+            feeds[inp.name] = np.zeros(input_shapes[inp.name], dtype=ort_dtype(inp.type))
+        outs = sess.run(names, feeds)
+    except Exception:
+        return {}
+    return {n: list(o.shape) for n, o in zip(names, outs) if hasattr(o, "shape")}
+
+
+def ort_dtype(type_str: str) -> np.dtype:
+    """numpy dtype for an onnxruntime type string such as 'tensor(float)'."""
+    table = {
+        "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+        "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
+        "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_, "tensor(int16)": np.int16,
+    }
+    return np.dtype(table.get(type_str, np.float32))
+
+
+def remove_dead(model: onnx.ModelProto) -> None:
+    """Drop nodes whose outputs nobody reads and initializers no node reads (in place)."""
+    graph = model.graph
+    needed = {o.name for o in graph.output}
+    alive = []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output if o) or _has_subgraph(node):
+            alive.append(node)
+            needed.update(i for i in node.input if i)
+            needed.update(_subgraph_inputs(node))
+    alive.reverse()
+    if len(alive) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(alive)
+    removed = {i.name for i in graph.initializer if i.name not in needed}
+    if removed:
+        inits = [i for i in graph.initializer if i.name not in removed]
+        del graph.initializer[:]
+        graph.initializer.extend(inits)
+        if model.ir_version < 4:
+            inputs = [i for i in graph.input if i.name not in removed]
+            del graph.input[:]
+            graph.input.extend(inputs)
+    sync_initializer_inputs(model)
+
+
+def _has_subgraph(node: onnx.NodeProto) -> bool:
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+
+
+def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
+    names = set()
+    for a in node.attribute:
+        graphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+        for g in graphs:
+            for n in g.node:
+                names.update(n.input)
+    return names
+
+
+def unique_name(existing: set[str], base: str) -> str:
+    """A tensor name not in `existing` (which is updated), derived from `base`."""
+    name = base
+    k = 1
+    while name in existing:
+        name = f"{base}_{k}"
+        k += 1
+    existing.add(name)
+    return name

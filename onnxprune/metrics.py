@@ -1,0 +1,84 @@
+"""Model size and cost: parameters, multiply-accumulates (MACs) per node, file size.
+
+MACs are counted for one sample (batch dimension 1) from static shapes:
+- Conv: ``C_out * prod(out_spatial) * (C_in / group) * prod(kernel)``
+- ConvTranspose: ``C_in * prod(in_spatial) * (C_out / group) * prod(kernel)``
+- Gemm / MatMul: ``prod(output dims except batch) * K``
+Element-wise ops, pooling and normalisation are not counted (they are memory-bound and small).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from .graph import GraphIndex, attr
+
+COUNTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """Size and cost of one model."""
+
+    params: int
+    macs: int
+    convs: int
+    bytes: int
+
+    def to_dict(self) -> dict:
+        """Plain-data form for reports."""
+        return {"params": self.params, "macs": self.macs, "convs": self.convs, "bytes": self.bytes}
+
+
+def count_params(model: onnx.ModelProto) -> int:
+    """Number of float parameters stored in initializers (shape constants and integers excluded)."""
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+    return int(sum(int(np.prod(i.dims, dtype=np.int64)) for i in model.graph.initializer if i.data_type in floats))
+
+
+def node_macs(model: onnx.ModelProto, shapes: dict) -> dict[str, int]:
+    """MACs of every counted node (keyed by node name, or first output when unnamed)."""
+    index = GraphIndex(model)
+    result = {}
+    for node in model.graph.node:
+        if node.op_type not in COUNTED or node.domain not in ("", "ai.onnx"):
+            continue
+        key = node.name or node.output[0]
+        result[key] = _macs(node, index, shapes)
+    return result
+
+
+def _macs(node, index, shapes) -> int:
+    out = shapes.get(node.output[0])
+    if out is None or None in out:
+        return 0
+    w_shape = shapes.get(node.input[1]) if len(node.input) > 1 else None
+    if node.op_type == "Conv":
+        if w_shape is None or None in w_shape:
+            return 0
+        return int(np.prod(out[1:], dtype=np.int64) * np.prod(w_shape[1:], dtype=np.int64))
+    if node.op_type == "ConvTranspose":
+        x = shapes.get(node.input[0])
+        if w_shape is None or x is None or None in x or None in w_shape:
+            return 0
+        return int(np.prod(x[1:], dtype=np.int64) * np.prod(w_shape[1:], dtype=np.int64))
+    a = shapes.get(node.input[0])
+    if a is None or None in a:
+        return 0
+    k = a[0] if node.op_type == "Gemm" and attr(node, "transA", 0) else a[-1]
+    per_sample = out[1:] if len(out) > 1 else out
+    return int(np.prod(per_sample, dtype=np.int64) * k)
+
+
+def stats(model: onnx.ModelProto, shapes: dict) -> ModelStats:
+    """Parameters, MACs (batch 1), Conv count and serialized size of `model`."""
+    try:
+        size = model.ByteSize()
+    except Exception:
+        size = -1
+    convs = sum(1 for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose"))
+    return ModelStats(params=count_params(model), macs=int(sum(node_macs(model, shapes).values())),
+                      convs=convs, bytes=size)

@@ -1,0 +1,152 @@
+"""The pruning pipeline: load -> analyse -> score -> select -> rewrite -> verify -> measure -> report.
+
+`prune` reads as that sequence; each stage lives in its own module.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import onnx
+
+from . import criteria, graph, io, metrics, rewrite
+from .errors import OnnxPruneError
+from .groups import Analysis, analyse as analyse_groups
+from .select import Plan, SelectConfig, select
+from .verify import Verification, verify as verify_model
+
+REPORT_SCHEMA = 1
+
+
+@dataclass
+class PruneResult:
+    """What `prune` returns: the pruned model, its plan, the verification and the report dict."""
+
+    model: onnx.ModelProto
+    plan: Plan
+    analysis: Analysis
+    verification: Verification | None
+    report: dict = field(default_factory=dict)
+
+
+@dataclass
+class Prepared:
+    """A loaded model ready for scoring: original, normalised copy, shapes, groups."""
+
+    original: onnx.ModelProto
+    analysis: Analysis
+    input_shapes: dict
+    source: str
+
+
+def prepare(model_or_path, input_shape: dict | None = None) -> Prepared:
+    """Load (if a path), fix input shapes, normalise weights, infer shapes and analyse groups."""
+    if isinstance(model_or_path, (str, os.PathLike)):
+        source = str(model_or_path)
+        model = io.load(model_or_path)
+    else:
+        source = "<ModelProto>"
+        model = model_or_path
+        io.check_supported(model)
+    if not any(n.op_type in ("Conv", "ConvTranspose") for n in model.graph.node):
+        raise OnnxPruneError(f"{source}: nothing to prune: the model has no Conv or ConvTranspose node")
+    input_shapes = graph.fixed_input_shapes(model, input_shape)
+    norm = graph.normalise(model)
+    shapes = graph.infer_shapes(norm, input_shapes)
+    return Prepared(model, analyse_groups(norm, shapes), input_shapes, source)
+
+
+def analyse(model_or_path, input_shape: dict | None = None) -> Analysis:
+    """The channel-dependency groups of a model (path or ModelProto), without pruning."""
+    return prepare(model_or_path, input_shape).analysis
+
+
+def prune(model_or_path, criterion: str = "l1", ratio: float = 0.5, *, global_pruning: bool = False,
+          max_ratio: float = 1.0, min_channels: int = 1, round_to: int = 1, ignore: tuple[str, ...] = (),
+          plan: str | None = None, save_plan: str | None = None, input_shape: dict | None = None,
+          seed: int = 0, verify: bool = True) -> PruneResult:
+    """Prune a model's channels (the Python form of the `onnxprune` command).
+
+    Args:
+        model_or_path: an ONNX file path or a ModelProto (not modified).
+        criterion: a name from `onnxprune.criteria.names()`.
+        ratio: fraction of channels removed in each prunable group, in [0, 1).
+        global_pruning: one threshold across groups on group-normalised scores.
+        max_ratio, min_channels, round_to: per-group limits (see `select`).
+        ignore: fnmatch patterns of node names whose groups are left alone.
+        plan: a plan JSON to apply instead of scoring and selecting.
+        save_plan: write the plan used to this JSON file.
+        input_shape: {input name: shape} for inputs with dynamic dims.
+        seed: seed for random criteria and verification inputs.
+        verify: check the result with onnx.checker and onnxruntime.
+    Returns:
+        A `PruneResult`; `report` holds the numbers shown by the CLI.
+    Raises:
+        OnnxPruneError: bad input, or nothing to prune.
+    """
+    timings = {}
+    t0 = time.perf_counter()
+    prep = prepare(model_or_path, input_shape)
+    an = prep.analysis
+    timings["analyse"] = time.perf_counter() - t0
+    if not any(g.prunable for g in an.groups):
+        reasons = sorted({r for g in an.groups for r in g.reasons})
+        raise OnnxPruneError(f"{prep.source}: nothing to prune: every channel group is blocked"
+                             + (f" ({reasons[0]}{' ...' if len(reasons) > 1 else ''})" if reasons else ""))
+    config = SelectConfig(ratio=ratio, global_pruning=global_pruning, max_ratio=max_ratio,
+                          min_channels=min_channels, round_to=round_to, ignore=tuple(ignore))
+    t = time.perf_counter()
+    ctx = criteria.ScoreContext(an, seed=seed)
+    if plan is not None:
+        chosen = Plan.load(plan, an)
+        skipped = [{"group": g.id, "name": g.name, "reason": "; ".join(g.reasons[:3])}
+                   for g in an.groups if not g.prunable]
+    else:
+        if criterion not in criteria.names():
+            raise OnnxPruneError(f"unknown criterion '{criterion}'; choose from {', '.join(criteria.names())}")
+        scores = criteria.score(criterion, ctx)
+        chosen, skipped = select(an, scores, config)
+    timings["score_select"] = time.perf_counter() - t
+    chosen = Plan(chosen.groups, {"model": os.path.basename(prep.source), "criterion": criterion, "ratio": ratio})
+    if save_plan:
+        chosen.save(save_plan)
+
+    t = time.perf_counter()
+    pruned = rewrite.apply(an, chosen.removed_units(an))
+    timings["rewrite"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    check = verify_model(prep.original, pruned, prep.input_shapes, seed=seed) if verify else None
+    timings["verify"] = time.perf_counter() - t
+
+    before = metrics.stats(prep.original, an.shapes)
+    after = metrics.stats(pruned, graph.infer_shapes(pruned, prep.input_shapes))
+    report = {
+        "schema_version": REPORT_SCHEMA,
+        "model": prep.source,
+        "criterion": criterion if plan is None else f"plan:{os.path.basename(str(plan))}",
+        "ratio": ratio,
+        "options": {"global_pruning": global_pruning, "max_ratio": max_ratio, "min_channels": min_channels,
+                    "round_to": round_to, "ignore": list(ignore), "seed": seed},
+        "input_shapes": prep.input_shapes,
+        "before": before.to_dict(),
+        "after": after.to_dict(),
+        "macs_kept": after.macs / before.macs if before.macs else 1.0,
+        "params_kept": after.params / before.params if before.params else 1.0,
+        "groups": _group_rows(an, chosen),
+        "skipped": skipped,
+        "verification": check.to_dict() if check else None,
+        "notes": ctx.notes,
+        "seconds": {k: round(v, 3) for k, v in timings.items()},
+    }
+    return PruneResult(pruned, chosen, an, check, report)
+
+
+def _group_rows(an: Analysis, plan: Plan) -> list[dict]:
+    kept = {gp.group: len(gp.keep) for gp in plan.groups}
+    rows = []
+    for g in an.groups:
+        rows.append({**g.to_dict(), "kept": kept.get(g.id, g.size)})
+    return rows

@@ -1,0 +1,114 @@
+"""Rendering at the edge: rich tables for people, JSON for pipelines. Nothing else prints."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+from rich.console import Console
+from rich.table import Table
+
+
+def human(n: float) -> str:
+    """1234567 -> '1.23M'."""
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}" if float(n).is_integer() else f"{n:.3g}"
+
+
+def _ratio(after: float, before: float) -> str:
+    return f"{after / before:.3f}" if before else "-"
+
+
+def render_prune(report: dict, console: Console, show_groups: bool = False) -> None:
+    """The before/after summary (and the per-group table when asked)."""
+    b, a = report["before"], report["after"]
+    table = Table(title=f"onnxprune: {os.path.basename(report['model'])}  criterion={report['criterion']}  "
+                        f"ratio={report['ratio']}", title_justify="left")
+    table.add_column("")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    table.add_column("kept", justify="right")
+    for key, label in (("params", "parameters"), ("macs", "MACs (batch 1)"), ("bytes", "file size (bytes)"),
+                       ("convs", "Conv nodes")):
+        table.add_row(label, human(b[key]), human(a[key]), _ratio(a[key], b[key]))
+    groups = report["groups"]
+    pruned = sum(1 for g in groups if g["kept"] < g["size"])
+    table.add_row("channel groups", str(len(groups)), f"{pruned} pruned", "")
+    verification = report.get("verification")
+    if verification:
+        for name, out in verification.get("outputs", {}).items():
+            if "cosine" in out:
+                fid = f"cos {out['cosine']:.4f}  max|diff| {out['max_abs_diff']:.3g}"
+                if "top1_agreement" in out:
+                    fid += f"  top-1 agree {out['top1_agreement']:.2f}"
+                table.add_row(f"output '{name}'", "", fid, "")
+        if not verification["valid"]:
+            table.add_row("[red]verification[/red]", "", "[red]FAILED[/red]", "")
+        else:
+            table.add_row("verification", "", "[green]valid[/green]", "")
+    console.print(table)
+    if show_groups:
+        render_groups(groups, console)
+    skipped = report.get("skipped", [])
+    if skipped:
+        console.print(f"{len(skipped)} group(s) left as they are:")
+        for s in skipped[:12]:
+            console.print(f"  - {s['name']}: {s['reason']}", markup=False)
+        if len(skipped) > 12:
+            console.print(f"  ... {len(skipped) - 12} more (--show groups or --report for all)")
+    for note in report.get("notes", []):
+        console.print(f"note: {note}", markup=False)
+
+
+def render_groups(groups: list[dict], console: Console) -> None:
+    """One row per channel group: channels before -> after, or why it is blocked."""
+    table = Table(title="channel groups", title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("group (first producer)")
+    table.add_column("members", justify="right")
+    table.add_column("channels", justify="right")
+    table.add_column("status")
+    for g in groups:
+        kept = g.get("kept", g["size"])
+        if not g["prunable"]:
+            status = "blocked: " + "; ".join(g["reasons"][:2])
+        elif g["blocked"]:
+            status = f"{g['blocked']} channel(s) blocked: " + "; ".join(g["reasons"][:1])
+        else:
+            status = "prunable"
+        chans = f"{g['size']} -> {kept}" if "kept" in g else str(g["size"])
+        table.add_row(str(g["id"]), g["name"], str(len(g["sources"])), chans, status)
+    console.print(table)
+
+
+def render_analysis(groups: list[dict], console: Console) -> None:
+    """The groups of `onnxprune analyse` and a one-line summary."""
+    render_groups(groups, console)
+    prunable = [g for g in groups if g["prunable"]]
+    console.print(f"{len(groups)} groups, {len(prunable)} prunable, "
+                  f"{sum(g['size'] - g['blocked'] for g in prunable)} prunable channels")
+
+
+def write_json(data: dict, path: str) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".report.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, default=_default)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _default(obj):
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    return str(obj)

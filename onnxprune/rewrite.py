@@ -1,0 +1,117 @@
+"""Apply a selection to the graph: remove channels physically.
+
+Every node whose tensors lose channels asks its rule (ops.RULES) to slice its weights and fix its
+attributes. Weights are never edited in place: a sliced weight becomes a new initializer that
+only that node reads, so weights shared between nodes (for example identical biases the PyTorch
+exporter deduplicated) stay correct for the other readers. The rewrite then always ends the same
+way: stale intermediate shapes cleared, dead nodes and initializers removed, shapes re-inferred.
+Graph inputs and outputs (names, dtypes, dynamic dims) are never touched.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+from onnx import numpy_helper, shape_inference
+
+from .graph import GraphIndex, remove_dead, sync_initializer_inputs, unique_name
+from .groups import Analysis
+from .ops import rule_for
+
+
+class Rewriter:
+    """The context rules see while rewriting (`rw` in ops.py)."""
+
+    def __init__(self, model: onnx.ModelProto, analysis: Analysis, kept: dict[str, np.ndarray]):
+        self.model = model
+        self.analysis = analysis
+        self.index = GraphIndex(model)
+        self.opset = analysis.opset
+        self._kept = kept
+        self._new: dict[str, np.ndarray] = {}
+        self._names = {n for node in model.graph.node for n in list(node.input) + list(node.output)}
+        self._names |= set(self.index.initializers) | {i.name for i in model.graph.input}
+
+    def kept(self, name: str) -> np.ndarray | None:
+        """Kept channel indices of tensor `name`, or None when it keeps all."""
+        return self._kept.get(name)
+
+    def channels(self, name: str):
+        """The ChannelTensor of `name`, or None."""
+        return self.analysis.tensors.get(name)
+
+    def shape(self, name: str):
+        """Original (pre-pruning) static shape of `name`."""
+        return self.analysis.shapes.get(name)
+
+    def const(self, name: str) -> np.ndarray | None:
+        """Current value of constant tensor `name` (including values set during this rewrite)."""
+        if name in self._new:
+            return self._new[name]
+        return self.index.const(name)
+
+    def set_const(self, node: onnx.NodeProto, slot: int, value: np.ndarray) -> None:
+        """Give `node` a new private initializer `value` at input `slot`."""
+        old = node.input[slot] if slot < len(node.input) else ""
+        dtype = self.const(old).dtype if old and self.const(old) is not None else value.dtype
+        base = f"{old or (node.name or node.output[0]) + f'_in{slot}'}_pruned"
+        name = unique_name(self._names, base)
+        tensor = numpy_helper.from_array(np.ascontiguousarray(value.astype(dtype, copy=False)), name)
+        self.model.graph.initializer.append(tensor)
+        self._new[name] = value.astype(dtype, copy=False)
+        while len(node.input) <= slot:
+            node.input.append("")
+        node.input[slot] = name
+
+    def set_const_by_name(self, node: onnx.NodeProto, name: str, value: np.ndarray) -> None:
+        """Replace constant `name` read by `node` or by the producer of one of its inputs."""
+        for slot, inp in enumerate(node.input):
+            if inp == name:
+                return self.set_const(node, slot, value)
+        for inp in node.input:
+            producer = self.index.producer.get(inp)
+            if producer is not None:
+                for slot, pin in enumerate(producer.input):
+                    if pin == name:
+                        return self.set_const(producer, slot, value)
+        raise RuntimeError(f"constant {name} not found around node {node.name}")
+
+
+def apply(analysis: Analysis, removed_units: np.ndarray) -> onnx.ModelProto:
+    """Return a copy of the analysed model with `removed_units` physically removed.
+
+    Args:
+        analysis: result of `groups.analyse` on the (normalised) model.
+        removed_units: unit ids to remove (none of them blocked).
+    Returns:
+        The pruned model: same inputs/outputs, opset and IR version.
+    """
+    if len(removed_units) and analysis.unit_blocked[removed_units].any():
+        raise ValueError("a blocked unit was selected for removal")
+    model = copy.deepcopy(analysis.model)
+    kept = analysis.kept_channels(np.asarray(removed_units, dtype=np.int64))
+    empty = [name for name, idx in kept.items() if len(idx) == 0]
+    if empty:
+        raise ValueError(f"selection removes every channel of {empty[0]}")
+    if kept:
+        rw = Rewriter(model, analysis, kept)
+        for node in model.graph.node:
+            touched = any(n in kept for n in list(node.input) + list(node.output))
+            if touched:
+                rule_for(node).rewrite(node, rw)
+    finalise(model)
+    return model
+
+
+def finalise(model: onnx.ModelProto) -> None:
+    """Clear stale shapes, drop dead nodes/initializers, keep IR<4 input lists exact, re-infer shapes."""
+    del model.graph.value_info[:]
+    remove_dead(model)
+    sync_initializer_inputs(model)
+    try:
+        inferred = shape_inference.infer_shapes(model, data_prop=False)
+        model.graph.value_info.extend(inferred.graph.value_info)
+    except Exception:
+        pass  # shapes are an optimisation hint; verification runs the model for real

@@ -1,0 +1,127 @@
+"""Verification: the pruned model is valid and computes something close to the original.
+
+Checks, in order: `onnx.checker`; graph inputs/outputs unchanged (names, dtypes, shapes with
+dynamic dims as they were); both models run in onnxruntime on the same seeded inputs (batch 2)
+and give outputs of the same shapes; fidelity numbers per output (cosine, max abs diff, top-1
+agreement for classifier-like outputs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from .graph import real_inputs
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Outcome of `verify`: `valid` is False with `problems` when the pruned model is broken."""
+
+    valid: bool
+    problems: tuple[str, ...] = ()
+    outputs: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """Plain-data form for reports."""
+        return {"valid": self.valid, "problems": list(self.problems), "outputs": self.outputs}
+
+
+def session(model: onnx.ModelProto | str, provider: str = "CPUExecutionProvider", threads: int = 0):
+    """An onnxruntime CPU session for a model (proto or path), quiet and deterministic."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    src = model if isinstance(model, str) else model.SerializeToString()
+    return ort.InferenceSession(src, opts, providers=[provider])
+
+
+def random_feeds(model: onnx.ModelProto, input_shapes: dict[str, list[int]], batch: int = 2,
+                 seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded inputs for every real input: normal floats, small non-negative integers."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for vi in real_inputs(model):
+        shape = list(input_shapes[vi.name])
+        dims = vi.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            shape[0] = batch
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+        if np.issubdtype(dtype, np.floating):
+            feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype == np.bool_:
+            feeds[vi.name] = rng.random(shape) > 0.5
+        else:
+            feeds[vi.name] = rng.integers(0, 4, size=shape).astype(dtype)
+    return feeds
+
+
+def _io_signature(values) -> list[tuple]:
+    sig = []
+    for vi in values:
+        t = vi.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim) \
+            if t.HasField("shape") else None
+        sig.append((vi.name, t.elem_type, dims))
+    return sig
+
+
+def compare_outputs(ref: list[np.ndarray], out: list[np.ndarray], names: list[str]) -> dict:
+    """Fidelity of `out` against `ref`, per output name."""
+    result = {}
+    for name, a, b in zip(names, ref, out):
+        entry = {"shape": list(a.shape)}
+        if a.shape != b.shape:
+            entry["shape_mismatch"] = [list(a.shape), list(b.shape)]
+            result[name] = entry
+            continue
+        if np.issubdtype(a.dtype, np.floating):
+            fa, fb = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+            denom = np.linalg.norm(fa) * np.linalg.norm(fb)
+            entry["cosine"] = float(fa @ fb / denom) if denom > 0 else float(np.array_equal(fa, fb))
+            entry["max_abs_diff"] = float(np.max(np.abs(fa - fb))) if fa.size else 0.0
+            entry["max_abs_ref"] = float(np.max(np.abs(fa))) if fa.size else 0.0
+            if a.ndim == 2 and a.shape[1] > 1:
+                entry["top1_agreement"] = float(np.mean(a.argmax(1) == b.argmax(1)))
+        else:
+            entry["equal_fraction"] = float(np.mean(a == b))
+        result[name] = entry
+    return result
+
+
+def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, input_shapes: dict[str, list[int]],
+           seed: int = 0, run: bool = True) -> Verification:
+    """Check that `pruned` is a valid drop-in replacement for `original` (see module docstring)."""
+    problems = []
+    try:
+        if pruned.ByteSize() < 2_000_000_000:
+            onnx.checker.check_model(pruned)
+    except Exception as exc:
+        problems.append(f"onnx.checker: {str(exc).splitlines()[0]}")
+    if _io_signature(real_inputs(original)) != _io_signature(real_inputs(pruned)):
+        problems.append("graph inputs changed")
+    if _io_signature(original.graph.output) != _io_signature(pruned.graph.output):
+        problems.append("graph outputs changed")
+    outputs = {}
+    if run and not problems:
+        feeds = random_feeds(original, input_shapes, seed=seed)
+        names = [o.name for o in original.graph.output]
+        try:
+            ref = session(original).run(names, feeds)
+        except Exception as exc:
+            return Verification(True, (), {"note": f"original model does not run in onnxruntime: {str(exc).splitlines()[0]}"})
+        try:
+            out = session(pruned).run(names, feeds)
+        except Exception as exc:
+            problems.append(f"pruned model fails in onnxruntime: {str(exc).splitlines()[0][:300]}")
+        else:
+            outputs = compare_outputs(ref, out, names)
+            for name, entry in outputs.items():
+                if "shape_mismatch" in entry:
+                    problems.append(f"output '{name}' shape changed: {entry['shape_mismatch'][0]} -> {entry['shape_mismatch'][1]}")
+    return Verification(not problems, tuple(problems), outputs)
