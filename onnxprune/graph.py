@@ -243,7 +243,7 @@ def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> 
     Uses onnx shape inference with data propagation; tensors it cannot resolve are filled in by
     one onnxruntime run on zeros when possible.
     """
-    m = _skeleton(model)
+    m = skeleton(model)
     for vi in m.graph.input:
         if vi.name in input_shapes:
             dims = vi.type.tensor_type.shape.dim
@@ -263,14 +263,16 @@ def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> 
             shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
     for init in m.graph.initializer:
         shapes[init.name] = list(init.dims)
-    missing = [o for n in m.graph.node for o in n.output if o and (o not in shapes or None in shapes[o])]
+    read = {i for n in m.graph.node for i in n.input} | {o.name for o in m.graph.output}
+    missing = [o for n in m.graph.node for o in n.output
+               if o in read and (o not in shapes or None in shapes[o])]
     if missing:
         shapes.update(_shapes_from_run(model, input_shapes, missing))
     return shapes
 
 
-def _skeleton(model: onnx.ModelProto, small: int = 4096) -> onnx.ModelProto:
-    """A copy for shape inference: large initializers become typed graph inputs (no data copied)."""
+def skeleton(model: onnx.ModelProto, small: int = 4096) -> onnx.ModelProto:
+    """A light copy for shape inference: large initializers become typed graph inputs (no data copied)."""
     m = onnx.ModelProto()
     for field in ("ir_version", "producer_name", "domain", "model_version"):
         setattr(m, field, getattr(model, field))

@@ -116,6 +116,7 @@ class _Builder:
         self.total = 0
         self.edges: list[tuple[np.ndarray, np.ndarray]] = []
         self.blocked: dict[str, list[str]] = {}
+        self.blocked_channels: list[tuple[str, np.ndarray]] = []
         self.sources: dict[str, onnx.NodeProto] = {}
 
     def channels(self, name: str) -> ChannelTensor | None:
@@ -166,6 +167,13 @@ class _Builder:
             self.blocked.setdefault(name, [])
             if reason not in self.blocked[name]:
                 self.blocked[name].append(reason)
+
+    def block_channels(self, name: str, idx: np.ndarray, reason: str) -> None:
+        """Block only channels `idx` of `name` (e.g. channels a Concat takes from a fixed tensor)."""
+        self.blocked_channels.append((name, np.asarray(idx)))
+        self.blocked.setdefault(name, [])
+        if reason not in self.blocked[name]:
+            self.blocked[name].append(reason)
 
     def source(self, name: str, node: onnx.NodeProto) -> None:
         self.sources[name] = node
@@ -228,9 +236,13 @@ def _components(an: _Builder, model: onnx.ModelProto) -> Analysis:
     for name in an.sources:
         t = an.tensors[name]
         source_elem[t.base:t.base + t.size] = True
+    partial = {name for name, _ in an.blocked_channels}
+    for name, idx in an.blocked_channels:
+        blocked_elem[an.tensors[name].base + idx] = True
     for name in an.blocked:
-        t = an.tensors[name]
-        blocked_elem[t.base:t.base + t.size] = True
+        if name not in partial:
+            t = an.tensors[name]
+            blocked_elem[t.base:t.base + t.size] = True
     unit_source = np.bincount(unit_of, weights=source_elem, minlength=n_units) > 0
     unit_blocked = (np.bincount(unit_of, weights=blocked_elem, minlength=n_units) > 0) | ~unit_source
 

@@ -402,9 +402,12 @@ class Concat(Rule):
                 return
             offset = 0
             for name, size in zip(node.input, sizes):
+                idx = np.arange(size)
                 if an.channels(name) is not None:
-                    idx = np.arange(size)
                     an.tie(name, idx, node.output[0], idx + offset)
+                else:  # channels of a tensor we cannot shrink stay
+                    an.block_channels(node.output[0], idx + offset,
+                                      f"Concat '{node.name}' takes channels from '{name}', which cannot be pruned")
                 offset += size
             return
         # concatenating along another axis: every input must carry the same channels
@@ -607,8 +610,13 @@ class Reshape(Rule):
         if node.op_type == "Reshape":
             pos = out_axis + 1 if split else out_axis
             spot = _shape_entry(node, an, pos)
-            if spot is None or (spot[2] == 0 and (split or x.split or pos != x.axis)):
-                an.block(x.name, f"Reshape '{node.name}' takes its target shape from a run-time computation")
+            if spot is None:
+                if not _shape_follows_input(node, an, x, in_shape, pos, repeat, split):
+                    an.block(x.name, f"Reshape '{node.name}' takes its target shape from a run-time "
+                                     f"computation that does not follow the channel count")
+                    return
+            elif spot[2] == 0 and (split or x.split or pos != x.axis):
+                an.block(x.name, f"Reshape '{node.name}' copies a dimension that pruning changes")
                 return
         out = node.output[0]
         if an.register(out, out_axis, size=x.size * repeat, split=split) is None:
@@ -626,7 +634,10 @@ class Reshape(Rule):
         out = rw.channels(node.output[0])
         kept = len(rw.kept(node.output[0]))
         pos, new = (out.axis + 1, kept // out.split[0]) if out.split else (out.axis, kept)
-        name, offset, value = _shape_entry(node, rw, pos)
+        spot = _shape_entry(node, rw, pos)
+        if spot is None:
+            return  # computed from the input's own Shape at run time: follows the new count
+        name, offset, value = spot
         if value > 0:
             const = rw.const(name).copy()
             const.reshape(-1)[offset] = new
@@ -691,6 +702,84 @@ def _shape_entry(node, ctx, out_axis):
             return piece, out_axis - offset, int(v.reshape(-1)[out_axis - offset])
         offset += shape[0]
     return None
+
+
+SHAPE_OPS = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Div", "Mul", "Add", "Sub", "Cast",
+             "Slice", "Identity", "Floor", "Ceil"}
+
+
+def _shape_follows_input(node, an, x, in_shape, pos, repeat, split) -> bool:
+    """True when a Reshape's run-time shape is computed from Shape(x) and follows x's channel count.
+
+    The shape subgraph (Shape -> Gather/Div/Concat/... of constants) is evaluated twice with
+    onnx.reference: with x's real shape, and with one channel unit fewer; the entry at `pos`
+    must move exactly as pruning requires. Any other data dependency answers False.
+    """
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    nodes, shape_nodes, stack, seen = [], [], [node.input[1]], set()
+    while stack:
+        name = stack.pop()
+        if name in seen or not name:
+            continue
+        seen.add(name)
+        if an.index.is_const(name):
+            continue
+        producer = an.index.producer.get(name)
+        if producer is None or producer.op_type not in SHAPE_OPS or producer.domain not in ("", "ai.onnx"):
+            return False
+        if producer.op_type == "Shape":
+            if producer.input[0] != node.input[0]:
+                return False
+            shape_nodes.append(producer)
+            continue
+        nodes.append(producer)
+        stack.extend(producer.input)
+    if not shape_nodes:
+        return False
+    order = {id(n): i for i, n in enumerate(an.index.model.graph.node)}
+    nodes.sort(key=lambda n: order[id(n)])
+    outer = x.split[0] if x.split else 1
+    # one unit less: a split (new or inherited) loses one inner index in every outer slice
+    step = split[0] if split else outer
+
+    def evaluate(channels: int):
+        shape = list(an.shape(node.input[0]))
+        if x.split:
+            shape[x.axis + 1] = channels // outer
+        else:
+            shape[x.axis] = channels
+        feeds = []
+        for sn in shape_nodes:
+            start, end = attr(sn, "start", 0), attr(sn, "end", None)
+            feeds.append(numpy_helper.from_array(np.array(shape[start:end], dtype=np.int64), sn.output[0]))
+        consts = {i for n in nodes for i in n.input if an.index.is_const(i)}
+        inits = feeds + [numpy_helper.from_array(an.index.const(c), c) for c in consts]
+        g = helper.make_graph(nodes, "shape", [], [onnx_value(node.input[1])], initializer=inits)
+        m = helper.make_model(g, opset_imports=list(an.index.model.opset_import),
+                              ir_version=max(an.index.model.ir_version, 4))
+        return np.asarray(ReferenceEvaluator(m).run(None, {})[0]).reshape(-1)
+
+    try:
+        now, fewer = evaluate(x.size), evaluate(x.size - step)
+    except Exception:
+        return False
+    if pos >= now.size:
+        return False
+    expect_now = x.size // split[0] if split else x.size * repeat
+    expect_fewer = (x.size - step) // split[0] if split else (x.size - step) * repeat
+    same_elsewhere = np.array_equal(np.delete(now, pos), np.delete(fewer, pos))
+    ok_now = now[pos] in (expect_now, -1)
+    ok_fewer = fewer[pos] in (expect_fewer, -1) and (now[pos] == -1) == (fewer[pos] == -1)
+    return bool(same_elsewhere and ok_now and ok_fewer)
+
+
+def onnx_value(name):
+    """An untyped ValueInfo (graph output of a helper model)."""
+    import onnx
+
+    return onnx.ValueInfoProto(name=name)
 
 
 class Reduce(Rule):

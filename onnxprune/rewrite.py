@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
 
-from .graph import GraphIndex, remove_dead, sync_initializer_inputs, unique_name
+from .graph import GraphIndex, remove_dead, skeleton, sync_initializer_inputs, unique_name
 from .groups import Analysis
 from .ops import rule_for
 
@@ -111,7 +111,7 @@ def finalise(model: onnx.ModelProto) -> None:
     remove_dead(model)
     sync_initializer_inputs(model)
     try:
-        inferred = shape_inference.infer_shapes(model, data_prop=False)
+        inferred = shape_inference.infer_shapes(skeleton(model), data_prop=False)
         model.graph.value_info.extend(inferred.graph.value_info)
     except Exception:
         pass  # shapes are an optimisation hint; verification runs the model for real

@@ -18,7 +18,7 @@ from . import ScoreContext, register
 
 def filters(node, index: GraphIndex) -> np.ndarray:
     """The weights of each output channel of a source node, one row per channel."""
-    w = index.const(node.input[1]).astype(np.float64)
+    w = index.const(node.input[1])
     if node.op_type == "Conv":
         return w.reshape(w.shape[0], -1)
     if node.op_type == "ConvTranspose":
@@ -65,19 +65,19 @@ def _accumulate(an, gid, tensor, s, scores) -> None:
 @register("l1")
 def l1(ctx: ScoreContext) -> dict[int, np.ndarray]:
     """L1 norm of each filter."""
-    return reduce_members(ctx, lambda node, f: np.abs(f).sum(axis=1))
+    return reduce_members(ctx, lambda node, f: np.abs(f).sum(axis=1, dtype=np.float64))
 
 
 @register("l2")
 def l2(ctx: ScoreContext) -> dict[int, np.ndarray]:
     """L2 norm of each filter."""
-    return reduce_members(ctx, lambda node, f: np.sqrt((f * f).sum(axis=1)))
+    return reduce_members(ctx, lambda node, f: np.sqrt(np.einsum("ij,ij->i", f, f, dtype=np.float64)))
 
 
 @register("fpgm")
 def fpgm(ctx: ScoreContext) -> dict[int, np.ndarray]:
     """Sum of distances to the other filters of the layer (geometric-median criterion)."""
-    return reduce_members(ctx, lambda node, f: cdist(f, f).sum(axis=1))
+    return reduce_members(ctx, lambda node, f: cdist(f.astype(np.float64), f.astype(np.float64)).sum(axis=1))
 
 
 @register("bn_scale")
