@@ -15,7 +15,7 @@ import click
 from .errors import OnnxPruneError
 
 # kept in step with onnxprune.criteria.REGISTRY (a test checks it); listed here so --help needs no numpy
-CRITERIA = ("l1", "l2", "fpgm", "bn_scale", "random")
+CRITERIA = ("l1", "l2", "fpgm", "bn_scale", "random", "mean_act", "apoz", "entropy", "hrank")
 
 
 class DefaultGroup(click.Group):
@@ -42,6 +42,14 @@ def parse_input_shapes(values: tuple[str, ...]) -> dict[str, list[int]]:
             raise click.BadParameter(f"'{value}': expected NAME:D0,D1,... with positive sizes",
                                      param_hint="--input-shape") from None
     return shapes
+
+
+def parse_floats(value: str, flag: str) -> tuple[float, ...]:
+    """'0.5' or '0.485,0.456,0.406' -> a tuple of floats."""
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"'{value}': expected a number or comma-separated numbers", param_hint=flag) from None
 
 
 def _fail(exc: Exception, debug: bool) -> None:
@@ -100,11 +108,22 @@ def main():
 @click.option("--show", type=click.Choice(["groups"]), multiple=True, help="Also print the per-group table.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random criteria and test inputs.")
 @click.option("--no-verify", is_flag=True, help="Skip the onnx.checker/onnxruntime verification.")
+@click.option("--calib", metavar="PATH", help="Calibration data: image folder, .npy/.npz of inputs, or 'random'.")
+@click.option("--calib-samples", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--mean", default="0", show_default=True, help="Image normalisation mean, one value or one per channel (a,b,c).")
+@click.option("--std", default="1", show_default=True, help="Image normalisation std, one value or one per channel.")
+@click.option("--scale", type=float, default=1 / 255, show_default="1/255", help="Pixel scale applied before mean/std.")
+@click.option("--holdout", type=click.FloatRange(0.0, 0.9), default=0.25, show_default=True,
+              help="Fraction of calibration samples held out for accept/reject decisions.")
+@click.option("--recover/--no-recover", default=None, help="Training-free recovery [default: on with --calib].")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def prune(model, output, criterion, ratio, global_pruning, max_ratio, min_channels, round_to, ignore, plan,
-          save_plan, input_shape, report_path, show, seed, no_verify, debug):
+          save_plan, input_shape, report_path, show, seed, no_verify, calib, calib_samples, batch_size, mean, std,
+          scale, holdout, recover, debug):
     """Prune MODEL and write the smaller model."""
     shapes = parse_input_shapes(input_shape)
+    mean, std = parse_floats(mean, "--mean"), parse_floats(std, "--std")
 
     def work():
         from rich.console import Console
@@ -119,7 +138,9 @@ def prune(model, output, criterion, ratio, global_pruning, max_ratio, min_channe
         result = pipeline.prune(
             str(model), criterion=criterion, ratio=ratio, global_pruning=global_pruning, max_ratio=max_ratio,
             min_channels=min_channels, round_to=round_to, ignore=ignore, plan=str(plan) if plan else None,
-            save_plan=str(save_plan) if save_plan else None, input_shape=shapes, seed=seed, verify=not no_verify)
+            save_plan=str(save_plan) if save_plan else None, input_shape=shapes, seed=seed, verify=not no_verify,
+            calib=calib, calib_samples=calib_samples, batch_size=batch_size, mean=mean, std=std, scale=scale,
+            holdout=holdout, recover=recover)
         console = Console()
         report.render_prune(result.report, console, show_groups="groups" in show)
         if result.verification is not None and not result.verification.valid:
@@ -155,6 +176,42 @@ def analyse(model, input_shape, as_json, debug):
             click.echo(json.dumps({"schema_version": 1, "model": str(model), "groups": groups}, indent=1))
         else:
             report.render_analysis(groups, Console())
+
+    _run(debug, work)
+
+
+@main.command(name="eval")
+@click.argument("original", type=click.Path(dir_okay=True, path_type=Path))
+@click.argument("pruned", type=click.Path(dir_okay=True, path_type=Path))
+@click.option("--data", required=True, metavar="PATH",
+              help=".npz with inputs (and optional 'labels'), .npy, or an image folder (one sub-folder per class).")
+@click.option("--samples", type=click.IntRange(min=1), default=100000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--mean", default="0", show_default=True)
+@click.option("--std", default="1", show_default=True)
+@click.option("--scale", type=float, default=1 / 255, show_default="1/255")
+@click.option("--input-shape", multiple=True, metavar="NAME:DIMS")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def evaluate(original, pruned, data, samples, batch_size, mean, std, scale, input_shape, as_json, debug):
+    """Compare PRUNED with ORIGINAL on data: accuracy, top-1/top-5 agreement, KL, cosine."""
+    shapes = parse_input_shapes(input_shape)
+    mean, std = parse_floats(mean, "--mean"), parse_floats(std, "--std")
+
+    def work():
+        import json
+
+        from rich.console import Console
+
+        from . import report
+        from .evaluate import evaluate_files
+
+        metrics = evaluate_files(str(original), str(pruned), data, samples=samples, batch_size=batch_size,
+                                 mean=mean, std=std, scale=scale, input_shape=shapes)
+        if as_json:
+            click.echo(json.dumps(metrics, indent=1))
+        else:
+            report.render_eval(metrics, Console())
 
     _run(debug, work)
 

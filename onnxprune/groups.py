@@ -89,6 +89,24 @@ class Analysis:
         lookup[order] = np.arange(len(order))
         return lookup[units]
 
+    def read_tensors(self) -> dict[str, int]:
+        """Channel tensors of prunable groups that a Conv/ConvTranspose/Gemm/MatMul reads as data.
+
+        These are what consumers see (after BN and activation): activation criteria and
+        recovery measure them. Returns tensor name -> channel axis.
+        """
+        index = GraphIndex(self.model)
+        prunable = {t for g in self.groups if g.prunable for t in g.tensors}
+        result = {}
+        for name in prunable:
+            t = self.tensors[name]
+            if t.split:
+                continue
+            if any(n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and slot == 0
+                   for n, slot in index.consumers.get(name, [])):
+                result[name] = t.axis
+        return result
+
     def group_tensors(self, group_id: int) -> list[str]:
         """Tensors with at least one channel in the group."""
         return list(self.groups[group_id].tensors)

@@ -270,6 +270,7 @@ class Conv(Rule):
             return
         w = rw.const(node.input[1])
         groups = attr(node, "group", 1)
+        delta = self._compensation(node, rw, w, groups, keep_in)
         out_axis, in_axis = (1, 0) if self.transpose else (0, 1)
         c_in = w.shape[0] if self.transpose else w.shape[1] * groups
         k_in = c_in // groups
@@ -289,8 +290,46 @@ class Conv(Rule):
                 local = keep_in if self.transpose else keep_in[keep_in < k_in]
                 w = np.take(w, local, axis=in_axis)
         rw.set_const(node, 1, w)
-        if keep_out is not None and len(node.input) > 2 and node.input[2]:
-            rw.set_const(node, 2, np.take(rw.const(node.input[2]), keep_out, axis=0))
+        _set_bias(node, rw, 2, delta, keep_out)
+
+    def _compensation(self, node, rw, w, groups, keep_in):
+        """Bias change that replaces removed input channels by their calibration means (§9.1).
+
+        ``b'_o += sum_{c removed} m_c * sum_{kh,kw} W_{o,c}``: exact for constant channels away
+        from zero-padded borders. Depthwise inputs go with their outputs and ConvTranspose
+        spreads a constant unevenly over strided outputs, so neither is compensated.
+        """
+        means = rw.means.get(node.input[0]) if keep_in is not None else None
+        if means is None or self.transpose:
+            return None
+        c_in = w.shape[1] * groups
+        k_in = c_in // groups
+        if groups > 1 and k_in == 1:
+            return None
+        removed = np.setdiff1d(np.arange(c_in), keep_in)
+        per_tap = w.reshape(w.shape[0], w.shape[1], -1).sum(axis=2).astype(np.float64)  # [O, k_in]
+        if groups == 1:
+            return per_tap[:, removed] @ means[removed]
+        local = removed[removed < k_in]
+        group_of = np.arange(w.shape[0]) // (w.shape[0] // groups)
+        m = means[(group_of[:, None] * k_in) + local[None, :]]                          # [O, removed]
+        return (per_tap[:, local] * m).sum(axis=1)
+
+
+def _set_bias(node, rw, slot, delta, keep_out):
+    """Slice the bias by kept outputs and add a compensation `delta` (over all original outputs)."""
+    has_bias = len(node.input) > slot and node.input[slot]
+    if delta is None and (keep_out is None or not has_bias):
+        return
+    size = rw.channels(node.output[0]).size
+    bias = rw.const(node.input[slot]).astype(np.float64) if has_bias else np.zeros(size)
+    bias = np.broadcast_to(bias, (size,)).copy() if bias.size in (1, size) and bias.ndim <= 1 else bias
+    if delta is not None:
+        bias = bias + delta
+    if keep_out is not None:
+        bias = np.take(bias, keep_out, axis=bias.ndim - 1)
+    dtype = rw.const(node.input[1]).dtype
+    rw.set_const(node, slot, bias.astype(dtype))
 
 
 class ConvTranspose(Conv):
@@ -328,15 +367,25 @@ class Gemm(Rule):
             return
         b = rw.const(node.input[1])
         in_axis, out_axis = (1, 0) if attr(node, "transB", 0) else (0, 1)
+        alpha, beta = attr(node, "alpha", 1.0), attr(node, "beta", 1.0)
+        c = rw.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        means = rw.means.get(node.input[0]) if keep_in is not None else None
+        delta = None
+        if means is not None and beta != 0 and (c is None or c.ndim < 2 or c.shape[0] == 1):
+            # mean compensation (§9.1): C += alpha/beta * sum_{k removed} m_k B[k, :]
+            removed = np.setdiff1d(np.arange(b.shape[in_axis]), keep_in)
+            rows = np.take(b, removed, axis=in_axis).astype(np.float64)
+            delta = (means[removed] @ rows if in_axis == 0 else rows @ means[removed]) * alpha / beta
         if keep_in is not None:
             b = np.take(b, keep_in, axis=in_axis)
         if keep_out is not None:
             b = np.take(b, keep_out, axis=out_axis)
         rw.set_const(node, 1, b)
-        if keep_out is not None and len(node.input) > 2 and node.input[2]:
-            c = rw.const(node.input[2])
-            if c.ndim >= 1 and c.shape[-1] == rw.channels(node.output[0]).size and c.shape[-1] > 1:
+        if c is not None and c.ndim > 1 and c.shape[0] > 1:  # a per-row bias: slice only
+            if keep_out is not None and c.shape[-1] > 1:
                 rw.set_const(node, 2, np.take(c, keep_out, axis=c.ndim - 1))
+            return
+        _set_bias(node, rw, 2, delta, keep_out)
 
 
 class MatMul(Rule):

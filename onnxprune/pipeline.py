@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from . import criteria, graph, io, metrics, rewrite
+from . import activations, criteria, graph, io, metrics, recover as recovery, rewrite
+from .calib import CalibConfig, CalibData, input_specs
 from .errors import OnnxPruneError
+from .evaluate import compare
 from .groups import Analysis, analyse as analyse_groups
 from .select import Plan, SelectConfig, select
 from .verify import Verification, verify as verify_model
@@ -66,7 +68,9 @@ def analyse(model_or_path, input_shape: dict | None = None) -> Analysis:
 def prune(model_or_path, criterion: str = "l1", ratio: float = 0.5, *, global_pruning: bool = False,
           max_ratio: float = 1.0, min_channels: int = 1, round_to: int = 1, ignore: tuple[str, ...] = (),
           plan: str | None = None, save_plan: str | None = None, input_shape: dict | None = None,
-          seed: int = 0, verify: bool = True) -> PruneResult:
+          seed: int = 0, verify: bool = True, calib: str | None = None, calib_samples: int = 512,
+          batch_size: int = 32, mean: tuple[float, ...] = (0.0,), std: tuple[float, ...] = (1.0,),
+          scale: float = 1.0 / 255.0, holdout: float = 0.25, recover: bool | None = None) -> PruneResult:
     """Prune a model's channels (the Python form of the `onnxprune` command).
 
     Args:
@@ -79,8 +83,13 @@ def prune(model_or_path, criterion: str = "l1", ratio: float = 0.5, *, global_pr
         plan: a plan JSON to apply instead of scoring and selecting.
         save_plan: write the plan used to this JSON file.
         input_shape: {input name: shape} for inputs with dynamic dims.
-        seed: seed for random criteria and verification inputs.
+        seed: seed for random criteria, calibration subsets and verification inputs.
         verify: check the result with onnx.checker and onnxruntime.
+        calib: calibration data: an image folder, a .npy/.npz of input arrays, or "random".
+        calib_samples, batch_size: how many calibration samples, and per onnxruntime call.
+        mean, std, scale: image preprocessing ``(pixel * scale - mean) / std``.
+        holdout: fraction of calibration samples kept apart for accept/reject decisions.
+        recover: training-free recovery (default: on when `calib` is given).
     Returns:
         A `PruneResult`; `report` holds the numbers shown by the CLI.
     Raises:
@@ -97,8 +106,23 @@ def prune(model_or_path, criterion: str = "l1", ratio: float = 0.5, *, global_pr
                              + (f" ({reasons[0]}{' ...' if len(reasons) > 1 else ''})" if reasons else ""))
     config = SelectConfig(ratio=ratio, global_pruning=global_pruning, max_ratio=max_ratio,
                           min_channels=min_channels, round_to=round_to, ignore=tuple(ignore))
+    recover = bool(calib) if recover is None else recover
+    if recover and not calib:
+        raise OnnxPruneError("--recover needs calibration data: give --calib PATH")
+    data, stats, reference = None, {}, None
+    if calib:
+        t = time.perf_counter()
+        data = CalibData(CalibConfig(calib, calib_samples, batch_size, tuple(mean), tuple(std), scale, holdout, seed),
+                         input_specs(prep.original, prep.input_shapes))
+        if criterion in criteria.DATA_CRITERIA or recover:
+            stats = activations.collect(an.model, an.read_tensors(), data, "score",
+                                        rank_samples=128 if criterion == "hrank" else 0)
+        reference = activations.outputs(an.model, data, "holdout") if data.size("holdout") else None
+        timings["calibration"] = time.perf_counter() - t
     t = time.perf_counter()
-    ctx = criteria.ScoreContext(an, seed=seed)
+    ctx = criteria.ScoreContext(an, seed=seed, stats=stats)
+    if data is not None:
+        ctx.notes.extend(data.notes)
     if plan is not None:
         chosen = Plan.load(plan, an)
         skipped = [{"group": g.id, "name": g.name, "reason": "; ".join(g.reasons[:3])}
@@ -114,8 +138,16 @@ def prune(model_or_path, criterion: str = "l1", ratio: float = 0.5, *, global_pr
         chosen.save(save_plan)
 
     t = time.perf_counter()
-    pruned = rewrite.apply(an, chosen.removed_units(an))
+    removed = chosen.removed_units(an)
+    pruned = rewrite.apply(an, removed)
     timings["rewrite"] = time.perf_counter() - t
+    steps = []
+    if recover and reference is None:
+        ctx.notes.append("recovery skipped: the held-out split is empty (more --calib-samples or --holdout)")
+    elif recover:
+        t = time.perf_counter()
+        pruned, steps = _recover(an, removed, pruned, data, stats, reference)
+        timings["recover"] = time.perf_counter() - t
 
     t = time.perf_counter()
     check = verify_model(prep.original, pruned, prep.input_shapes, seed=seed) if verify else None
@@ -138,10 +170,41 @@ def prune(model_or_path, criterion: str = "l1", ratio: float = 0.5, *, global_pr
         "groups": _group_rows(an, chosen),
         "skipped": skipped,
         "verification": check.to_dict() if check else None,
+        "recovery": steps,
+        "holdout": _holdout_metrics(pruned, data, reference) if reference is not None else None,
+        "calibration": {"path": calib, "samples": data.size("all"), "holdout": data.size("holdout"),
+                        "mean": list(mean), "std": list(std), "scale": scale} if data else None,
         "notes": ctx.notes,
         "seconds": {k: round(v, 3) for k, v in timings.items()},
     }
     return PruneResult(pruned, chosen, an, check, report)
+
+
+def _recover(an: Analysis, removed, pruned: onnx.ModelProto, data: CalibData, stats: dict, reference) -> tuple:
+    """Training-free recovery: each step is kept only if the held-out fidelity loss drops."""
+    steps = []
+    best, best_loss = pruned, recovery.held_out_loss(pruned, data, reference)
+    kept = an.kept_channels(removed)
+
+    def consider(name, candidate):
+        nonlocal best, best_loss
+        if candidate is None:
+            return
+        loss = recovery.held_out_loss(candidate, data, reference)
+        accepted = loss < best_loss
+        steps.append({"step": name, "loss_before": best_loss, "loss_after": loss, "kept": accepted})
+        if accepted:
+            best, best_loss = candidate, loss
+
+    consider("mean_compensation", rewrite.apply(an, removed, means={t: st.mean for t, st in stats.items()}))
+    consider("bn_reestimation", recovery.reestimate_bn(best, data))
+    consider("moment_matching", recovery.match_moments(an.model, best, kept, data)[0])
+    return best, steps
+
+
+def _holdout_metrics(model: onnx.ModelProto, data: CalibData, reference) -> dict:
+    names = [o.name for o in model.graph.output]
+    return compare(reference, activations.outputs(model, data, "holdout"), names, data.split_labels("holdout"))
 
 
 def _group_rows(an: Analysis, plan: Plan) -> list[dict]:

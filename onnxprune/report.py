@@ -59,6 +59,12 @@ def render_prune(report: dict, console: Console, show_groups: bool = False) -> N
             console.print(f"  - {s['name']}: {s['reason']}", markup=False)
         if len(skipped) > 12:
             console.print(f"  ... {len(skipped) - 12} more (--show groups or --report for all)")
+    for step in report.get("recovery") or []:
+        console.print(f"recovery {step['step']}: held-out loss {step['loss_before']:.4g} -> {step['loss_after']:.4g} "
+                      f"({'kept' if step['kept'] else 'rejected'})", markup=False)
+    holdout = report.get("holdout")
+    if holdout:
+        render_metrics(holdout, console, f"held-out split ({report['calibration']['holdout']} samples)")
     for note in report.get("notes", []):
         console.print(f"note: {note}", markup=False)
 
@@ -112,3 +118,22 @@ def _default(obj):
     if hasattr(obj, "to_dict"):
         return obj.to_dict()
     return str(obj)
+
+
+def render_metrics(outputs: dict, console: Console, title: str) -> None:
+    """Per-output fidelity metrics (accuracy, agreement, KL, cosine)."""
+    table = Table(title=title, title_justify="left")
+    cols = ["accuracy_original", "accuracy", "top1_agreement", "top5_agreement", "kl", "cosine", "rel_sq_error"]
+    present = [c for c in cols if any(c in m for m in outputs.values())]
+    table.add_column("output")
+    for c in present:
+        table.add_column(c.replace("_", " "), justify="right")
+    for name, m in outputs.items():
+        table.add_row(name, *[f"{m[c]:.4f}" if c in m else "" for c in present])
+    console.print(table)
+
+
+def render_eval(metrics: dict, console: Console) -> None:
+    """The table of `onnxprune eval`."""
+    render_metrics(metrics["outputs"], console, f"{os.path.basename(metrics['pruned'])} vs "
+                   f"{os.path.basename(metrics['original'])} on {metrics['samples']} samples")

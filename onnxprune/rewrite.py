@@ -24,8 +24,10 @@ from .ops import rule_for
 class Rewriter:
     """The context rules see while rewriting (`rw` in ops.py)."""
 
-    def __init__(self, model: onnx.ModelProto, analysis: Analysis, kept: dict[str, np.ndarray]):
+    def __init__(self, model: onnx.ModelProto, analysis: Analysis, kept: dict[str, np.ndarray],
+                 means: dict[str, np.ndarray] | None = None):
         self.model = model
+        self.means = means or {}
         self.analysis = analysis
         self.index = GraphIndex(model)
         self.opset = analysis.opset
@@ -79,12 +81,14 @@ class Rewriter:
         raise RuntimeError(f"constant {name} not found around node {node.name}")
 
 
-def apply(analysis: Analysis, removed_units: np.ndarray) -> onnx.ModelProto:
+def apply(analysis: Analysis, removed_units: np.ndarray, means: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
     """Return a copy of the analysed model with `removed_units` physically removed.
 
     Args:
         analysis: result of `groups.analyse` on the (normalised) model.
         removed_units: unit ids to remove (none of them blocked).
+        means: per-channel calibration means of tensors read by Conv/Gemm; when given, removed
+            channels are replaced by their mean in the consumer's bias (mean compensation).
     Returns:
         The pruned model: same inputs/outputs, opset and IR version.
     """
@@ -96,7 +100,7 @@ def apply(analysis: Analysis, removed_units: np.ndarray) -> onnx.ModelProto:
     if empty:
         raise ValueError(f"selection removes every channel of {empty[0]}")
     if kept:
-        rw = Rewriter(model, analysis, kept)
+        rw = Rewriter(model, analysis, kept, means)
         for node in model.graph.node:
             touched = any(n in kept for n in list(node.input) + list(node.output))
             if touched:

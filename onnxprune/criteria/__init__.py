@@ -21,6 +21,7 @@ class ScoreContext:
 
     analysis: Analysis
     seed: int = 0
+    stats: dict = field(default_factory=dict)      # tensor -> activations.ChannelStats (with --calib)
     notes: list[str] = field(default_factory=list)
 
 
@@ -48,4 +49,6 @@ def score(name: str, ctx: ScoreContext) -> dict[int, np.ndarray]:
     return REGISTRY[name](ctx)
 
 
-from . import weights  # noqa: E402,F401  (registers the weight criteria)
+from . import activations, weights  # noqa: E402,F401  (register the criteria)
+
+DATA_CRITERIA = ("mean_act", "apoz", "entropy", "hrank")

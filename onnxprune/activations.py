@@ -1,0 +1,131 @@
+"""One streamed onnxruntime pass that accumulates per-channel statistics of chosen tensors.
+
+The requested tensors are added as graph outputs; each batch updates running sums, so memory
+depends on the number of channels, never on the number of samples (apart from one pooled value
+per sample and channel, kept for the entropy histogram). Statistics are exact sums, so batch size
+does not change them beyond float rounding.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from .calib import CalibData
+from .verify import session
+
+ZERO_EPS = 1e-6
+
+
+@dataclass
+class ChannelStats:
+    """Running per-channel statistics of one tensor (channels on `axis`)."""
+
+    axis: int
+    count: int = 0                       # elements per channel seen (samples * spatial)
+    samples: int = 0
+    sum: np.ndarray | None = None
+    sumsq: np.ndarray | None = None
+    abssum: np.ndarray | None = None
+    zeros: np.ndarray | None = None
+    pooled: list = field(default_factory=list)   # per-sample spatial means, for entropy
+    rank_sum: np.ndarray | None = None
+    rank_samples: int = 0
+
+    def update(self, value: np.ndarray, rank_budget: int = 0) -> None:
+        """Add one batch (any layout; channels on `self.axis`)."""
+        x = np.moveaxis(value, self.axis, 1)
+        n, c = x.shape[0], x.shape[1]
+        flat = x.reshape(n, c, -1).astype(np.float64)
+        if self.sum is None:
+            self.sum, self.sumsq, self.abssum, self.zeros = (np.zeros(c) for _ in range(4))
+            self.rank_sum = np.zeros(c)
+        self.sum += flat.sum(axis=(0, 2))
+        self.sumsq += np.einsum("ncs,ncs->c", flat, flat)
+        self.abssum += np.abs(flat).sum(axis=(0, 2))
+        self.zeros += (np.abs(flat) <= ZERO_EPS).sum(axis=(0, 2))
+        self.count += n * flat.shape[2]
+        self.samples += n
+        self.pooled.append(flat.mean(axis=2).astype(np.float32))
+        take = min(n, rank_budget - self.rank_samples)
+        if take > 0 and x.ndim == 4:
+            mats = x[:take].astype(np.float64)
+            self.rank_sum += np.linalg.matrix_rank(mats).sum(axis=0)
+            self.rank_samples += take
+
+    @property
+    def mean(self) -> np.ndarray:
+        """Per-channel mean."""
+        return self.sum / max(self.count, 1)
+
+    @property
+    def var(self) -> np.ndarray:
+        """Per-channel population variance."""
+        return np.maximum(self.sumsq / max(self.count, 1) - self.mean ** 2, 0.0)
+
+    def pooled_values(self) -> np.ndarray:
+        """Per-sample spatial means, shape [samples, channels]."""
+        return np.concatenate(self.pooled) if self.pooled else np.zeros((0, 0))
+
+
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of `model` that also outputs tensors `names`."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    existing = {o.name for o in m.graph.output}
+    for name in names:
+        if name not in existing:
+            m.graph.output.append(onnx.ValueInfoProto(name=name))
+    return m
+
+
+def collect(model: onnx.ModelProto, axes: dict[str, int], data: CalibData, split: str = "score",
+            rank_samples: int = 0, label: str = "calibration pass") -> dict[str, ChannelStats]:
+    """Stream `data[split]` through `model` once and return statistics of the tensors in `axes`.
+
+    Args:
+        model: the model to run (not modified).
+        axes: tensor name -> channel axis.
+        data: calibration data.
+        split: 'score', 'holdout' or 'all'.
+        rank_samples: how many samples feed the HRank matrix ranks (0: none).
+    """
+    names = list(axes)
+    sess = session(with_outputs(model, names))
+    stats = {name: ChannelStats(axis) for name, axis in axes.items()}
+    for feeds in progress(data.batches(split), data.size(split), data.config.batch_size, label):
+        values = sess.run(names, feeds)
+        for name, value in zip(names, values):
+            stats[name].update(value, rank_samples)
+    return stats
+
+
+def outputs(model: onnx.ModelProto, data: CalibData, split: str = "holdout") -> list[np.ndarray]:
+    """The model's graph outputs over `split`, concatenated along the batch axis."""
+    sess = session(model)
+    names = [o.name for o in model.graph.output]
+    parts = [sess.run(names, feeds) for feeds in data.batches(split)]
+    return [np.concatenate([p[i] for p in parts]) for i in range(len(names))]
+
+
+def progress(batches, samples: int, batch_size: int, label: str):
+    """Yield from `batches` with a rich progress bar on stderr (off when stderr is not a terminal)."""
+    if not sys.stderr.isatty():
+        yield from batches
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True, console=_stderr_console()) as bar:
+        task = bar.add_task(label, total=max(1, -(-samples // batch_size)))
+        for item in batches:
+            yield item
+            bar.advance(task)
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
