@@ -1,0 +1,204 @@
+"""Calibration loading, streamed statistics, activation criteria (T15) and recovery (T13, T14)."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+from PIL import Image
+
+from helpers import make_model, run, tensor
+from onnxprune import activations, criteria, recover, rewrite
+from onnxprune.calib import CalibConfig, CalibData, input_specs
+from onnxprune.criteria.activations import entropy_of
+from onnxprune.errors import OnnxPruneError
+from onnxprune.pipeline import prepare
+from onnxprune.select import SelectConfig, select
+
+
+def conv_bn_relu_conv(gamma=None, beta=None, k2=1, c=8, seed=0):
+    """x[1,3,8,8] -> Conv(3->c) -> BN -> Relu -> Conv(c->4, k2 x k2) -> y."""
+    rng = np.random.default_rng(seed)
+    inits = {
+        "w1": rng.standard_normal((c, 3, 3, 3)).astype(np.float32) * 0.3,
+        "s": (rng.uniform(0.5, 1.5, c) if gamma is None else gamma).astype(np.float32),
+        "b": (rng.normal(0, 0.2, c) if beta is None else beta).astype(np.float32),
+        "m": rng.normal(0, 0.3, c).astype(np.float32), "v": rng.uniform(0.5, 2, c).astype(np.float32),
+        "w2": rng.standard_normal((4, c, k2, k2)).astype(np.float32) * 0.3, "b2": np.zeros(4, np.float32),
+    }
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c1", "s", "b", "m", "v"], ["bn"], name="bn"),
+             helper.make_node("Relu", ["bn"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "w2", "b2"], ["y"], name="conv2")]
+    return make_model(nodes, [tensor("x", ["N", 3, 8, 8])], [tensor("y", ["N", 4, 8 - k2 + 1, 8 - k2 + 1])], inits)
+
+
+def npz_data(tmp_path, n=32, shape=(3, 8, 8), seed=0, name="x", **kw):
+    path = tmp_path / "cal.npz"
+    np.savez(path, **{name: np.random.default_rng(seed).standard_normal((n, *shape)).astype(np.float32)})
+    return str(path)
+
+
+def calib_for(model, path, **kw):
+    prep = prepare(model)
+    return prep, CalibData(CalibConfig(path, **kw), input_specs(prep.original, prep.input_shapes))
+
+
+def test_streaming_statistics_do_not_depend_on_batch_size(tmp_path):
+    model = conv_bn_relu_conv()
+    path = npz_data(tmp_path, n=64)
+    results = []
+    for bs in (1, 64):
+        prep, data = calib_for(model, path, batch_size=bs, holdout=0.0)
+        results.append(activations.collect(prep.analysis.model, {"r": 1}, data, "all", rank_samples=16)["r"])
+    a, b = results
+    for field in ("sum", "sumsq", "abssum", "zeros", "rank_sum"):
+        np.testing.assert_allclose(getattr(a, field), getattr(b, field), rtol=1e-9, atol=1e-9)
+    assert a.count == b.count == 64 * 64
+    np.testing.assert_allclose(a.pooled_values(), b.pooled_values(), rtol=1e-6)
+
+
+def test_t15_criteria_sanity(tmp_path):
+    # channel 0: gamma=0, beta=-1 -> relu output is all zero (dead); channel 1: gamma=0, beta=0.7 -> constant
+    gamma = np.array([0, 0, 1, 1, 1, 1, 1, 1], np.float32)
+    beta = np.array([-1, 0.7, 0, 0, 0, 0, 0, 0], np.float32)
+    model = conv_bn_relu_conv(gamma=gamma, beta=beta)
+    prep, data = calib_for(model, npz_data(tmp_path, n=40), holdout=0.0)
+    an = prep.analysis
+    st = activations.collect(an.model, an.read_tensors(), data, "all", rank_samples=40)["r"]
+    assert st.zeros[0] / st.count == 1.0                  # APoZ of a dead channel is 1
+    hr = st.rank_sum / st.rank_samples
+    assert hr[0] == 0.0 and hr[1] == 1.0                  # zero map rank 0, constant map rank 1
+    assert np.all(hr <= 8)                                # <= min(H, W)
+    ent = entropy_of(st.pooled_values())
+    assert ent[0] == 0.0 and ent[1] == 0.0 and ent[2] > 0
+    ctx = criteria.ScoreContext(an, stats={"r": st})
+    gid = next(g.id for g in an.groups if g.prunable)
+    for name in ("apoz", "mean_act", "entropy", "hrank"):
+        s = criteria.score(name, ctx)[gid]
+        assert s[0] == s.min(), name                       # the dead channel is the least important
+    assert np.array_equal(criteria.score("random", criteria.ScoreContext(an, seed=3))[gid],
+                          criteria.score("random", criteria.ScoreContext(an, seed=3))[gid])
+
+
+def test_activation_criterion_without_calibration_is_a_clear_error():
+    an = prepare(conv_bn_relu_conv()).analysis
+    with pytest.raises(OnnxPruneError, match="--calib"):
+        criteria.score("apoz", criteria.ScoreContext(an))
+
+
+@pytest.mark.parametrize("k2", [1, 3])
+def test_t13_mean_compensation_makes_constant_channel_removal_lossless(tmp_path, k2):
+    gamma = np.array([0, 1, 1, 1, 1, 1, 1, 1], np.float32)
+    beta = np.array([0.6, 0, 0, 0, 0, 0, 0, 0], np.float32)    # channel 0 is the constant relu(0.6)
+    model = conv_bn_relu_conv(gamma=gamma, beta=beta, k2=k2)
+    prep, data = calib_for(model, npz_data(tmp_path, n=16), holdout=0.0)
+    an = prep.analysis
+    st = activations.collect(an.model, an.read_tensors(), data, "all")
+    gid = next(g.id for g in an.groups if g.prunable)
+    removed = an.group_units[gid][[0]]
+    plain = rewrite.apply(an, removed)
+    compensated = rewrite.apply(an, removed, means={t: s.mean for t, s in st.items()})
+    feeds = next(data.batches("all"))
+    ref, out, out_plain = run(an.model, feeds)["y"], run(compensated, feeds)["y"], run(plain, feeds)["y"]
+    assert np.max(np.abs(out_plain - ref)) > 1e-2           # removal without compensation changes the output
+    # exact with a 1x1 consumer; with 3x3 and no padding too (valid conv)
+    assert np.max(np.abs(out - ref)) < 1e-5
+
+
+def test_t14_bn_reestimation_matches_empirical_statistics(tmp_path):
+    model = conv_bn_relu_conv()
+    prep, data = calib_for(model, npz_data(tmp_path, n=48), holdout=0.25)
+    an = prep.analysis
+    result = recover.reestimate_bn(an.model, data)
+    st = activations.collect(result, {"c1": 1}, data, "score")["c1"]
+    bn = next(n for n in result.graph.node if n.op_type == "BatchNormalization")
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in result.graph.initializer}
+    np.testing.assert_allclose(inits[bn.input[3]], st.mean, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(inits[bn.input[4]], st.var, rtol=1e-4, atol=1e-6)
+
+
+def test_recovery_steps_never_make_holdout_worse(tmp_path):
+    import onnxprune
+
+    result = onnxprune.prune(conv_bn_relu_conv(c=16), criterion="l1", ratio=0.5, calib=npz_data(tmp_path, n=64))
+    steps = result.report["recovery"]
+    assert steps and all((s["loss_after"] < s["loss_before"]) == s["kept"] for s in steps)
+
+
+# --- loader --------------------------------------------------------------------------------------
+
+def write_images(folder, n, size=(40, 30), mode="RGB", classes=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        sub = folder / classes[i % len(classes)] if classes else folder
+        sub.mkdir(exist_ok=True)
+        shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+        Image.fromarray(rng.integers(0, 255, shape).astype(np.uint8), mode).save(sub / f"{i}.png")
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_image_folder_any_size_and_mode_nchw(tmp_path, mode):
+    write_images(tmp_path / "imgs", 5, size=(40, 30), mode=mode)
+    model = conv_bn_relu_conv()
+    _, data = calib_for(model, str(tmp_path / "imgs"), batch_size=2, holdout=0.2)
+    batches = list(data.batches("all"))
+    assert [b["x"].shape for b in batches] == [(2, 3, 8, 8), (2, 3, 8, 8), (1, 3, 8, 8)]
+    assert data.size("holdout") == 1
+
+
+def test_image_folder_nhwc_grayscale_model_and_labels(tmp_path):
+    write_images(tmp_path / "imgs", 6, mode="RGB", classes=["cat", "dog"])
+    w = np.ones((2, 1, 3, 3), np.float32)
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["t", "w"], ["y"])]
+    model = make_model(nodes, [tensor("x", [1, 10, 10, 1])], [tensor("y", [1, 2, 8, 8])], {"w": w})
+    prep = prepare(model)
+    spec = input_specs(prep.original, prep.input_shapes)[0]
+    assert spec.layout == "NHWC" and spec.channels == 1
+    data = CalibData(CalibConfig(str(tmp_path / "imgs"), holdout=0.0), [spec])
+    assert next(data.batches())["x"].shape == (6, 10, 10, 1)
+    assert sorted(set(data.labels.tolist())) == [0, 1]
+
+
+def test_npz_with_several_inputs(tmp_path):
+    w = np.ones((2, 3, 1, 1), np.float32)
+    nodes = [helper.make_node("Add", ["a", "b"], ["s"]), helper.make_node("Conv", ["s", "w"], ["y"])]
+    model = make_model(nodes, [tensor("a", [1, 3, 4, 4]), tensor("b", [1, 3, 4, 4])], [tensor("y", [1, 2, 4, 4])],
+                       {"w": w})
+    path = tmp_path / "two.npz"
+    np.savez(path, a=np.zeros((4, 3, 4, 4), np.float32), b=np.ones((4, 3, 4, 4), np.float32),
+             labels=np.arange(4))
+    _, data = calib_for(model, str(path), holdout=0.0)
+    feeds = next(data.batches())
+    assert feeds["a"].shape == feeds["b"].shape == (4, 3, 4, 4) and data.labels.tolist() == [0, 1, 2, 3]
+
+
+def test_corrupt_image_names_the_file(tmp_path):
+    write_images(tmp_path / "imgs", 2)
+    (tmp_path / "imgs" / "broken.png").write_bytes(b"\x89PNG not really")
+    _, data = calib_for(conv_bn_relu_conv(), str(tmp_path / "imgs"), holdout=0.0)
+    with pytest.raises(OnnxPruneError, match="broken.png"):
+        list(data.batches())
+
+
+@pytest.mark.parametrize("case", ["empty_folder", "wrong_shape", "wrong_dtype", "missing_input", "missing_path"])
+def test_bad_calibration_data(tmp_path, case):
+    model = conv_bn_relu_conv()
+    if case == "empty_folder":
+        (tmp_path / "empty").mkdir()
+        path, match = str(tmp_path / "empty"), "no images"
+    elif case == "wrong_shape":
+        path, match = npz_data(tmp_path, shape=(3, 9, 9)), "shape"
+    elif case == "wrong_dtype":
+        path = tmp_path / "ints.npz"
+        np.savez(path, x=np.zeros((2, 3, 8, 8), np.int64))
+        path, match = str(path), "int64"
+    elif case == "missing_input":
+        path = tmp_path / "other.npz"
+        np.savez(path, a=np.zeros((2, 3, 8, 8), np.float32), b=np.zeros((2, 3, 8, 8), np.float32))
+        path, match = str(path), "no array for model input"
+    else:
+        path, match = str(tmp_path / "nope"), "not found"
+    with pytest.raises(OnnxPruneError, match=match):
+        calib_for(model, path)
