@@ -11,7 +11,6 @@ accept/reject decisions (the held-out split).
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -80,8 +79,8 @@ class CalibData:
         self.notes: list[str] = []
         path = config.path
         if path == "random":
-            warnings.warn("calibration on random data: scores from random inputs are weak", stacklevel=2)
-            self.notes.append("random calibration data: activation scores are weak")
+            self.notes.append("calibration on random data: scores and recovery from random inputs are weak; "
+                              "give real samples for real results")
             self.kind, self.count = "random", config.samples
         elif not os.path.exists(path):
             raise OnnxPruneError(f"calibration data {path}: not found")

@@ -15,6 +15,7 @@ from . import activations, criteria, graph, io, metrics, recover as recovery, re
 from .calib import CalibConfig, CalibData, input_specs
 from .errors import OnnxPruneError
 from .evaluate import compare
+from .reconstruct import reconstruct
 from .groups import Analysis, analyse as analyse_groups
 from .select import Plan, SelectConfig, select
 from .verify import Verification, verify as verify_model
@@ -197,6 +198,10 @@ def _recover(an: Analysis, removed, pruned: onnx.ModelProto, data: CalibData, st
             best, best_loss = candidate, loss
 
     consider("mean_compensation", rewrite.apply(an, removed, means={t: st.mean for t, st in stats.items()}))
+    repaired, skipped = reconstruct(an.model, best, kept, data)
+    consider("least_squares", repaired)
+    if skipped:
+        steps.append({"step": "least_squares_skipped", "layers": [f"{n}: {why}" for n, why in skipped]})
     consider("bn_reestimation", recovery.reestimate_bn(best, data))
     consider("moment_matching", recovery.match_moments(an.model, best, kept, data)[0])
     return best, steps

@@ -60,6 +60,9 @@ def render_prune(report: dict, console: Console, show_groups: bool = False) -> N
         if len(skipped) > 12:
             console.print(f"  ... {len(skipped) - 12} more (--show groups or --report for all)")
     for step in report.get("recovery") or []:
+        if "loss_before" not in step:
+            console.print(f"recovery {step['step']}: " + "; ".join(step.get("layers", [])[:3]), markup=False)
+            continue
         console.print(f"recovery {step['step']}: held-out loss {step['loss_before']:.4g} -> {step['loss_after']:.4g} "
                       f"({'kept' if step['kept'] else 'rejected'})", markup=False)
     holdout = report.get("holdout")

@@ -202,3 +202,50 @@ def test_bad_calibration_data(tmp_path, case):
         path, match = str(tmp_path / "nope"), "not found"
     with pytest.raises(OnnxPruneError, match=match):
         calib_for(model, path)
+
+
+# --- least squares (T12) -----------------------------------------------------------------------
+
+def test_t12_least_squares_never_worse_and_large_ridge_returns_anchor():
+    from onnxprune.reconstruct import solve_ridge
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((400, 12))
+    w_true = rng.standard_normal((5, 12))
+    y = x @ w_true.T + 0.3 + 0.1 * rng.standard_normal((400, 5))
+    w0 = w_true + 0.5 * rng.standard_normal(w_true.shape)
+    design = np.hstack([x, np.ones((400, 1))])
+    G, H = design.T @ design, design.T @ y
+    err0 = ((y - x @ w0.T) ** 2).sum()
+    for eta in (0.0, 1e-4, 1e-2, 1.0, 100.0):
+        sol = solve_ridge(G, H, w0, eta)
+        err = ((y - design @ sol) ** 2).sum()
+        assert err <= err0 + 1e-9
+    far = solve_ridge(G, H, w0, 1e9)
+    assert np.abs(far[:-1].T - w0).max() < 1e-4
+
+
+@pytest.mark.parametrize("kw", [dict(pads=[1, 1, 1, 1]), dict(strides=[2, 2], pads=[0, 1, 1, 0]),
+                                dict(dilations=[2, 2], pads=[2, 2, 2, 2]), dict(auto_pad="SAME_UPPER", strides=[2, 2])])
+def test_im2col_rows_reproduce_the_conv(kw):
+    from onnxprune.reconstruct import im2col_rows
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 9, 9)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], **kw)
+    model = make_model([node], [tensor("x", [2, 3, 9, 9])], [onnx.ValueInfoProto(name="y")], {"w": w})
+    y = run(model, {"x": x})["y"]
+    n, oy, ox = np.meshgrid(np.arange(2), np.arange(y.shape[2]), np.arange(y.shape[3]), indexing="ij")
+    pos = (n.ravel(), oy.ravel(), ox.ravel())
+    rows = im2col_rows(x, node, w.shape, pos)
+    np.testing.assert_allclose(rows @ w.reshape(4, -1).T, y[pos[0], :, pos[1], pos[2]], atol=1e-4)
+
+
+def test_least_squares_recovery_lowers_reconstruction_error(tmp_path):
+    import onnxprune
+
+    result = onnxprune.prune(conv_bn_relu_conv(c=16, k2=3), criterion="l1", ratio=0.5,
+                             calib=npz_data(tmp_path, n=96), recover=True)
+    steps = {s["step"]: s for s in result.report["recovery"] if "loss_before" in s}
+    assert "least_squares" in steps

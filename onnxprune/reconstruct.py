@@ -1,0 +1,176 @@
+"""Least-squares reconstruction of consumer weights after pruning (criteria.md §9.3).
+
+For a consumer Conv (group 1) or Gemm whose input lost channels, sample P output locations
+(n, y, x) per batch and gather the im2col rows ``X_S`` of its kept inputs (stride, dilation and
+padding honoured) from the *pruned* network, and the *original* network's outputs ``Y`` at the
+same locations. Then solve, with the bias free and the weights pulled towards their current
+values ``W0`` (ridge anchored at the original weights):
+
+    min_{W, b}  || Y - X_S W^T - 1 b^T ||^2 + lam * || W - W0 ||^2
+    [W^T; b^T] = (G + lam D)^{-1} (H + lam D [W0^T; 0]),  G = X~^T X~, H = X~^T Y, D = diag(1..1, 0)
+
+with ``X~ = [X_S, 1]`` and ``lam = eta * tr(G) / d``. G and H are accumulated batch by batch (X
+is never stored). In *sequential* mode layers are repaired in topological order and each layer's
+inputs come from the network repaired so far, so accumulated error is corrected too.
+Layers with ``d = |S| * kh * kw`` above `max_dim` are skipped (reported).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .activations import progress, with_outputs
+from .calib import CalibData
+from .graph import GraphIndex, attr, remove_dead, unique_name
+from .verify import session
+
+
+def solve_ridge(G: np.ndarray, H: np.ndarray, w0: np.ndarray, eta: float) -> np.ndarray:
+    """Solve the anchored ridge problem from accumulated G = X~'X~ and H = X~'Y.
+
+    Args:
+        G: [d+1, d+1] Gram matrix of the design with a trailing ones column.
+        H: [d+1, O] cross products with the targets.
+        w0: [O, d] anchor weights.
+        eta: relative ridge strength.
+    Returns:
+        [d+1, O]: the weights (transposed) with the bias as the last row.
+    """
+    d = G.shape[0] - 1
+    lam = eta * float(np.trace(G[:d, :d])) / max(d, 1)
+    D = np.eye(d + 1)
+    D[d, d] = 0.0
+    rhs = H + lam * D @ np.vstack([w0.T, np.zeros((1, w0.shape[0]))])
+    A = G + lam * D
+    try:
+        return np.linalg.solve(A, rhs)
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(A, rhs, rcond=None)[0]
+
+
+def _conv_geometry(node, x_shape, w_shape):
+    kh, kw = w_shape[2], w_shape[3]
+    strides = attr(node, "strides", [1, 1])
+    dil = attr(node, "dilations", [1, 1])
+    pads = attr(node, "pads", [0, 0, 0, 0])
+    auto = attr(node, "auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        pads = []
+        for i, (size, k) in enumerate(zip(x_shape[2:], (kh, kw))):
+            out = -(-size // strides[i])
+            total = max(0, (out - 1) * strides[i] + (k - 1) * dil[i] + 1 - size)
+            lo = total // 2 if auto == "SAME_UPPER" else total - total // 2
+            pads.append((lo, total - lo))
+        pads = [pads[0][0], pads[1][0], pads[0][1], pads[1][1]]
+    elif auto == "VALID":
+        pads = [0, 0, 0, 0]
+    return kh, kw, strides, dil, pads
+
+
+def im2col_rows(x: np.ndarray, node, w_shape, positions) -> np.ndarray:
+    """Rows ``[P, C*kh*kw]`` of the conv input `x` ([N, C, H, W]) at output `positions` (n, y, x)."""
+    kh, kw, s, d, p = _conv_geometry(node, x.shape, w_shape)
+    xp = np.pad(x, ((0, 0), (0, 0), (p[0], p[2]), (p[1], p[3])))
+    n, oy, ox = positions
+    ys = oy[:, None] * s[0] + np.arange(kh)[None, :] * d[0]               # [P, kh]
+    xs = ox[:, None] * s[1] + np.arange(kw)[None, :] * d[1]               # [P, kw]
+    patches = xp[n[:, None, None, None], np.arange(x.shape[1])[None, :, None, None],
+                 ys[:, None, :, None], xs[:, None, None, :]]              # [P, C, kh, kw]
+    return patches.reshape(len(n), -1)
+
+
+def _targets(model: onnx.ModelProto, kept: dict, max_dim: int) -> tuple[list, list]:
+    index = GraphIndex(model)
+    chosen, skipped = [], []
+    for node in model.graph.node:
+        if node.input and node.input[0] in kept and node.op_type in ("Conv", "Gemm"):
+            w = index.const(node.input[1])
+            if node.op_type == "Conv" and attr(node, "group", 1) != 1:
+                continue
+            if node.op_type == "Gemm" and (attr(node, "transA", 0) or attr(node, "alpha", 1.0) != 1.0
+                                           or attr(node, "beta", 1.0) != 1.0):
+                skipped.append((node.output[0], "Gemm with alpha/beta/transA"))
+                continue
+            d = int(np.prod(w.shape[1:])) if node.op_type == "Conv" else w.shape[1 if attr(node, "transB", 0) else 0]
+            if d > max_dim:
+                skipped.append((node.output[0], f"{d} inputs per output exceed {max_dim}"))
+                continue
+            chosen.append(node.output[0])
+    return chosen, skipped
+
+
+def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, np.ndarray], data: CalibData,
+                eta: float = 1e-2, per_image: int = 16, max_dim: int = 4096, seed: int = 0,
+                sequential: bool = True) -> tuple[onnx.ModelProto, list]:
+    """Repair every eligible consumer of pruned channels by anchored least squares (module docstring).
+
+    Returns:
+        The repaired copy of `pruned`, and a list of (layer, reason) that were skipped.
+    """
+    model = onnx.ModelProto()
+    model.CopyFrom(pruned)
+    targets, skipped = _targets(model, kept, max_dim)
+    if not targets:
+        return model, skipped
+    by_output = {n.output[0]: n for n in model.graph.node}
+    inputs = {o: by_output[o].input[0] for o in targets}
+    teacher = session(with_outputs(original, targets))
+    names = set()
+    for n in model.graph.node:
+        names.update(n.input)
+        names.update(n.output)
+    names |= {i.name for i in model.graph.initializer}
+    groups = [[o] for o in targets] if sequential else [targets]
+    for group in groups:
+        student = session(with_outputs(model, [inputs[o] for o in group]))
+        index = GraphIndex(model)
+        acc = {o: None for o in group}
+        rng = np.random.default_rng(seed)
+        for feeds in progress(data.batches("score"), data.size("score"), data.config.batch_size,
+                              f"least squares {group[0] if len(group) == 1 else ''}"):
+            t_out = dict(zip(group, teacher.run(group, feeds)))
+            s_in = dict(zip([inputs[o] for o in group], student.run([inputs[o] for o in group], feeds)))
+            for o in group:
+                node = by_output[o]
+                w = index.const(node.input[1])
+                x, y = s_in[inputs[o]], t_out[o]
+                if o in kept:                       # the consumer's own outputs were pruned too
+                    y = np.take(y, kept[o], axis=1)
+                if node.op_type == "Conv":
+                    n, oh, ow = y.shape[0], y.shape[2], y.shape[3]
+                    take = min(per_image, oh * ow)
+                    flat = np.concatenate([rng.choice(oh * ow, take, replace=False) for _ in range(n)])
+                    pos = (np.repeat(np.arange(n), take), flat // ow, flat % ow)
+                    rows = im2col_rows(x, node, w.shape, pos)
+                    target = y[pos[0], :, pos[1], pos[2]]
+                else:
+                    rows, target = x.reshape(x.shape[0], -1), y
+                design = np.hstack([rows.astype(np.float64), np.ones((len(rows), 1))])
+                g, h = design.T @ design, design.T @ target.astype(np.float64)
+                acc[o] = (g, h) if acc[o] is None else (acc[o][0] + g, acc[o][1] + h)
+        for o in group:
+            node = by_output[o]
+            w = index.const(node.input[1])
+            if node.op_type == "Conv":
+                w0 = w.reshape(w.shape[0], -1).astype(np.float64)
+            else:
+                w0 = (w if attr(node, "transB", 0) else w.T).astype(np.float64)
+            sol = solve_ridge(acc[o][0], acc[o][1], w0, eta)
+            new_w = sol[:-1].T
+            new_w = new_w.reshape(w.shape) if node.op_type == "Conv" else (new_w if attr(node, "transB", 0) else new_w.T)
+            _replace(model, node, 1, new_w.astype(w.dtype), names)
+            _replace(model, node, 2, sol[-1].astype(w.dtype), names)
+    remove_dead(model)
+    return model, skipped
+
+
+def _replace(model, node, slot, value, names) -> None:
+    base = node.input[slot] if slot < len(node.input) and node.input[slot] else f"{node.output[0]}_bias"
+    name = unique_name(names, f"{base}_ls")
+    model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+    while len(node.input) <= slot:
+        node.input.append("")
+    node.input[slot] = name
