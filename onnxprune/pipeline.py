@@ -121,7 +121,7 @@ def prune(model_or_path, criterion: str = "l1", ratio: float = 0.5, *, global_pr
         reference = activations.outputs(an.model, data, "holdout") if data.size("holdout") else None
         timings["calibration"] = time.perf_counter() - t
     t = time.perf_counter()
-    ctx = criteria.ScoreContext(an, seed=seed, stats=stats)
+    ctx = criteria.ScoreContext(an, seed=seed, stats=stats, data=data)
     if data is not None:
         ctx.notes.extend(data.notes)
     if plan is not None:

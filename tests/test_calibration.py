@@ -249,3 +249,21 @@ def test_least_squares_recovery_lowers_reconstruction_error(tmp_path):
                              calib=npz_data(tmp_path, n=96), recover=True)
     steps = {s["step"]: s for s in result.report["recovery"] if "loss_before" in s}
     assert "least_squares" in steps
+
+
+def test_thinet_removes_a_channel_its_consumer_ignores(tmp_path):
+    model = conv_bn_relu_conv(c=8, k2=3)
+    w2 = next(i for i in model.graph.initializer if i.name == "w2")
+    arr = onnx.numpy_helper.to_array(w2).copy()
+    arr[:, 5] = 0.0                                   # the consumer never reads channel 5
+    w2.CopyFrom(onnx.numpy_helper.from_array(arr, "w2"))
+    w1 = next(i for i in model.graph.initializer if i.name == "w1")
+    big = onnx.numpy_helper.to_array(w1).copy()
+    big[5] *= 10.0                                    # ...although its filter is the largest
+    w1.CopyFrom(onnx.numpy_helper.from_array(big, "w1"))
+    prep, data = calib_for(model, npz_data(tmp_path, n=16), holdout=0.0)
+    an = prep.analysis
+    gid = next(g.id for g in an.groups if g.prunable)
+    ctx = criteria.ScoreContext(an, data=data)
+    assert np.argmin(criteria.score("thinet", ctx)[gid]) == 5
+    assert np.argmax(criteria.score("l1", ctx)[gid]) == 5

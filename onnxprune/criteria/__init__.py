@@ -22,6 +22,7 @@ class ScoreContext:
     analysis: Analysis
     seed: int = 0
     stats: dict = field(default_factory=dict)      # tensor -> activations.ChannelStats (with --calib)
+    data: object = None                             # calib.CalibData (with --calib)
     notes: list[str] = field(default_factory=list)
 
 
@@ -49,6 +50,6 @@ def score(name: str, ctx: ScoreContext) -> dict[int, np.ndarray]:
     return REGISTRY[name](ctx)
 
 
-from . import activations, weights  # noqa: E402,F401  (register the criteria)
+from . import activations, thinet, weights  # noqa: E402,F401  (register the criteria)
 
-DATA_CRITERIA = ("mean_act", "apoz", "entropy", "hrank")
+DATA_CRITERIA = ("mean_act", "apoz", "entropy", "hrank", "thinet")
