@@ -49,11 +49,83 @@ class Passthrough(Rule):
     """Element-wise unary ops, Cast, Identity, Dropout: out channel c == in channel c."""
 
 
-class Harmless(Rule):
-    """Ops that read a tensor without caring about its channel count (Shape, Size)."""
+class ShapeRead(Rule):
+    """Shape/Size read a tensor's dimensions, not its values.
+
+    Harmless unless the channel count flows on into a value: the Shape output is followed
+    through shape arithmetic; Gather/Slice picking other dimensions end the trail; feeding the
+    shape of a Reshape of the same tensor is checked by the Reshape rule; anything else that
+    receives the channel count (a Pow, a Range, Resize sizes, Slice bounds...) blocks the tensor.
+    """
 
     def analyse(self, node, an) -> None:
-        pass
+        x = an.channels(node.input[0])
+        if x is None:
+            return
+        if node.op_type == "Size":
+            if an.index.consumers.get(node.output[0]):
+                an.block(x.name, f"Size '{node.name}' reads the element count at run time")
+            return
+        rank = an.rank(x.name) or 0
+        start = _norm_axis(attr(node, "start", 0), rank)
+        end = attr(node, "end", None)
+        end = rank if end is None else min(_norm_axis(end, rank), rank)
+        if not start <= x.axis < end:
+            return
+        escape = _count_escapes(node.output[0], x.axis - start, x, an, depth=0)
+        if escape:
+            an.block(x.name, f"the channel count is read at run time (Shape '{node.name}' -> {escape})")
+
+
+_SHAPE_PASS = {"Unsqueeze", "Squeeze", "Cast", "Identity", "Concat", "Div", "Mul", "Add", "Sub", "Floor", "Ceil"}
+
+
+def _count_escapes(tensor, pos, x, an, depth) -> str | None:
+    """Where a tensor holding `x`'s channel count (at element `pos`, None: unknown) is used unsafely."""
+    if depth > 32:
+        return "a long shape computation"
+    if tensor in an.index.outputs:
+        return "a graph output"
+    for user, slot in an.index.consumers.get(tensor, []):
+        op = user.op_type
+        if op in ("Gather", "Slice") and slot == 0:
+            picked = _picks(user, an, pos)
+            if picked is False:
+                continue
+            nxt = picked if isinstance(picked, int) and picked is not True else None
+            found = _count_escapes(user.output[0], nxt, x, an, depth + 1)
+        elif op in _SHAPE_PASS:
+            found = _count_escapes(user.output[0], pos if op in ("Cast", "Identity") else None, x, an, depth + 1)
+        elif op == "Reshape" and slot == 1 and user.input[0] == x.name:
+            continue  # the Reshape rule checks that this shape follows the channel count
+        else:
+            return f"{op} '{user.name}'"
+        if found:
+            return found
+    return None
+
+
+def _picks(node, an, pos):
+    """Whether a Gather/Slice on a 1-D shape vector takes element `pos` (True/False/new position)."""
+    if pos is None:
+        return True
+    if node.op_type == "Gather":
+        idx = an.index.const(node.input[1])
+        if idx is None:
+            return True
+        idx = [int(i) for i in np.asarray(idx).reshape(-1)]
+        if pos not in idx and all(i >= 0 for i in idx):
+            return False
+        return True if np.asarray(an.index.const(node.input[1])).ndim else True
+    starts = an.index.const(node.input[1]) if len(node.input) > 1 else None
+    ends = an.index.const(node.input[2]) if len(node.input) > 2 else None
+    steps = an.index.const(node.input[4]) if len(node.input) > 4 and node.input[4] else None
+    if starts is None or ends is None or (steps is not None and int(steps[0]) != 1) or starts.size != 1:
+        return True
+    lo, hi = int(starts[0]), int(ends[0])
+    if lo >= 0 and hi >= 0 and not lo <= pos < hi:
+        return False
+    return pos - lo if lo >= 0 else True
 
 
 class Barrier(Rule):
@@ -981,8 +1053,8 @@ RULES: dict[str, Rule] = {
     "Resize": Resize(),
     "Upsample": Resize(),
     "Pad": Pad(),
-    "Shape": Harmless(),
-    "Size": Harmless(),
+    "Shape": ShapeRead(),
+    "Size": ShapeRead(),
     "Softmax": AxisGuarded(-1, "normalises over the channel axis"),
     "LogSoftmax": AxisGuarded(-1, "normalises over the channel axis"),
     "Hardmax": AxisGuarded(-1, "normalises over the channel axis"),

@@ -33,6 +33,7 @@ class Rewriter:
         self.opset = analysis.opset
         self._kept = kept
         self._new: dict[str, np.ndarray] = {}
+        self.pending: list[tuple[str, onnx.NodeProto]] = []   # (insert after producer of, node)
         self._names = {n for node in model.graph.node for n in list(node.input) + list(node.output)}
         self._names |= set(self.index.initializers) | {i.name for i in model.graph.input}
 
@@ -68,16 +69,28 @@ class Rewriter:
         node.input[slot] = name
 
     def set_const_by_name(self, node: onnx.NodeProto, name: str, value: np.ndarray) -> None:
-        """Replace constant `name` read by `node` or by the producer of one of its inputs."""
+        """Replace constant `name` read by `node` or by the producer of one of its inputs.
+
+        A producer (the Concat building a Reshape's shape) read by other nodes too is copied first,
+        so the change stays private to `node`.
+        """
         for slot, inp in enumerate(node.input):
             if inp == name:
                 return self.set_const(node, slot, value)
-        for inp in node.input:
+        for i, inp in enumerate(node.input):
             producer = self.index.producer.get(inp)
-            if producer is not None:
-                for slot, pin in enumerate(producer.input):
-                    if pin == name:
-                        return self.set_const(producer, slot, value)
+            if producer is None or name not in producer.input:
+                continue
+            if len(self.index.consumers.get(inp, [])) > 1 or inp in self.index.outputs:
+                copy_node = onnx.NodeProto()
+                copy_node.CopyFrom(producer)
+                copy_node.name = unique_name(self._names, (producer.name or inp) + "_pruned")
+                del copy_node.output[:]
+                copy_node.output.append(unique_name(self._names, inp + "_pruned"))
+                self.pending.append((inp, copy_node))
+                node.input[i] = copy_node.output[0]
+                producer = copy_node
+            return self.set_const(producer, list(producer.input).index(name), value)
         raise RuntimeError(f"constant {name} not found around node {node.name}")
 
 
@@ -105,6 +118,18 @@ def apply(analysis: Analysis, removed_units: np.ndarray, means: dict[str, np.nda
             touched = any(n in kept for n in list(node.input) + list(node.output))
             if touched:
                 rule_for(node).rewrite(node, rw)
+        if rw.pending:  # private copies of shared shape producers, placed right after the original
+            after = {}
+            for tensor, new_node in rw.pending:
+                after.setdefault(tensor, []).append(new_node)
+            nodes = []
+            for node in model.graph.node:
+                nodes.append(node)
+                for out in node.output:
+                    nodes.extend(after.get(out, []))
+            nodes = [onnx.NodeProto.FromString(n.SerializeToString()) for n in nodes]
+            del model.graph.node[:]
+            model.graph.node.extend(nodes)
     finalise(model)
     return model
 
