@@ -136,6 +136,8 @@ class _Builder:
         self.blocked: dict[str, list[str]] = {}
         self.blocked_channels: list[tuple[str, np.ndarray]] = []
         self.sources: dict[str, onnx.NodeProto] = {}
+        self.deferred: list = []
+        self.equal_counts: list[tuple[str, str]] = []
 
     def channels(self, name: str) -> ChannelTensor | None:
         return self.tensors.get(name) if name else None
@@ -193,6 +195,14 @@ class _Builder:
         if reason not in self.blocked[name]:
             self.blocked[name].append(reason)
 
+    def after_all(self, check) -> None:
+        """Run `check()` once every node has been analysed."""
+        self.deferred.append(check)
+
+    def same_count(self, a: str, b: str) -> None:
+        """Require that pruning leaves tensors `a` and `b` with equal channel counts (checked per unit)."""
+        self.equal_counts.append((a, b))
+
     def source(self, name: str, node: onnx.NodeProto) -> None:
         self.sources[name] = node
 
@@ -223,6 +233,8 @@ def analyse(model: onnx.ModelProto, shapes: dict) -> Analysis:
             continue
         rule.analyse(node, an)
         _block_subgraph_reads(node, an)
+    for check in an.deferred:
+        check()
     for out in an.index.outputs:
         an.block(out, f"reaches graph output '{out}'")
     return _components(an, model)
@@ -249,6 +261,14 @@ def _components(an: _Builder, model: onnx.ModelProto) -> Analysis:
         n_units, unit_of = n, np.arange(n)
     unit_of = unit_of.astype(np.int64)
 
+    for a_name, b_name in an.equal_counts:
+        ta, tb = an.tensors[a_name], an.tensors[b_name]
+        counts_a = np.bincount(unit_of[ta.base:ta.base + ta.size], minlength=n_units)
+        counts_b = np.bincount(unit_of[tb.base:tb.base + tb.size], minlength=n_units)
+        if not np.array_equal(counts_a, counts_b):
+            why = f"a run-time shape takes the channel count of '{a_name}' for '{b_name}', which prune differently"
+            an.block(a_name, why)
+            an.block(b_name, why)
     source_elem = np.zeros(n, dtype=bool)
     blocked_elem = np.zeros(n, dtype=bool)
     for name in an.sources:

@@ -70,9 +70,13 @@ class ShapeRead(Rule):
         start = _norm_axis(attr(node, "start", 0), rank)
         end = attr(node, "end", None)
         end = rank if end is None else min(_norm_axis(end, rank), rank)
-        if not start <= x.axis < end:
-            return
-        escape = _count_escapes(node.output[0], x.axis - start, x, an, depth=0)
+        if start <= x.axis < end:
+            # checked once the whole graph is analysed: a Reshape/Slice reading the count must exist by then
+            an.after_all(lambda: self._check(node, an, x, x.axis - start))
+
+    @staticmethod
+    def _check(node, an, x, pos) -> None:
+        escape = _count_escapes(node.output[0], pos, x, an, depth=0)
         if escape:
             an.block(x.name, f"the channel count is read at run time (Shape '{node.name}' -> {escape})")
 
@@ -96,8 +100,8 @@ def _count_escapes(tensor, pos, x, an, depth) -> str | None:
             found = _count_escapes(user.output[0], nxt, x, an, depth + 1)
         elif op in _SHAPE_PASS:
             found = _count_escapes(user.output[0], pos if op in ("Cast", "Identity") else None, x, an, depth + 1)
-        elif op == "Reshape" and slot == 1 and user.input[0] == x.name:
-            continue  # the Reshape rule checks that this shape follows the channel count
+        elif (op == "Reshape" and slot == 1 or op == "Slice" and slot in (1, 2)) and an.channels(user.input[0]):
+            continue  # the Reshape/Slice rules check that these values follow the channel count
         else:
             return f"{op} '{user.name}'"
         if found:
@@ -621,7 +625,8 @@ class Slice(Rule):
         rank = an.rank(x.name)
         params = self._params(node, an)
         if params is None:
-            an.block(x.name, f"Slice '{node.name}' has run-time bounds")
+            if not self._chunk(node, an, x):
+                an.block(x.name, f"Slice '{node.name}' has run-time bounds")
             return
         starts, ends, axes, steps = params
         axes = [_norm_axis(int(a), rank) for a in axes]
@@ -641,12 +646,54 @@ class Slice(Rule):
             idx = np.arange(end - start)
             an.tie(x.name, idx + start, node.output[0], idx)
 
+    def _chunk(self, node, an, x) -> bool:
+        """A `chunk`: run-time bounds ``k*C/n .. (k+1)*C/n`` on the channel axis, computed from Shape(x).
+
+        Tying channel j to every ``j + m*C/n`` keeps the n chunks equally long after pruning,
+        so the bounds computed at run time from the pruned count stay right.
+        """
+        rank = an.rank(x.name)
+        names = [node.input[i] if len(node.input) > i else "" for i in (1, 2, 3, 4)]
+        const_axes = an.index.const(names[2]) if names[2] else np.arange(rank)
+        if const_axes is None or (names[3] and an.index.const(names[3]) is None):
+            return False
+        axes = [_norm_axis(int(a), rank) for a in np.asarray(const_axes).reshape(-1)]
+        if axes != [x.axis] or (names[3] and int(an.index.const(names[3]).reshape(-1)[0]) != 1) or x.split:
+            return False
+        evaluate = shape_evaluator([n for n in names[:2] if not an.index.is_const(n)], an, x)
+        if evaluate is None or x.size % 2:
+            return False
+
+        def bounds(channels):
+            values = iter(evaluate(channels))
+            out = []
+            for name in names[:2]:
+                v = an.index.const(name) if an.index.is_const(name) else next(values)
+                out.append(_clamp_range(int(np.asarray(v).reshape(-1)[0]), 0, channels)[0])
+            return out
+
+        try:
+            (s0, e0), (s1, e1) = bounds(x.size), bounds(x.size // 2)
+        except Exception:
+            return False
+        length = e0 - s0
+        if length <= 0 or x.size % length or s0 % length or 2 * s1 != s0 or 2 * e1 != e0:
+            return False
+        if an.register(node.output[0], x.axis, size=length) is None:
+            return False
+        idx = np.arange(x.size)
+        an.tie(x.name, idx, x.name, idx % length)
+        an.tie(x.name, s0 + np.arange(length), node.output[0], np.arange(length))
+        return True
+
     def rewrite(self, node, rw) -> None:
         keep = rw.kept(node.input[0])
         if keep is None:
             return
         x = rw.channels(node.input[0])
         params = self._params(node, rw)
+        if params is None:
+            return  # a chunk: its run-time bounds follow the pruned channel count
         starts, ends, axes, steps = params
         rank = len(rw.shape(node.input[0]))
         axes_n = [_norm_axis(int(a), rank) for a in axes]
@@ -829,17 +876,17 @@ SHAPE_OPS = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Div", "Mul", 
              "Slice", "Identity", "Floor", "Ceil"}
 
 
-def _shape_follows_input(node, an, x, in_shape, pos, repeat, split) -> bool:
-    """True when a Reshape's run-time shape is computed from Shape(x) and follows x's channel count.
+def shape_evaluator(targets: list[str], an, x):
+    """A function channels -> values of `targets`, when they are computed only from Shape(x) and constants.
 
-    The shape subgraph (Shape -> Gather/Div/Concat/... of constants) is evaluated twice with
-    onnx.reference: with x's real shape, and with one channel unit fewer; the entry at `pos`
-    must move exactly as pruning requires. Any other data dependency answers False.
+    The small shape subgraph (Shape -> Gather/Div/Concat/... of constants) is evaluated with
+    onnx.reference for a hypothetical channel count of `x`. Returns None when the targets
+    depend on anything else (another tensor's shape, run-time data).
     """
     from onnx import helper, numpy_helper
     from onnx.reference import ReferenceEvaluator
 
-    nodes, shape_nodes, stack, seen = [], [], [node.input[1]], set()
+    nodes, shape_nodes, stack, seen = [], [], list(targets), set()
     while stack:
         name = stack.pop()
         if name in seen or not name:
@@ -849,41 +896,59 @@ def _shape_follows_input(node, an, x, in_shape, pos, repeat, split) -> bool:
             continue
         producer = an.index.producer.get(name)
         if producer is None or producer.op_type not in SHAPE_OPS or producer.domain not in ("", "ai.onnx"):
-            return False
+            return None
         if producer.op_type == "Shape":
-            if producer.input[0] != node.input[0]:
-                return False
+            other = an.channels(producer.input[0])
+            if producer.input[0] != x.name:
+                # the shape of another tensor with as many channels: fine if pruning keeps them equal
+                if other is None or other.split or other.size != x.size:
+                    return None
+                an.same_count(other.name, x.name)
             shape_nodes.append(producer)
             continue
         nodes.append(producer)
         stack.extend(producer.input)
     if not shape_nodes:
-        return False
+        return None
     order = {id(n): i for i, n in enumerate(an.index.model.graph.node)}
     nodes.sort(key=lambda n: order[id(n)])
     outer = x.split[0] if x.split else 1
-    # one unit less: a split (new or inherited) loses one inner index in every outer slice
-    step = split[0] if split else outer
 
-    def evaluate(channels: int):
-        shape = list(an.shape(node.input[0]))
-        if x.split:
-            shape[x.axis + 1] = channels // outer
-        else:
-            shape[x.axis] = channels
+    def evaluate(channels: int) -> list[np.ndarray]:
         feeds = []
         for sn in shape_nodes:
+            t = an.channels(sn.input[0])
+            shape = list(an.shape(t.name))
+            if t.split:
+                shape[t.axis + 1] = channels // outer
+            else:
+                shape[t.axis] = channels
             start, end = attr(sn, "start", 0), attr(sn, "end", None)
             feeds.append(numpy_helper.from_array(np.array(shape[start:end], dtype=np.int64), sn.output[0]))
         consts = {i for n in nodes for i in n.input if an.index.is_const(i)}
         inits = feeds + [numpy_helper.from_array(an.index.const(c), c) for c in consts]
-        g = helper.make_graph(nodes, "shape", [], [onnx_value(node.input[1])], initializer=inits)
+        outs = [onnx_value(t) for t in targets]
+        g = helper.make_graph(nodes, "shape", [], outs, initializer=inits)
         m = helper.make_model(g, opset_imports=list(an.index.model.opset_import),
                               ir_version=max(an.index.model.ir_version, 4))
-        return np.asarray(ReferenceEvaluator(m).run(None, {})[0]).reshape(-1)
+        return [np.asarray(v).reshape(-1) for v in ReferenceEvaluator(m).run(None, {})]
 
+    return evaluate
+
+
+def _shape_follows_input(node, an, x, in_shape, pos, repeat, split) -> bool:
+    """True when a Reshape's run-time shape is computed from Shape(x) and follows x's channel count.
+
+    The shape is evaluated with x's real channel count and with one unit fewer; the entry at
+    `pos` must move exactly as pruning requires and the others must stay.
+    """
+    evaluate = shape_evaluator([node.input[1]], an, x)
+    if evaluate is None:
+        return False
+    # one unit less: a split (new or inherited) loses one inner index in every outer slice
+    step = split[0] if split else (x.split[0] if x.split else 1)
     try:
-        now, fewer = evaluate(x.size), evaluate(x.size - step)
+        (now,), (fewer,) = evaluate(x.size), evaluate(x.size - step)
     except Exception:
         return False
     if pos >= now.size:
