@@ -190,3 +190,31 @@ def test_dynamic_dims_with_input_shape(tmp_path):
 def test_bad_input_shape_is_usage_error(tmp_path):
     result = invoke(RESNET, "-o", tmp_path / "o.onnx", "--input-shape", "input:1,x")
     assert result.exit_code == 2
+
+
+def test_eval_command_reports_agreement_and_accuracy(tmp_path):
+    out = tmp_path / "p.onnx"
+    assert invoke(RESNET, "--ratio", "0.3", "-o", out).exit_code == 0
+    data = tmp_path / "test.npz"
+    rng = np.random.default_rng(0)
+    np.savez(data, input=rng.standard_normal((20, 3, 32, 32)).astype(np.float32), labels=rng.integers(0, 10, 20))
+    result = invoke("eval", RESNET, out, "--data", data, "--json")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)["outputs"]["output"]
+    for key in ("accuracy", "accuracy_original", "top1_agreement", "top5_agreement", "kl", "cosine"):
+        assert key in metrics
+    assert 0 <= metrics["top1_agreement"] <= 1 and metrics["kl"] >= 0
+    same = json.loads(invoke("eval", RESNET, RESNET, "--data", data, "--json").stdout)["outputs"]["output"]
+    assert same["top1_agreement"] == 1.0 and abs(same["kl"]) < 1e-9
+
+
+def test_prune_with_calibration_prints_holdout_metrics(tmp_path):
+    data = tmp_path / "cal.npz"
+    np.savez(data, input=np.random.default_rng(0).standard_normal((32, 3, 32, 32)).astype(np.float32))
+    rep = tmp_path / "r.json"
+    result = invoke(RESNET, "--criterion", "apoz", "--calib", data, "-o", tmp_path / "p.onnx", "--report", rep)
+    assert result.exit_code == 0, result.output
+    report = json.load(open(rep))
+    assert report["calibration"]["holdout"] == 8
+    assert report["recovery"] and report["holdout"]["output"]["top1_agreement"] >= 0
+    assert "held-out split" in result.output
