@@ -20,11 +20,19 @@ from .verify import session
 ZERO_EPS = 1e-6
 
 
+ALL_STATS = frozenset({"sumsq", "abs", "zeros", "pooled"})
+
+
 @dataclass
 class ChannelStats:
-    """Running per-channel statistics of one tensor (channels on `axis`)."""
+    """Running per-channel statistics of one tensor (channels on `axis`).
+
+    `sum` and `count` are always kept; `want` names the optional ones ("sumsq", "abs",
+    "zeros", "pooled"), so a pass computes only what its criteria and recovery read.
+    """
 
     axis: int
+    want: frozenset = ALL_STATS
     count: int = 0                       # elements per channel seen (samples * spatial)
     samples: int = 0
     sum: np.ndarray | None = None
@@ -39,17 +47,27 @@ class ChannelStats:
         """Add one batch (any layout; channels on `self.axis`)."""
         x = np.moveaxis(value, self.axis, 1)
         n, c = x.shape[0], x.shape[1]
-        flat = x.reshape(n, c, -1).astype(np.float64)
+        flat = x.reshape(n, c, -1)
+        if flat.dtype != np.float32:
+            flat = flat.astype(np.float32)
         if self.sum is None:
             self.sum, self.sumsq, self.abssum, self.zeros = (np.zeros(c) for _ in range(4))
             self.rank_sum = np.zeros(c)
-        self.sum += flat.sum(axis=(0, 2))
-        self.sumsq += np.einsum("ncs,ncs->c", flat, flat)
-        self.abssum += np.abs(flat).sum(axis=(0, 2))
-        self.zeros += (np.abs(flat) <= ZERO_EPS).sum(axis=(0, 2))
+        # float32 element-wise work, float64 accumulation: cheap next to the forward pass
+        pooled = flat.sum(axis=2, dtype=np.float64)
+        self.sum += pooled.sum(axis=0)
+        if "sumsq" in self.want:
+            self.sumsq += np.square(flat).sum(axis=(0, 2), dtype=np.float64)
+        if "abs" in self.want or "zeros" in self.want:
+            magnitude = np.abs(flat)
+            if "abs" in self.want:
+                self.abssum += magnitude.sum(axis=(0, 2), dtype=np.float64)
+            if "zeros" in self.want:
+                self.zeros += np.count_nonzero(magnitude <= ZERO_EPS, axis=(0, 2))
         self.count += n * flat.shape[2]
         self.samples += n
-        self.pooled.append(flat.mean(axis=2).astype(np.float32))
+        if "pooled" in self.want:
+            self.pooled.append((pooled / flat.shape[2]).astype(np.float32))
         take = min(n, rank_budget - self.rank_samples)
         if take > 0 and x.ndim == 4:
             mats = x[:take].astype(np.float64)
@@ -83,7 +101,8 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
 
 
 def collect(model: onnx.ModelProto, axes: dict[str, int], data: CalibData, split: str = "score",
-            rank_samples: int = 0, label: str = "calibration pass") -> dict[str, ChannelStats]:
+            rank_samples: int = 0, label: str = "calibration pass",
+            want: frozenset = ALL_STATS) -> dict[str, ChannelStats]:
     """Stream `data[split]` through `model` once and return statistics of the tensors in `axes`.
 
     Args:
@@ -92,10 +111,11 @@ def collect(model: onnx.ModelProto, axes: dict[str, int], data: CalibData, split
         data: calibration data.
         split: 'score', 'holdout' or 'all'.
         rank_samples: how many samples feed the HRank matrix ranks (0: none).
+        want: optional statistics to keep (see ChannelStats); sums and counts always.
     """
     names = list(axes)
     sess = session(with_outputs(model, names))
-    stats = {name: ChannelStats(axis) for name, axis in axes.items()}
+    stats = {name: ChannelStats(axis, frozenset(want)) for name, axis in axes.items()}
     for feeds in progress(data.batches(split), data.size(split), data.config.batch_size, label):
         values = sess.run(names, feeds)
         for name, value in zip(names, values):

@@ -117,7 +117,8 @@ def prune(model_or_path, criterion: str = "l1", ratio: float = 0.5, *, global_pr
                          input_specs(prep.original, prep.input_shapes))
         if criterion in criteria.DATA_CRITERIA or recover:
             stats = activations.collect(an.model, an.read_tensors(), data, "score",
-                                        rank_samples=128 if criterion == "hrank" else 0)
+                                        rank_samples=128 if criterion == "hrank" else 0,
+                                        want=frozenset(criteria.STATS_NEEDED.get(criterion, set())))
         reference = activations.outputs(an.model, data, "holdout") if data.size("holdout") else None
         timings["calibration"] = time.perf_counter() - t
     t = time.perf_counter()

@@ -53,3 +53,5 @@ def score(name: str, ctx: ScoreContext) -> dict[int, np.ndarray]:
 from . import activations, thinet, weights  # noqa: E402,F401  (register the criteria)
 
 DATA_CRITERIA = ("mean_act", "apoz", "entropy", "hrank", "thinet")
+# the optional activation statistics each criterion reads (activations.ChannelStats.want)
+STATS_NEEDED = {"mean_act": {"abs"}, "apoz": {"zeros"}, "entropy": {"pooled"}, "hrank": set(), "thinet": set()}
