@@ -23,7 +23,7 @@ import click
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed runs per model.")
 @click.option("--repeat", type=click.IntRange(min=1), default=30, show_default=True, help="Timed runs per model.")
 @click.option("--input-shape", multiple=True, metavar="NAME:DIMS", help="Fix dynamic input dims, e.g. x:1,3,224,224.")
-@click.option("--profile", "profile_dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--profile", "profile_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="Write onnxruntime per-node profiles to DIR and print the 10 slowest nodes per model.")
 @click.option("--spin", is_flag=True,
               help="Let idle intra-op threads spin (onnxruntime's default; off here so alternating sessions "

@@ -117,37 +117,40 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[s
         return model, skipped
     by_output = {n.output[0]: n for n in model.graph.node}
     inputs = {o: by_output[o].input[0] for o in targets}
-    teacher = session(with_outputs(original, targets))
     names = set()
     for n in model.graph.node:
         names.update(n.input)
         names.update(n.output)
     names |= {i.name for i in model.graph.initializer}
+    # the original network's targets at fixed sampled locations: one pass for every layer
+    teacher = session(with_outputs(original, targets))
+    wanted = {o: (by_output[o], GraphIndex(model).const(by_output[o].input[1]).shape) for o in targets}
+    y_samples = {o: [] for o in targets}
+    for k, feeds in enumerate(progress(data.batches("score"), data.size("score"), data.config.batch_size,
+                                       "least squares: targets")):
+        for o, y in zip(targets, teacher.run(targets, feeds)):
+            if o in kept:                       # the consumer's own outputs were pruned too
+                y = np.take(y, kept[o], axis=1)
+            pos = _positions(wanted[o][0], y.shape, per_image, (seed, k, targets.index(o)))
+            y_samples[o].append(y if pos is None else y[pos[0], :, pos[1], pos[2]])
     groups = [[o] for o in targets] if sequential else [targets]
     for group in groups:
         student = session(with_outputs(model, [inputs[o] for o in group]))
         index = GraphIndex(model)
         acc = {o: None for o in group}
-        rng = np.random.default_rng(seed)
-        for feeds in progress(data.batches("score"), data.size("score"), data.config.batch_size,
-                              f"least squares {group[0] if len(group) == 1 else ''}"):
-            t_out = dict(zip(group, teacher.run(group, feeds)))
+        for k, feeds in enumerate(progress(data.batches("score"), data.size("score"), data.config.batch_size,
+                                           f"least squares {group[0] if len(group) == 1 else ''}")):
             s_in = dict(zip([inputs[o] for o in group], student.run([inputs[o] for o in group], feeds)))
             for o in group:
                 node = by_output[o]
                 w = index.const(node.input[1])
-                x, y = s_in[inputs[o]], t_out[o]
-                if o in kept:                       # the consumer's own outputs were pruned too
-                    y = np.take(y, kept[o], axis=1)
+                x, target = s_in[inputs[o]], y_samples[o][k]
                 if node.op_type == "Conv":
-                    n, oh, ow = y.shape[0], y.shape[2], y.shape[3]
-                    take = min(per_image, oh * ow)
-                    flat = np.concatenate([rng.choice(oh * ow, take, replace=False) for _ in range(n)])
-                    pos = (np.repeat(np.arange(n), take), flat // ow, flat % ow)
+                    out_shape = (x.shape[0], 0) + _out_hw(node, x.shape, w.shape)
+                    pos = _positions(node, out_shape, per_image, (seed, k, targets.index(o)))
                     rows = im2col_rows(x, node, w.shape, pos)
-                    target = y[pos[0], :, pos[1], pos[2]]
                 else:
-                    rows, target = x.reshape(x.shape[0], -1), y
+                    rows = x.reshape(x.shape[0], -1)
                 design = np.hstack([rows.astype(np.float64), np.ones((len(rows), 1))])
                 g, h = design.T @ design, design.T @ target.astype(np.float64)
                 acc[o] = (g, h) if acc[o] is None else (acc[o][0] + g, acc[o][1] + h)
@@ -165,6 +168,23 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[s
             _replace(model, node, 2, sol[-1].astype(w.dtype), names)
     remove_dead(model)
     return model, skipped
+
+
+def _out_hw(node, x_shape, w_shape) -> tuple[int, int]:
+    kh, kw, s, d, p = _conv_geometry(node, x_shape, w_shape)
+    return ((x_shape[2] + p[0] + p[2] - d[0] * (kh - 1) - 1) // s[0] + 1,
+            (x_shape[3] + p[1] + p[3] - d[1] * (kw - 1) - 1) // s[1] + 1)
+
+
+def _positions(node, out_shape, per_image, seed):
+    """Sampled output locations (n, y, x) of a Conv for one batch, reproducible from `seed`; None for Gemm."""
+    if node.op_type != "Conv":
+        return None
+    rng = np.random.default_rng(list(seed))
+    n, oh, ow = out_shape[0], out_shape[2], out_shape[3]
+    take = min(per_image, oh * ow)
+    flat = np.concatenate([rng.choice(oh * ow, take, replace=False) for _ in range(n)])
+    return np.repeat(np.arange(n), take), flat // ow, flat % ow
 
 
 def _replace(model, node, slot, value, names) -> None:

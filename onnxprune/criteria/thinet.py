@@ -14,7 +14,7 @@ import numpy as np
 from ..activations import with_outputs
 from ..errors import OnnxPruneError
 from ..graph import GraphIndex, attr
-from ..reconstruct import im2col_rows
+from ..reconstruct import _out_hw, im2col_rows
 from ..verify import session
 from . import ScoreContext, register
 
@@ -31,10 +31,7 @@ def contributions(node, w: np.ndarray, x: np.ndarray, rng) -> np.ndarray:
         return (x[n].T * b[o.ravel()].T)                               # [K, M]
     n_img, c = x.shape[0], x.shape[1]
     kh, kw = w.shape[2], w.shape[3]
-    from ..reconstruct import _conv_geometry
-    _, _, s, d, p = _conv_geometry(node, x.shape, w.shape)
-    oh = (x.shape[2] + p[0] + p[2] - d[0] * (kh - 1) - 1) // s[0] + 1
-    ow = (x.shape[3] + p[1] + p[3] - d[1] * (kw - 1) - 1) // s[1] + 1
+    oh, ow = _out_hw(node, x.shape, w.shape)
     n = np.repeat(np.arange(n_img), SAMPLES_PER_IMAGE)
     flat = rng.integers(0, oh * ow, size=len(n))
     rows = im2col_rows(x, node, w.shape, (n, flat // ow, flat % ow)).reshape(len(n), c, kh * kw)
