@@ -128,6 +128,7 @@ class Profile:
     runs: int
     total_ms: float
     top: tuple[dict, ...]  # {"node", "op_type", "ms", "share"} per run, longest first
+    by_op_type: dict = field(default_factory=dict)  # op_type -> ms per run, longest first
 
     def to_dict(self) -> dict:
         """Plain-data form for reports."""
@@ -347,10 +348,14 @@ def time_models(runners: Sequence[Callable[[], None]], warmup: int, repeat: int,
     return times
 
 
-def read_profile(path: str, top: int = 10) -> tuple[int, float, list[dict]]:
-    """Summarise an onnxruntime profile: (runs, node time per run in ms, the `top` nodes by time).
+def read_profile(path: str, top: int = 10) -> tuple[int, float, list[dict], dict[str, float]]:
+    """Summarise an onnxruntime profile.
 
-    The first run is dropped when there are several (it includes allocations and caches warming).
+    Returns:
+        (runs, node time per run in ms, the `top` nodes by time, ms per run per op type). The
+        op types are the kernels onnxruntime ran after its graph optimisations (for instance
+        `FusedConv` where a Conv could not use the blocked NCHWc layout). The first run is
+        dropped when there are several (it includes allocations and caches warming).
     """
     with open(path) as f:
         events = json.load(f)
@@ -367,8 +372,12 @@ def read_profile(path: str, top: int = 10) -> tuple[int, float, list[dict]]:
         op_type[node] = e.get("args", {}).get("op_name", "?")
     total = sum(per_node.values()) / kept
     rows = sorted(per_node.items(), key=lambda kv: -kv[1])[:top]
+    by_type: dict[str, float] = defaultdict(float)
+    for node, ms in per_node.items():
+        by_type[op_type[node]] += ms / kept
     return kept, total, [{"node": n, "op_type": op_type[n], "ms": ms / kept,
-                          "share": (ms / kept) / total if total else 0.0} for n, ms in rows]
+                          "share": (ms / kept) / total if total else 0.0} for n, ms in rows], \
+        dict(sorted(by_type.items(), key=lambda kv: -kv[1]))
 
 
 def _profile(index: int, m: _Model, provider: str, batch: int, cfg: BenchConfig, feeds) -> Profile:
@@ -379,8 +388,8 @@ def _profile(index: int, m: _Model, provider: str, batch: int, cfg: BenchConfig,
     for _ in range(1 + min(cfg.repeat, 10)):
         run()
     file = sess.end_profiling()
-    runs, total, top = read_profile(file)
-    return Profile(m.info.label, provider, batch, file, runs, total, tuple(top))
+    runs, total, top, by_type = read_profile(file)
+    return Profile(m.info.label, provider, batch, file, runs, total, tuple(top), by_type)
 
 
 def bench(sources: Sequence, config: BenchConfig | None = None, *, labels: Sequence[str] | None = None,

@@ -108,4 +108,6 @@ def render_bench(result, console) -> None:
             table.add_column(col, justify="left" if col in ("node", "op_type") else "right")
         for row in p.top:
             table.add_row(row["node"], row["op_type"], f"{row['ms']:.3f}", f"{row['share']:.1%}")
+        table.caption = "by op type (ms/run): " + ", ".join(f"{op} {ms:.3f}" for op, ms in p.by_op_type.items())
+        table.caption_justify = "left"
         console.print(table)

@@ -216,5 +216,9 @@ def evaluate(original, pruned, data, samples, batch_size, mean, std, scale, inpu
     _run(debug, work)
 
 
+from .bench_cli import bench  # noqa: E402  (the command module imports nothing heavy)
+
+main.add_command(bench)
+
 if __name__ == "__main__":
     main()

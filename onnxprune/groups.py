@@ -134,7 +134,8 @@ class _Builder:
         self.total = 0
         self.edges: list[tuple[np.ndarray, np.ndarray]] = []
         self.blocked: dict[str, list[str]] = {}
-        self.blocked_channels: list[tuple[str, np.ndarray]] = []
+        self.blocked_channels: list[tuple[str, np.ndarray]] = []   # only some channels of a tensor
+        self.blocked_whole: set[str] = set()
         self.sources: dict[str, onnx.NodeProto] = {}
         self.deferred: list = []
         self.equal_counts: list[tuple[str, str]] = []
@@ -184,6 +185,7 @@ class _Builder:
 
     def block(self, name: str, reason: str) -> None:
         if name in self.tensors:
+            self.blocked_whole.add(name)
             self.blocked.setdefault(name, [])
             if reason not in self.blocked[name]:
                 self.blocked[name].append(reason)
@@ -274,13 +276,11 @@ def _components(an: _Builder, model: onnx.ModelProto) -> Analysis:
     for name in an.sources:
         t = an.tensors[name]
         source_elem[t.base:t.base + t.size] = True
-    partial = {name for name, _ in an.blocked_channels}
     for name, idx in an.blocked_channels:
         blocked_elem[an.tensors[name].base + idx] = True
-    for name in an.blocked:
-        if name not in partial:
-            t = an.tensors[name]
-            blocked_elem[t.base:t.base + t.size] = True
+    for name in an.blocked_whole:
+        t = an.tensors[name]
+        blocked_elem[t.base:t.base + t.size] = True
     unit_source = np.bincount(unit_of, weights=source_elem, minlength=n_units) > 0
     unit_blocked = (np.bincount(unit_of, weights=blocked_elem, minlength=n_units) > 0) | ~unit_source
 

@@ -135,12 +135,15 @@ def apply(analysis: Analysis, removed_units: np.ndarray, means: dict[str, np.nda
 
 
 def finalise(model: onnx.ModelProto) -> None:
-    """Clear stale shapes, drop dead nodes/initializers, keep IR<4 input lists exact, re-infer shapes."""
+    """Clear stale shapes, drop dead nodes/initializers, keep IR<4 input lists exact, check shapes infer.
+
+    Inferred intermediate shapes are not stored: onnxruntime infers them itself, and stored ones
+    can steer it to other kernels, so a ratio-0 result would no longer be bit-identical.
+    """
     del model.graph.value_info[:]
     remove_dead(model)
     sync_initializer_inputs(model)
     try:
-        inferred = shape_inference.infer_shapes(skeleton(model), data_prop=False)
-        model.graph.value_info.extend(inferred.graph.value_info)
+        shape_inference.infer_shapes(skeleton(model), data_prop=False)
     except Exception:
-        pass  # shapes are an optimisation hint; verification runs the model for real
+        pass  # custom ops may defeat onnx shape inference; verification runs the model for real

@@ -23,6 +23,8 @@ class ScoreContext:
     seed: int = 0
     stats: dict = field(default_factory=dict)      # tensor -> activations.ChannelStats (with --calib)
     data: object = None                             # calib.CalibData (with --calib)
+    options: dict = field(default_factory=dict)     # ratio, preset knobs
+    extras: dict = field(default_factory=dict)      # what criteria report back (blend weights, U_l, ...)
     notes: list[str] = field(default_factory=list)
 
 
@@ -50,8 +52,8 @@ def score(name: str, ctx: ScoreContext) -> dict[int, np.ndarray]:
     return REGISTRY[name](ctx)
 
 
-from . import activations, thinet, weights  # noqa: E402,F401  (register the criteria)
+from . import activations, ensembles, thinet, weights  # noqa: E402,F401  (register the criteria)
 
-DATA_CRITERIA = ("mean_act", "apoz", "entropy", "hrank", "thinet")
+DATA_CRITERIA = ("mean_act", "apoz", "entropy", "hrank", "thinet", "ensemble")
 # the optional activation statistics each criterion reads (activations.ChannelStats.want)
-STATS_NEEDED = {"mean_act": {"abs"}, "apoz": {"zeros"}, "entropy": {"pooled"}, "hrank": set(), "thinet": set()}
+STATS_NEEDED = {"mean_act": {"abs"}, "apoz": {"zeros"}, "entropy": {"pooled"}, "hrank": set(), "thinet": set(), "ensemble": set()}

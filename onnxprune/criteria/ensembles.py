@@ -1,0 +1,100 @@
+"""Linear filter ensembles (Sandor et al., criteria.md §3): loss-based importance from random masks.
+
+For a group with C units, sample M masks ``z ~ Bernoulli(q)^C`` (blocked units stay 1), measure
+the fidelity loss ``y_t = L(z_t)`` of each masked network on one fixed batch (the same images
+for every mask), fit ``y ~ w0 + sum_i w_i z_i`` by ridge least squares and use ``I_i = -w_i``:
+a unit whose presence lowers the loss is important. With independent Bernoulli(q) masks the
+population coefficient is ``E[L | z_i=1] - E[L | z_i=0]``, minus the q-weighted Banzhaf value of
+unit i in the game ``v = -L`` (the link to SNPFI's interaction view, §6).
+
+The same samples give the group's *utilization strength* ``U = 1 - R^2`` of the additive fit on
+held-out masks: the share of the loss variance that single units do not explain (§6.2).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import OnnxPruneError
+from ..masking import MaskRunner
+from . import ScoreContext, register
+
+BATCH = 64
+
+
+def fit_additive(z: np.ndarray, y: np.ndarray, ridge: float = 1e-3) -> tuple[np.ndarray, float]:
+    """Ridge fit ``y ~ w0 + z w`` (intercept not penalised). Returns (w0 and w stacked, lambda)."""
+    design = np.hstack([np.ones((len(z), 1)), z.astype(np.float64)])
+    gram = design.T @ design
+    lam = ridge * float(np.trace(gram[1:, 1:])) / max(z.shape[1], 1)
+    penalty = np.eye(gram.shape[0]) * lam
+    penalty[0, 0] = 0.0
+    return np.linalg.solve(gram + penalty, design.T @ y), lam
+
+
+def r_squared(z: np.ndarray, y: np.ndarray, coef: np.ndarray) -> float:
+    """R^2 of the additive model `coef` on (z, y)."""
+    pred = coef[0] + z @ coef[1:]
+    total = float(((y - y.mean()) ** 2).sum())
+    return 1.0 - float(((y - pred) ** 2).sum()) / total if total > 0 else 1.0
+
+
+def sample_masks(rng, size: int, count: int, keep_prob: float, blocked: np.ndarray) -> np.ndarray:
+    """`count` Bernoulli(keep_prob) masks over `size` units; blocked units always kept."""
+    z = (rng.random((count, size)) < keep_prob).astype(np.float64)
+    z[:, blocked] = 1.0
+    return z
+
+
+def group_game(ctx: ScoreContext, gid: int, runner: MaskRunner, feeds, reference, labels,
+               masks: int, keep_prob: float, rng) -> dict:
+    """Sample the group's mask game: coefficients, importances and utilization strength."""
+    an = ctx.analysis
+    size = an.groups[gid].size
+    blocked = an.unit_blocked[an.group_units[gid]]
+    n_fit = masks
+    n_test = max(16, masks // 4)
+    z = sample_masks(rng, size, n_fit + n_test, keep_prob, blocked)
+    y = runner.losses(feeds, [{gid: row} for row in z], reference, labels)
+    coef, _ = fit_additive(z[:n_fit], y[:n_fit])
+    free = ~blocked
+    importance = np.zeros(size)
+    importance[free] = -coef[1:][free]
+    importance[blocked] = importance[free].max() + 1 if free.any() else 0.0
+    held_r2 = r_squared(z[n_fit:], y[n_fit:], coef)
+    return {"importance": importance, "coef": coef, "utilization": float(np.clip(1.0 - held_r2, 0.0, 1.0)),
+            "masks": n_fit + n_test}
+
+
+@register("ensemble")
+def ensemble(ctx: ScoreContext) -> dict[int, np.ndarray]:
+    """Importance from a linear model of the loss over random channel masks (needs calibration data)."""
+    if ctx.data is None:
+        raise OnnxPruneError("criterion 'ensemble' needs calibration data: give --calib PATH")
+    an = ctx.analysis
+    gids = [g.id for g in an.groups if g.prunable]
+    runner = MaskRunner(an, gids)
+    feeds = _first_batch(ctx.data, BATCH)
+    reference = runner.run(feeds, [{}])[0]
+    rng = np.random.default_rng(ctx.seed)
+    keep_prob = 1.0 - float(np.clip(ctx.options.get("ratio", 0.5), 0.1, 0.5))
+    result, games = {}, {}
+    for gid in gids:
+        size = an.groups[gid].size
+        masks = int(ctx.options.get("ensemble_masks") or max(256, 4 * size))
+        game = group_game(ctx, gid, runner, feeds, reference, None, masks, keep_prob, rng)
+        result[gid] = game["importance"]
+        games[gid] = game
+    ctx.extras["ensemble"] = {"utilization": {gid: g["utilization"] for gid, g in games.items()},
+                              "masks": int(sum(g["masks"] for g in games.values())),
+                              "forward_samples": runner.samples}
+    return result
+
+
+def _first_batch(data, size: int) -> dict[str, np.ndarray]:
+    parts = []
+    for feeds in data.batches("score"):
+        parts.append(feeds)
+        if sum(len(next(iter(p.values()))) for p in parts) >= size:
+            break
+    return {k: np.concatenate([p[k] for p in parts])[:size] for k in parts[0]}

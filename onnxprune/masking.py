@@ -1,0 +1,121 @@
+"""Channel masks inside the graph (criteria.md §1.3): evaluate many prunings without rewriting.
+
+Every tensor of the chosen groups is multiplied by a mask input ``[batch, C, 1, ...]`` (channels
+on the tensor's axis), which is the same as removing the masked channels (the pruning oracle).
+One onnxruntime call evaluates r masks at once: the image batch is repeated r times and each
+block of rows gets its own mask (inference graphs have no cross-sample operations). Masks are
+given per *unit* of a group and expanded to every tensor here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .evaluate import fidelity_loss
+from .graph import sync_initializer_inputs
+from .groups import Analysis
+from .verify import session
+
+MAX_ROWS = 1024  # rows (repeated samples) per onnxruntime call
+
+
+class MaskRunner:
+    """Runs the model with per-sample unit masks on a subset of groups.
+
+    Args:
+        analysis: the groups (its `model` is the network to mask).
+        group_ids: the groups whose units may be masked.
+    """
+
+    def __init__(self, analysis: Analysis, group_ids: list[int]):
+        self.analysis = analysis
+        self.group_ids = list(group_ids)
+        self.tensors = sorted({t for gid in self.group_ids for t in analysis.groups[gid].tensors},
+                              key=lambda t: analysis.tensors[t].base)
+        self.positions = {(gid, t): analysis.positions(gid, t) for gid in self.group_ids
+                          for t in analysis.groups[gid].tensors}
+        self.model = self._masked_model()
+        self.session = session(self.model)
+        inp = analysis.model.graph.input[0].type.tensor_type.shape.dim
+        self.static_batch = inp[0].dim_value if inp and inp[0].HasField("dim_value") else 0
+        self.output_names = [o.name for o in analysis.model.graph.output]
+        self.calls = 0
+        self.samples = 0
+
+    def _masked_model(self) -> onnx.ModelProto:
+        an = self.analysis
+        model = onnx.ModelProto()
+        model.CopyFrom(an.model)
+        renames, after = {}, {}
+        for name in self.tensors:
+            t = an.tensors[name]
+            rank = len(an.shapes[name])
+            shape = ["mask_batch"] + [1] * (rank - 1)
+            if t.split:
+                shape[t.axis], shape[t.axis + 1] = t.split
+            else:
+                shape[t.axis] = t.size
+            mask_name, out_name = f"__mask__{name}", f"__masked__{name}"
+            model.graph.input.append(helper.make_tensor_value_info(mask_name, onnx.TensorProto.FLOAT, shape))
+            after[name] = helper.make_node("Mul", [name, mask_name], [out_name], name=f"__maskmul__{name}")
+            renames[name] = out_name
+        for node in model.graph.node:
+            for i, inp in enumerate(node.input):
+                if inp in renames:
+                    node.input[i] = renames[inp]
+        nodes = []
+        for node in model.graph.node:
+            nodes.append(node)
+            nodes.extend(after[o] for o in node.output if o in after)
+        nodes = [onnx.NodeProto.FromString(n.SerializeToString()) for n in nodes]
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        sync_initializer_inputs(model)
+        return model
+
+    def tensor_masks(self, unit_masks: list[dict[int, np.ndarray]], rows_per_mask: int) -> dict[str, np.ndarray]:
+        """Expand unit masks (one dict group -> 0/1 per unit, per mask) into the mask inputs."""
+        an = self.analysis
+        feeds = {}
+        for name in self.tensors:
+            t = an.tensors[name]
+            rank = len(an.shapes[name])
+            per_mask = np.ones((len(unit_masks), t.size), dtype=np.float32)
+            for gid in self.group_ids:
+                pos = self.positions.get((gid, name))
+                if pos is None:
+                    continue
+                valid = pos >= 0
+                for m, masks in enumerate(unit_masks):
+                    if gid in masks:
+                        per_mask[m, valid] *= masks[gid][pos[valid]]
+            rows = np.repeat(per_mask, rows_per_mask, axis=0)
+            shape = [rows.shape[0]] + [1] * (rank - 1)
+            if t.split:
+                shape[t.axis], shape[t.axis + 1] = t.split
+            else:
+                shape[t.axis] = t.size
+            feeds[f"__mask__{name}"] = rows.reshape(shape)
+        return feeds
+
+    def run(self, feeds: dict[str, np.ndarray], unit_masks: list[dict[int, np.ndarray]]) -> list[list[np.ndarray]]:
+        """Outputs of the network for each mask (a list per mask of its graph outputs)."""
+        batch = len(next(iter(feeds.values())))
+        per_call = 1 if self.static_batch else max(1, MAX_ROWS // batch)
+        results = []
+        for start in range(0, len(unit_masks), per_call):
+            chunk = unit_masks[start:start + per_call]
+            inputs = {k: np.concatenate([v] * len(chunk)) for k, v in feeds.items()}
+            inputs.update(self.tensor_masks(chunk, batch))
+            outs = self.session.run(self.output_names, inputs)
+            self.calls += 1
+            self.samples += batch * len(chunk)
+            for i in range(len(chunk)):
+                results.append([o[i * batch:(i + 1) * batch] for o in outs])
+        return results
+
+    def losses(self, feeds, unit_masks, reference: list[np.ndarray], labels=None) -> np.ndarray:
+        """Fidelity loss (evaluate.fidelity_loss) of each mask on `feeds`."""
+        return np.array([fidelity_loss(reference, outs, labels) for outs in self.run(feeds, unit_masks)])

@@ -1,0 +1,142 @@
+"""Claims of criteria.md §11 about the masking machinery and the seed methods (T1, T4, T5, T16, T17, ...)."""
+
+import itertools
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from helpers import make_model, run, tensor
+from onnxprune import criteria, rewrite
+from onnxprune.calib import CalibConfig, CalibData, input_specs
+from onnxprune.criteria.ensembles import fit_additive
+from onnxprune.masking import MaskRunner
+from onnxprune.pipeline import prepare
+
+RESNET = "tests/models/resnet_style.onnx"
+
+
+def data_for(prep, tmp_path, n=64, seed=0):
+    specs = input_specs(prep.original, prep.input_shapes)
+    path = tmp_path / "d.npz"
+    np.savez(path, **{s.name: np.random.default_rng(seed).standard_normal((n, *s.sample_shape)).astype(np.float32)
+                      for s in specs})
+    return CalibData(CalibConfig(str(path), holdout=0.25), specs)
+
+
+def test_t1_masking_equals_physical_removal(tmp_path):
+    prep = prepare(onnx.load(RESNET))
+    an = prep.analysis
+    gids = [g.id for g in an.groups if g.prunable]
+    rng = np.random.default_rng(0)
+    masks = {gid: (rng.random(an.groups[gid].size) > 0.5).astype(np.float64) for gid in gids}
+    for gid in gids:
+        masks[gid][an.unit_blocked[an.group_units[gid]]] = 1.0
+        masks[gid][0] = 1.0
+    removed = np.concatenate([an.group_units[gid][masks[gid] == 0] for gid in gids])
+    pruned = rewrite.apply(an, removed)
+    feeds = next(data_for(prep, tmp_path).batches("all", 8))
+    masked = MaskRunner(an, gids).run(feeds, [masks])[0][0]
+    np.testing.assert_allclose(masked, run(pruned, feeds)["output"], atol=1e-5)
+
+
+def test_t16_per_sample_masks_equal_separate_runs(tmp_path):
+    prep = prepare(onnx.load(RESNET))
+    an = prep.analysis
+    gid = next(g.id for g in an.groups if g.prunable)
+    runner = MaskRunner(an, [gid])
+    rng = np.random.default_rng(1)
+    masks = [{gid: (rng.random(an.groups[gid].size) > 0.3).astype(np.float64)} for _ in range(5)]
+    feeds = next(data_for(prep, tmp_path).batches("all", 4))
+    together = runner.run(feeds, masks)
+    for mask, outs in zip(masks, together):
+        alone = runner.run(feeds, [mask])[0]
+        np.testing.assert_allclose(outs[0], alone[0], atol=1e-6)
+
+
+def banzhaf(v, n, q=0.5):
+    """Exact q-Banzhaf values of game v over n players."""
+    values = np.zeros(n)
+    for i in range(n):
+        for bits in itertools.product([0, 1], repeat=n - 1):
+            s = list(bits[:i]) + [0] + list(bits[i:])
+            p = np.prod([q if b else 1 - q for j, b in enumerate(s) if j != i])
+            with_i = s.copy()
+            with_i[i] = 1
+            values[i] += p * (v(np.array(with_i)) - v(np.array(s)))
+    return values
+
+
+def test_t4_ensemble_coefficients_are_banzhaf_values():
+    rng = np.random.default_rng(0)
+    n = 8
+    a, pair = rng.standard_normal(n), rng.standard_normal((n, n))
+
+    def v(z):  # a nonlinear game
+        return float(a @ z + z @ np.triu(pair, 1) @ z + 0.5 * np.sin(z.sum()))
+
+    z = np.array(list(itertools.product([0, 1], repeat=n)), dtype=float)
+    loss = -np.array([v(row) for row in z])
+    coef, _ = fit_additive(z, loss, ridge=0.0)
+    np.testing.assert_allclose(coef[1:], -banzhaf(v, n), atol=1e-10)
+    # Monte Carlo at q = 0.5 with 4000 masks
+    zm = (rng.random((4000, n)) < 0.5).astype(float)
+    coef_mc, _ = fit_additive(zm, -np.array([v(row) for row in zm]), ridge=0.0)
+    assert np.corrcoef(coef_mc[1:], -banzhaf(v, n))[0, 1] > 0.99
+
+
+def dead_large_model():
+    """x -> Conv(3->6) -> Relu -> Conv(6->1) -> y; filter 0 is huge but its consumer weights are 0."""
+    rng = np.random.default_rng(3)
+    w1 = rng.standard_normal((6, 3, 3, 3)).astype(np.float32) * 0.3
+    w1[0] *= 20.0
+    w1[1] *= 0.3                                  # small but useful
+    w2 = np.abs(rng.standard_normal((1, 6, 1, 1))).astype(np.float32) + 0.5   # contributions add up
+    w2[:, 0] = 0.0
+    w2[:, 1] *= 8.0
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "w2"], ["c2"], name="conv2"),
+             helper.make_node("GlobalAveragePool", ["c2"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["y"])]
+    return make_model(nodes, [tensor("x", ["N", 3, 8, 8])], [tensor("y", ["N", 1])], {"w1": w1, "w2": w2})
+
+
+def test_t5_ensemble_prunes_the_dead_large_filter_l1_the_small_useful_one(tmp_path):
+    prep = prepare(dead_large_model())
+    an = prep.analysis
+    data = data_for(prep, tmp_path)
+    gid = next(g.id for g in an.groups if g.prunable)
+    ctx = criteria.ScoreContext(an, data=data, options={"ratio": 0.2, "ensemble_masks": 256})
+    ens = criteria.score("ensemble", ctx)[gid]
+    l1 = criteria.score("l1", ctx)[gid]
+    assert np.argmin(ens) == 0 and np.argmax(l1) == 0
+    assert np.argmin(l1) == 1 and ens[1] > np.median(ens)
+    assert 0.0 <= ctx.extras["ensemble"]["utilization"][gid] <= 1.0
+    # removing the filter each criterion ranks lowest: the ensemble's choice costs (almost) nothing
+    runner = MaskRunner(an, [gid])
+    from onnxprune.criteria.ensembles import _first_batch
+    feeds = _first_batch(data, 64)
+    ref = runner.run(feeds, [{}])[0]
+    kl = runner.losses(feeds, [{gid: np.where(np.arange(6) == int(np.argmin(s)), 0.0, 1.0)} for s in (ens, l1)], ref)
+    assert kl[0] < 1e-6 < kl[1]
+
+
+def test_t17_ensemble_agrees_with_leave_one_out_on_a_near_additive_layer(tmp_path):
+    from scipy.stats import spearmanr
+
+    from onnxprune.criteria.ensembles import _first_batch, group_game
+
+    prep = prepare(onnx.load(RESNET))
+    an = prep.analysis
+    data = data_for(prep, tmp_path)
+    gid = max((g for g in an.groups if g.prunable), key=lambda g: g.size).id
+    runner = MaskRunner(an, [gid])
+    feeds = _first_batch(data, 32)
+    ref = runner.run(feeds, [{}])[0]
+    ctx = criteria.ScoreContext(an, data=data)
+    game = group_game(ctx, gid, runner, feeds, ref, None, masks=400, keep_prob=0.9, rng=np.random.default_rng(0))
+    size = an.groups[gid].size
+    loo = runner.losses(feeds, [{gid: np.where(np.arange(size) == i, 0.0, 1.0)} for i in range(size)], ref)
+    assert spearmanr(game["importance"], loo).correlation > 0.8
