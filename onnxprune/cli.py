@@ -15,7 +15,7 @@ import click
 from .errors import OnnxPruneError
 
 # kept in step with onnxprune.criteria.REGISTRY (a test checks it); listed here so --help needs no numpy
-CRITERIA = ("l1", "l2", "fpgm", "bn_scale", "random", "mean_act", "apoz", "entropy", "hrank", "thinet")
+CRITERIA = ("l1", "l2", "fpgm", "bn_scale", "random", "mean_act", "apoz", "entropy", "hrank", "thinet", "ensemble", "blend")
 
 
 class DefaultGroup(click.Group):

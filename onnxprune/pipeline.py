@@ -115,14 +115,14 @@ def prune(model_or_path, criterion: str = "l1", ratio: float = 0.5, *, global_pr
         t = time.perf_counter()
         data = CalibData(CalibConfig(calib, calib_samples, batch_size, tuple(mean), tuple(std), scale, holdout, seed),
                          input_specs(prep.original, prep.input_shapes))
-        if criterion in criteria.DATA_CRITERIA or recover:
+        if criterion in criteria.DATA_CRITERIA or criterion == "blend" or recover:
             stats = activations.collect(an.model, an.read_tensors(), data, "score",
-                                        rank_samples=128 if criterion == "hrank" else 0,
+                                        rank_samples=128 if criterion in criteria.RANK_CRITERIA else 0,
                                         want=frozenset(criteria.STATS_NEEDED.get(criterion, set())))
         reference = activations.outputs(an.model, data, "holdout") if data.size("holdout") else None
         timings["calibration"] = time.perf_counter() - t
     t = time.perf_counter()
-    ctx = criteria.ScoreContext(an, seed=seed, stats=stats, data=data)
+    ctx = criteria.ScoreContext(an, seed=seed, stats=stats, data=data, options={"ratio": ratio})
     if data is not None:
         ctx.notes.extend(data.notes)
     if plan is not None:
@@ -172,6 +172,7 @@ def prune(model_or_path, criterion: str = "l1", ratio: float = 0.5, *, global_pr
         "groups": _group_rows(an, chosen),
         "skipped": skipped,
         "verification": check.to_dict() if check else None,
+        "scoring": {k: v for k, v in ctx.extras.items() if k != "ranks"},
         "recovery": steps,
         "holdout": _holdout_metrics(pruned, data, reference) if reference is not None else None,
         "calibration": {"path": calib, "samples": data.size("all"), "holdout": data.size("holdout"),

@@ -59,6 +59,11 @@ def render_prune(report: dict, console: Console, show_groups: bool = False) -> N
             console.print(f"  - {s['name']}: {s['reason']}", markup=False)
         if len(skipped) > 12:
             console.print(f"  ... {len(skipped) - 12} more (--show groups or --report for all)")
+    blend = (report.get("scoring") or {}).get("blend")
+    if blend:
+        console.print(f"blend: pool {', '.join(blend['pool'])}; clusters "
+                      + " | ".join(", ".join(c) for c in blend["clusters"])
+                      + "; weights " + ", ".join(f"{k} {v:.2f}" for k, v in blend["weights"].items()), markup=False)
     for step in report.get("recovery") or []:
         if "loss_before" not in step:
             console.print(f"recovery {step['step']}: " + "; ".join(step.get("layers", [])[:3]), markup=False)

@@ -140,3 +140,34 @@ def test_t17_ensemble_agrees_with_leave_one_out_on_a_near_additive_layer(tmp_pat
     size = an.groups[gid].size
     loo = runner.losses(feeds, [{gid: np.where(np.arange(size) == i, 0.0, 1.0)} for i in range(size)], ref)
     assert spearmanr(game["importance"], loo).correlation > 0.8
+
+
+def test_t3_norm_criteria_rank_alike_and_cluster_together():
+    from scipy.stats import spearmanr
+
+    from onnxprune.criteria.blend import condense, percentile_ranks
+
+    rng = np.random.default_rng(0)
+    ranks = {n: {} for n in ("l1", "l2", "fpgm", "random")}
+    for gid in range(6):
+        filters = rng.standard_normal((64, 3 * 3 * 16)) * rng.lognormal(0, 0.5, (64, 1))
+        l1 = np.abs(filters).sum(1)
+        l2 = np.sqrt((filters ** 2).sum(1))
+        fp = np.linalg.norm(filters[:, None] - filters[None], axis=2).sum(1)
+        assert spearmanr(l1, l2).correlation > 0.95 and spearmanr(l2, fp).correlation > 0.95
+        for name, s in (("l1", l1), ("l2", l2), ("fpgm", fp), ("random", rng.random(64))):
+            ranks[name][gid] = percentile_ranks(s)
+    summary = condense(ranks, ["l1", "l2", "fpgm", "random"])
+    assert ["l1", "l2", "fpgm"] in summary["clusters"] and ["random"] in summary["clusters"]
+    assert len(summary["representatives"]) == 2
+
+
+def test_blend_on_a_real_model_reports_pool_clusters_and_weights(tmp_path):
+    import onnxprune
+
+    result = onnxprune.prune(RESNET, criterion="blend", ratio=0.5)
+    blend = result.report["scoring"]["blend"]
+    assert blend["pool"][:3] == ["l1", "l2", "fpgm"]
+    assert abs(sum(blend["weights"].values()) - 1.0) < 1e-6
+    assert set(blend["weights"]) == set(blend["representatives"])
+    assert result.report["verification"]["valid"]
