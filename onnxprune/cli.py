@@ -91,7 +91,7 @@ def main():
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file [default: MODEL_pruned.onnx].")
-@click.option("--criterion", default="l1", show_default=True, help=f"Filter importance: {', '.join(CRITERIA)}.")
+@click.option("--criterion", default="blend", show_default=True, help=f"Filter importance: {', '.join(CRITERIA)}.")
 @click.option("--ratio", type=float, default=0.5, show_default=True,
               help="Fraction of channels removed in each prunable group, in [0, 1).")
 @click.option("--global", "global_pruning", is_flag=True, help="One threshold across groups (normalised scores).")
@@ -117,10 +117,13 @@ def main():
 @click.option("--holdout", type=click.FloatRange(0.0, 0.9), default=0.25, show_default=True,
               help="Fraction of calibration samples held out for accept/reject decisions.")
 @click.option("--recover/--no-recover", default=None, help="Training-free recovery [default: on with --calib].")
+@click.option("--allocate", type=click.Choice(["uniform", "global", "sensitivity"]),
+              help="Per-group ratios [default: sensitivity for blend with --calib, else uniform].")
+@click.option("--target-macs", type=float, help="Fraction of MACs to remove (instead of --ratio), e.g. 0.5.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def prune(model, output, criterion, ratio, global_pruning, max_ratio, min_channels, round_to, ignore, plan,
           save_plan, input_shape, report_path, show, seed, no_verify, calib, calib_samples, batch_size, mean, std,
-          scale, holdout, recover, debug):
+          scale, holdout, recover, allocate, target_macs, debug):
     """Prune MODEL and write the smaller model."""
     shapes = parse_input_shapes(input_shape)
     mean, std = parse_floats(mean, "--mean"), parse_floats(std, "--std")
@@ -140,7 +143,7 @@ def prune(model, output, criterion, ratio, global_pruning, max_ratio, min_channe
             min_channels=min_channels, round_to=round_to, ignore=ignore, plan=str(plan) if plan else None,
             save_plan=str(save_plan) if save_plan else None, input_shape=shapes, seed=seed, verify=not no_verify,
             calib=calib, calib_samples=calib_samples, batch_size=batch_size, mean=mean, std=std, scale=scale,
-            holdout=holdout, recover=recover)
+            holdout=holdout, recover=recover, allocate=allocate, target_macs=target_macs)
         console = Console()
         report.render_prune(result.report, console, show_groups="groups" in show)
         if result.verification is not None and not result.verification.valid:

@@ -82,3 +82,50 @@ def stats(model: onnx.ModelProto, shapes: dict) -> ModelStats:
     convs = sum(1 for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose"))
     return ModelStats(params=count_params(model), macs=int(sum(node_macs(model, shapes).values())),
                       convs=convs, bytes=size)
+
+
+class MacModel:
+    """MACs of the analysed model for any set of removed units, without rewriting it.
+
+    Each counted node's MACs scale with the kept fraction of its output channels and, unless it
+    is depthwise-like (one input channel per group), of its input channels.
+    """
+
+    def __init__(self, analysis):
+        self.analysis = analysis
+        index = GraphIndex(analysis.model)
+        per_node = node_macs(analysis.model, analysis.shapes)
+        self.terms = []
+        for node in analysis.model.graph.node:
+            key = node.name or node.output[0]
+            if key not in per_node:
+                continue
+            x, y = node.input[0], node.output[0]
+            depthwise = False
+            if node.op_type in ("Conv", "ConvTranspose") and attr(node, "group", 1) > 1:
+                w = index.const(node.input[1])
+                groups = attr(node, "group", 1)
+                c_in = w.shape[0] if node.op_type == "ConvTranspose" else w.shape[1] * groups
+                depthwise = c_in // groups == 1
+            ins = x if x in analysis.tensors and not depthwise else None
+            outs = y if y in analysis.tensors else None
+            self.terms.append((per_node[key], ins, outs))
+        self.total = sum(t[0] for t in self.terms)
+
+    def macs(self, removed_units) -> int:
+        """MACs (batch 1) after removing `removed_units`."""
+        an = self.analysis
+        removed = np.zeros(len(an.unit_blocked), dtype=bool)
+        removed[np.asarray(removed_units, dtype=np.int64)] = True
+        frac = {}
+
+        def kept(name):
+            if name not in frac:
+                t = an.tensors[name]
+                frac[name] = 1.0 - removed[an.unit_of[t.base:t.base + t.size]].mean()
+            return frac[name]
+
+        total = 0.0
+        for base, ins, outs in self.terms:
+            total += base * (kept(ins) if ins else 1.0) * (kept(outs) if outs else 1.0)
+        return int(round(total))

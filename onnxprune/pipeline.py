@@ -15,6 +15,7 @@ from . import activations, criteria, graph, io, metrics, recover as recovery, re
 from .calib import CalibConfig, CalibData, input_specs
 from .errors import OnnxPruneError
 from .evaluate import compare
+from .masking import MaskRunner
 from .reconstruct import reconstruct
 from .groups import Analysis, analyse as analyse_groups
 from .select import Plan, SelectConfig, select
@@ -66,12 +67,13 @@ def analyse(model_or_path, input_shape: dict | None = None) -> Analysis:
     return prepare(model_or_path, input_shape).analysis
 
 
-def prune(model_or_path, criterion: str = "l1", ratio: float = 0.5, *, global_pruning: bool = False,
+def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global_pruning: bool = False,
           max_ratio: float = 1.0, min_channels: int = 1, round_to: int = 1, ignore: tuple[str, ...] = (),
           plan: str | None = None, save_plan: str | None = None, input_shape: dict | None = None,
           seed: int = 0, verify: bool = True, calib: str | None = None, calib_samples: int = 512,
           batch_size: int = 32, mean: tuple[float, ...] = (0.0,), std: tuple[float, ...] = (1.0,),
-          scale: float = 1.0 / 255.0, holdout: float = 0.25, recover: bool | None = None) -> PruneResult:
+          scale: float = 1.0 / 255.0, holdout: float = 0.25, recover: bool | None = None,
+          allocate: str | None = None, target_macs: float | None = None) -> PruneResult:
     """Prune a model's channels (the Python form of the `onnxprune` command).
 
     Args:
@@ -91,6 +93,9 @@ def prune(model_or_path, criterion: str = "l1", ratio: float = 0.5, *, global_pr
         mean, std, scale: image preprocessing ``(pixel * scale - mean) / std``.
         holdout: fraction of calibration samples kept apart for accept/reject decisions.
         recover: training-free recovery (default: on when `calib` is given).
+        allocate: per-group ratios: "uniform" (or "global" = `global_pruning`) or "sensitivity"
+            (needs `calib`; the default for `blend` with calibration data).
+        target_macs: fraction of MACs to remove, instead of `ratio`.
     Returns:
         A `PruneResult`; `report` holds the numbers shown by the CLI.
     Raises:
@@ -129,11 +134,12 @@ def prune(model_or_path, criterion: str = "l1", ratio: float = 0.5, *, global_pr
         chosen = Plan.load(plan, an)
         skipped = [{"group": g.id, "name": g.name, "reason": "; ".join(g.reasons[:3])}
                    for g in an.groups if not g.prunable]
+        allocation = {"method": "plan"}
     else:
         if criterion not in criteria.names():
             raise OnnxPruneError(f"unknown criterion '{criterion}'; choose from {', '.join(criteria.names())}")
         scores = criteria.score(criterion, ctx)
-        chosen, skipped = select(an, scores, config)
+        chosen, skipped, allocation = _allocate(an, scores, config, allocate, target_macs, criterion, data, ctx)
     timings["score_select"] = time.perf_counter() - t
     chosen = Plan(chosen.groups, {"model": os.path.basename(prep.source), "criterion": criterion, "ratio": ratio})
     if save_plan:
@@ -162,6 +168,7 @@ def prune(model_or_path, criterion: str = "l1", ratio: float = 0.5, *, global_pr
         "model": prep.source,
         "criterion": criterion if plan is None else f"plan:{os.path.basename(str(plan))}",
         "ratio": ratio,
+        "target_macs": target_macs,
         "options": {"global_pruning": global_pruning, "max_ratio": max_ratio, "min_channels": min_channels,
                     "round_to": round_to, "ignore": list(ignore), "seed": seed},
         "input_shapes": prep.input_shapes,
@@ -173,6 +180,7 @@ def prune(model_or_path, criterion: str = "l1", ratio: float = 0.5, *, global_pr
         "skipped": skipped,
         "verification": check.to_dict() if check else None,
         "scoring": {k: v for k, v in ctx.extras.items() if k != "ranks"},
+        "allocation": allocation,
         "recovery": steps,
         "holdout": _holdout_metrics(pruned, data, reference) if reference is not None else None,
         "calibration": {"path": calib, "samples": data.size("all"), "holdout": data.size("holdout"),
@@ -181,6 +189,45 @@ def prune(model_or_path, criterion: str = "l1", ratio: float = 0.5, *, global_pr
         "seconds": {k: round(v, 3) for k, v in timings.items()},
     }
     return PruneResult(pruned, chosen, an, check, report)
+
+
+def _allocate(an: Analysis, scores, config: SelectConfig, method, target_macs, criterion, data, ctx) -> tuple:
+    """Per-group removal counts from the chosen allocator, then the plan."""
+    from . import allocate as alloc
+    from .metrics import MacModel
+
+    if target_macs is not None and not 0.0 < target_macs < 1.0:
+        raise OnnxPruneError(f"--target-macs must be in (0, 1), got {target_macs}")
+    method = method or ("global" if config.global_pruning else
+                        "sensitivity" if criterion == "blend" and data is not None else "uniform")
+    if method == "sensitivity" and data is None:
+        raise OnnxPruneError("--allocate sensitivity needs calibration data: give --calib PATH")
+    if method not in ("uniform", "global", "sensitivity"):
+        raise OnnxPruneError(f"unknown allocator '{method}'; choose uniform, global or sensitivity")
+    macs = MacModel(an)
+    info = {"method": method}
+    if method == "global":
+        config = SelectConfig(**{**config.__dict__, "global_pruning": True})
+    if method in ("uniform", "global") and target_macs is not None:
+        ratio = alloc.uniform_ratio_for(an, scores, config, macs, target_macs)
+        config = SelectConfig(**{**config.__dict__, "ratio": ratio})
+        info["ratio"] = round(ratio, 4)
+    if method != "sensitivity":
+        plan, skipped = select(an, scores, config)
+    else:
+        target = alloc.budget(an, scores, config, macs, target_macs)
+        gids = [g.id for g in an.groups if g.prunable and not any(
+            __import__("fnmatch").fnmatch(s, p) for p in config.ignore for s in g.sources)]
+        runner = MaskRunner(an, gids)
+        feeds = next(data.batches("holdout", 256)) if data.size("holdout") else next(data.batches("score", 256))
+        reference = runner.run(feeds, [{}])[0]
+        curves = alloc.sensitivity_curves(an, scores, gids, runner, feeds, reference)
+        counts, reasons = alloc.sensitivity_counts(an, scores, config, macs, target, curves)
+        plan, skipped = select(an, scores, config, counts=counts, notes=reasons)
+        info.update(target=round(target, 4), forward_samples=runner.samples,
+                    curves={str(g): {str(k): round(v, 5) for k, v in c.items()} for g, c in curves.items()})
+    info["macs_removed"] = round(1.0 - macs.macs(plan.removed_units(an)) / macs.total, 4) if macs.total else 0.0
+    return plan, skipped, info
 
 
 def _recover(an: Analysis, removed, pruned: onnx.ModelProto, data: CalibData, stats: dict, reference) -> tuple:

@@ -25,8 +25,10 @@ def _ratio(after: float, before: float) -> str:
 def render_prune(report: dict, console: Console, show_groups: bool = False) -> None:
     """The before/after summary (and the per-group table when asked)."""
     b, a = report["before"], report["after"]
-    table = Table(title=f"onnxprune: {os.path.basename(report['model'])}  criterion={report['criterion']}  "
-                        f"ratio={report['ratio']}", title_justify="left")
+    alloc = report.get("allocation") or {}
+    how = f"ratio={report['ratio']}" if report.get("target_macs") is None else f"target MACs removed={report['target_macs']}"
+    table = Table(title=f"onnxprune: {os.path.basename(report['model'])}  criterion={report['criterion']}  {how}  "
+                        f"allocation={alloc.get('method', '-')}", title_justify="left")
     table.add_column("")
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")

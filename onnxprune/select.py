@@ -112,13 +112,16 @@ class Plan:
         return plan
 
 
-def select(analysis: Analysis, scores: dict[int, np.ndarray], config: SelectConfig) -> tuple[Plan, list[dict]]:
+def select(analysis: Analysis, scores: dict[int, np.ndarray], config: SelectConfig,
+           counts: dict[int, int] | None = None, notes: dict[int, str] | None = None) -> tuple[Plan, list[dict]]:
     """Choose the units to remove.
 
     Args:
         analysis: the groups.
         scores: importance per unit for each prunable group (higher = keep).
         config: ratio and limits.
+        counts: units to remove per group, from an allocator (replaces `ratio`; limits still apply).
+        notes: a reason per group for the plan (e.g. the allocator's).
     Returns:
         The plan (pruned groups only) and a list of skipped groups with reasons.
     """
@@ -137,7 +140,9 @@ def select(analysis: Analysis, scores: dict[int, np.ndarray], config: SelectConf
         candidates.append(g)
 
     removable = {g.id: ~analysis.unit_blocked[analysis.group_units[g.id]] for g in candidates}
-    if config.global_pruning:
+    if counts is not None:
+        counts = {g.id: counts.get(g.id, 0) for g in candidates}
+    elif config.global_pruning:
         counts = _global_counts(candidates, scores, removable, config)
     else:
         counts = {g.id: int(math.floor(config.ratio * g.size + 1e-9)) for g in candidates}
@@ -151,7 +156,7 @@ def select(analysis: Analysis, scores: dict[int, np.ndarray], config: SelectConf
         order = np.argsort(s, kind="stable")
         removed = set(order[:n_remove].tolist())
         keep = tuple(i for i in range(g.size) if i not in removed)
-        plans.append(GroupPlan(g.id, g.name, g.size, keep))
+        plans.append(GroupPlan(g.id, g.name, g.size, keep, (notes or {}).get(g.id, "")))
     plan = Plan(tuple(plans))
     plan = _ensure_nonempty_tensors(analysis, plan, scores)
     return plan, skipped

@@ -1,0 +1,116 @@
+"""Per-group prune ratios (criteria.md §8) under a MAC budget.
+
+- `uniform`: one ratio everywhere; with a MAC target, the ratio is found by bisection.
+- `sensitivity` (Li et al. 2017, solved greedily for MACs): for every group and every ratio on the
+  grid 0.1..0.9, mask the group's lowest-scored units only and record the held-out loss
+  increase ``dL_l(rho)``. Starting from nothing removed, repeatedly raise by one grid step the
+  group with the largest ``dMACs / (max(dL_l(next) - dL_l(now), 0) + 1e-8)`` until the MACs
+  removed reach the target. A step that lowers the loss is free.
+The MAC target is `target_macs` (fraction of MACs to remove), or else the MACs a uniform `ratio`
+would remove, so `--ratio` and the sensitivity allocator spend the same budget differently.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .groups import Analysis
+from .masking import MaskRunner
+from .metrics import MacModel
+from .select import SelectConfig, select
+
+GRID = tuple(round(0.1 * k, 1) for k in range(1, 10))
+
+
+def removed_by(analysis: Analysis, scores: dict[int, np.ndarray], counts: dict[int, int]) -> np.ndarray:
+    """Units removed when each group drops its `counts[g]` lowest-scored removable units."""
+    parts = []
+    for gid, n in counts.items():
+        if n <= 0:
+            continue
+        units = analysis.group_units[gid]
+        s = np.where(analysis.unit_blocked[units], np.inf, scores[gid])
+        parts.append(units[np.argsort(s, kind="stable")[:n]])
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def uniform_ratio_for(analysis: Analysis, scores, config: SelectConfig, macs: MacModel, target: float) -> float:
+    """The smallest uniform ratio whose plan removes at least `target` of the MACs (bisection)."""
+    lo, hi = 0.0, 0.99
+    for _ in range(20):
+        mid = (lo + hi) / 2
+        plan, _ = select(analysis, scores, SelectConfig(**{**config.__dict__, "ratio": mid}))
+        if 1.0 - macs.macs(plan.removed_units(analysis)) / macs.total >= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def budget(analysis: Analysis, scores, config: SelectConfig, macs: MacModel, target_macs: float | None) -> float:
+    """Fraction of MACs to remove: `target_macs`, or what the uniform `config.ratio` removes."""
+    if target_macs is not None:
+        return target_macs
+    plan, _ = select(analysis, scores, config)
+    return 1.0 - macs.macs(plan.removed_units(analysis)) / macs.total
+
+
+def sensitivity_curves(analysis: Analysis, scores, group_ids, runner: MaskRunner, feeds, reference,
+                       labels=None) -> dict[int, dict[float, float]]:
+    """``dL_l(rho)`` for every group on the grid: the loss when only group l loses its lowest `rho`."""
+    base = float(runner.losses(feeds, [{}], reference, labels)[0])
+    curves = {}
+    for gid in group_ids:
+        size = analysis.groups[gid].size
+        units = analysis.group_units[gid]
+        order = np.argsort(np.where(analysis.unit_blocked[units], np.inf, scores[gid]), kind="stable")
+        removable = int((~analysis.unit_blocked[units]).sum())
+        masks, rhos = [], []
+        for rho in GRID:
+            n = min(int(math.floor(rho * size + 1e-9)), removable, size - 1)
+            mask = np.ones(size)
+            mask[order[:n]] = 0.0
+            masks.append({gid: mask})
+            rhos.append(rho)
+        losses = runner.losses(feeds, masks, reference, labels)
+        curves[gid] = {0.0: 0.0, **{rho: float(loss) - base for rho, loss in zip(rhos, losses)}}
+    return curves
+
+
+def sensitivity_counts(analysis: Analysis, scores, config: SelectConfig, macs: MacModel, target: float,
+                       curves: dict[int, dict[float, float]]) -> tuple[dict[int, int], dict[int, str]]:
+    """Greedy per-group removal counts that reach `target` MACs removed; with a reason per group."""
+    gids = list(curves)
+    level = {gid: 0 for gid in gids}                      # index into (0.0,) + GRID
+    steps = (0.0,) + GRID
+    cap = {gid: min(config.max_ratio, 1.0 - min(config.min_channels, analysis.groups[gid].size)
+                    / analysis.groups[gid].size) for gid in gids}
+
+    def counts_now():
+        return {gid: int(math.floor(steps[level[gid]] * analysis.groups[gid].size + 1e-9)) for gid in gids}
+
+    def removed_fraction(counts):
+        return 1.0 - macs.macs(removed_by(analysis, scores, counts)) / macs.total
+
+    current = removed_fraction(counts_now())
+    while current < target:
+        best, best_gain, best_frac = None, -1.0, current
+        for gid in gids:
+            if level[gid] + 1 >= len(steps) or steps[level[gid] + 1] > cap[gid] + 1e-9:
+                continue
+            level[gid] += 1
+            frac = removed_fraction(counts_now())
+            level[gid] -= 1
+            d_loss = max(curves[gid][steps[level[gid] + 1]] - curves[gid][steps[level[gid]]], 0.0)
+            gain = (frac - current) / (d_loss + 1e-8)
+            if frac > current and gain > best_gain:
+                best, best_gain, best_frac = gid, gain, frac
+        if best is None:
+            break
+        level[best] += 1
+        current = best_frac
+    reasons = {gid: f"sensitivity: ratio {steps[level[gid]]:.1f} (held-out loss +{curves[gid][steps[level[gid]]]:.3g})"
+               for gid in gids}
+    return counts_now(), reasons
