@@ -19,7 +19,8 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CRITERIA = ["l1", "l2", "fpgm", "bn_scale", "random", "mean_act", "apoz", "entropy", "hrank", "thinet"]
+CRITERIA = ["l1", "l2", "fpgm", "bn_scale", "random", "mean_act", "apoz", "entropy", "hrank", "thinet", "ensemble",
+            "blend"]
 
 
 def accuracy(model, test_inputs, labels, input_name) -> float:
@@ -39,6 +40,7 @@ def main() -> int:
     ap.add_argument("--test", default=os.path.join(ROOT, "calib_data", "fmnist_test.npz"))
     ap.add_argument("--ratios", default="0.3,0.5")
     ap.add_argument("--criteria", default=",".join(CRITERIA))
+    ap.add_argument("--allocate", default="uniform", help="uniform, global or sensitivity")
     ap.add_argument("--json")
     args = ap.parse_args()
 
@@ -56,10 +58,11 @@ def main() -> int:
     print(header)
     for ratio in [float(r) for r in args.ratios.split(",")]:
         for crit in args.criteria.split(","):
-            row = {"criterion": crit, "ratio": ratio}
+            row = {"criterion": crit, "ratio": ratio, "allocate": args.allocate}
             t = time.perf_counter()
             for rec in (False, True):
-                result = onnxprune.prune(args.model, criterion=crit, ratio=ratio, calib=args.calib, recover=rec, seed=0)
+                result = onnxprune.prune(args.model, criterion=crit, ratio=ratio, calib=args.calib, recover=rec, seed=0,
+                                         allocate=args.allocate)
                 acc = accuracy(result.model, x, y, input_name)
                 key = "recover" if rec else "plain"
                 row[f"acc_{key}"] = acc
@@ -68,7 +71,7 @@ def main() -> int:
                     row["steps"] = [s["step"] for s in result.report["recovery"] if s.get("kept")]
             row["seconds"] = time.perf_counter() - t
             rows.append(row)
-            print(f"{crit:<10} {ratio:>5.2f} {row['macs_kept']:>9.3f} {row['acc_plain']:>12.4f} {row['acc_recover']:>13.4f} "
+            print(f"{crit + ('+' + args.allocate[:4] if args.allocate != 'uniform' else ''):<10} {ratio:>5.2f} {row['macs_kept']:>9.3f} {row['acc_plain']:>12.4f} {row['acc_recover']:>13.4f} "
                   f"{base - row['acc_plain']:>6.3f}/{base - row['acc_recover']:<7.3f} {','.join(row['steps']):<40} {row['seconds']:>5.1f}",
                   flush=True)
     if args.json:

@@ -171,3 +171,44 @@ def test_blend_on_a_real_model_reports_pool_clusters_and_weights(tmp_path):
     assert abs(sum(blend["weights"].values()) - 1.0) < 1e-6
     assert set(blend["weights"]) == set(blend["representatives"])
     assert result.report["verification"]["valid"]
+
+
+def planted_redundant_model():
+    """convA(3->16) -> convB(16->16) -> convC(16->4) -> GAP: 12 of A's channels barely matter, all of B's do."""
+    rng = np.random.default_rng(5)
+    wa = rng.standard_normal((16, 3, 3, 3)).astype(np.float32) * 0.5
+    wa[4:] *= 0.2                                        # weak filters: lowest l1 as well
+    wb = rng.standard_normal((16, 16, 3, 3)).astype(np.float32) * 0.3
+    wb[:, 4:] *= 0.01                                    # ...and their consumer ignores them
+    wc = rng.standard_normal((4, 16, 1, 1)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["a"], name="convA", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["ra"]),
+             helper.make_node("Conv", ["ra", "wb"], ["b"], name="convB", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["b"], ["rb"]),
+             helper.make_node("Conv", ["rb", "wc"], ["c"], name="convC"),
+             helper.make_node("GlobalAveragePool", ["c"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["y"])]
+    return make_model(nodes, [tensor("x", ["N", 3, 8, 8])], [tensor("y", ["N", 4])], {"wa": wa, "wb": wb, "wc": wc})
+
+
+def test_t9_sensitivity_allocation_beats_uniform_on_a_planted_redundant_layer(tmp_path):
+    import onnxprune
+
+    model = planted_redundant_model()
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.random.default_rng(0).standard_normal((96, 3, 8, 8)).astype(np.float32))
+    results = {alloc: onnxprune.prune(model, criterion="l1", ratio=0.5, calib=str(path), recover=False,
+                                      allocate=alloc).report for alloc in ("uniform", "sensitivity")}
+    kept = {a: {g["name"]: g["kept"] for g in r["groups"]} for a, r in results.items()}
+    assert kept["sensitivity"]["convA"] < kept["sensitivity"]["convB"]          # the redundant layer goes first
+    assert results["sensitivity"]["allocation"]["macs_removed"] >= results["uniform"]["allocation"]["macs_removed"] - 0.02
+    kl = {a: r["holdout"]["y"]["kl"] for a, r in results.items()}
+    assert kl["sensitivity"] <= kl["uniform"]
+
+
+def test_target_macs_reaches_the_budget():
+    import onnxprune
+
+    rep = onnxprune.prune(RESNET, criterion="l1", target_macs=0.6).report
+    assert rep["allocation"]["macs_removed"] >= 0.6
+    assert rep["macs_kept"] <= 0.4 + 1e-6
