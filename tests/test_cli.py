@@ -218,3 +218,15 @@ def test_prune_with_calibration_prints_holdout_metrics(tmp_path):
     assert report["calibration"]["holdout"] == 8
     assert report["recovery"] and report["holdout"]["output"]["top1_agreement"] >= 0
     assert "held-out split" in result.output
+
+
+def test_same_inputs_and_seed_give_identical_files(tmp_path):
+    data = tmp_path / "cal.npz"
+    np.savez(data, input=np.random.default_rng(0).standard_normal((24, 3, 32, 32)).astype(np.float32))
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"p{i}.onnx"
+        result = invoke(RESNET, "--calib", data, "--target-macs", "0.5", "--seed", "3", "-o", out)
+        assert result.exit_code == 0, result.output
+        outs.append(sha(out))
+    assert outs[0] == outs[1]
