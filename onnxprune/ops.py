@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .graph import attr, set_attr
+from .shapes import _count_escapes, _shape_entry, _shape_follows_input, map_reshape, shape_evaluator
 
 
 def _norm_axis(axis: int, rank: int) -> int:
@@ -79,57 +80,6 @@ class ShapeRead(Rule):
         escape = _count_escapes(node.output[0], pos, x, an, depth=0)
         if escape:
             an.block(x.name, f"the channel count is read at run time (Shape '{node.name}' -> {escape})")
-
-
-_SHAPE_PASS = {"Unsqueeze", "Squeeze", "Cast", "Identity", "Concat", "Div", "Mul", "Add", "Sub", "Floor", "Ceil"}
-
-
-def _count_escapes(tensor, pos, x, an, depth) -> str | None:
-    """Where a tensor holding `x`'s channel count (at element `pos`, None: unknown) is used unsafely."""
-    if depth > 32:
-        return "a long shape computation"
-    if tensor in an.index.outputs:
-        return "a graph output"
-    for user, slot in an.index.consumers.get(tensor, []):
-        op = user.op_type
-        if op in ("Gather", "Slice") and slot == 0:
-            picked = _picks(user, an, pos)
-            if picked is False:
-                continue
-            nxt = picked if isinstance(picked, int) and picked is not True else None
-            found = _count_escapes(user.output[0], nxt, x, an, depth + 1)
-        elif op in _SHAPE_PASS:
-            found = _count_escapes(user.output[0], pos if op in ("Cast", "Identity") else None, x, an, depth + 1)
-        elif (op == "Reshape" and slot == 1 or op == "Slice" and slot in (1, 2)) and an.channels(user.input[0]):
-            continue  # the Reshape/Slice rules check that these values follow the channel count
-        else:
-            return f"{op} '{user.name}'"
-        if found:
-            return found
-    return None
-
-
-def _picks(node, an, pos):
-    """Whether a Gather/Slice on a 1-D shape vector takes element `pos` (True/False/new position)."""
-    if pos is None:
-        return True
-    if node.op_type == "Gather":
-        idx = an.index.const(node.input[1])
-        if idx is None:
-            return True
-        idx = [int(i) for i in np.asarray(idx).reshape(-1)]
-        if pos not in idx and all(i >= 0 for i in idx):
-            return False
-        return True if np.asarray(an.index.const(node.input[1])).ndim else True
-    starts = an.index.const(node.input[1]) if len(node.input) > 1 else None
-    ends = an.index.const(node.input[2]) if len(node.input) > 2 else None
-    steps = an.index.const(node.input[4]) if len(node.input) > 4 and node.input[4] else None
-    if starts is None or ends is None or (steps is not None and int(steps[0]) != 1) or starts.size != 1:
-        return True
-    lo, hi = int(starts[0]), int(ends[0])
-    if lo >= 0 and hi >= 0 and not lo <= pos < hi:
-        return False
-    return pos - lo if lo >= 0 else True
 
 
 class Barrier(Rule):
@@ -812,162 +762,6 @@ class Reshape(Rule):
             rw.set_const_by_name(node, name, const)
 
 
-def map_reshape(in_shape, axis, out_shape):
-    """Where channel axis `axis` of `in_shape` lands in `out_shape`.
-
-    Returns:
-        ``(out_axis, repeat, split)``: channel c becomes features ``c*repeat + s`` on ``out_axis``;
-        `split` = (outer, inner) when the channel axis becomes the two axes ``out_axis, out_axis+1``.
-        None when the channel axis is mixed with earlier axes.
-    """
-    c = in_shape[axis]
-    prefix = int(np.prod(in_shape[:axis], dtype=np.int64))
-    acc = 1
-    for k, d in enumerate(out_shape):
-        if acc == prefix:
-            if d == c:
-                return k, 1, None
-            if d > c and d % c == 0:
-                rest, trailing = d // c, 1
-                for t in in_shape[axis + 1:]:
-                    trailing *= t
-                    if trailing == rest:
-                        return k, rest, None
-                    if trailing > rest:
-                        break
-            if 1 < d < c and c % d == 0 and k + 1 < len(out_shape) and out_shape[k + 1] == c // d:
-                return k, 1, (d, c // d)
-        acc *= d
-        if acc > prefix:
-            break
-    return None
-
-
-def _shape_entry(node, ctx, out_axis):
-    """Locate the element of a Reshape's shape input that sets dimension `out_axis`.
-
-    Returns ``(tensor_name, position, value)`` or None when it is computed at run time. The shape
-    may be a constant, or a Concat of 1-D pieces whose relevant piece is constant.
-    """
-    shape_name = node.input[1] if len(node.input) > 1 else None
-    if not shape_name:
-        return None
-    value = ctx.index.const(shape_name)
-    if value is not None:
-        return (shape_name, out_axis, int(value[out_axis])) if out_axis < value.size else None
-    producer = ctx.index.producer.get(shape_name)
-    if producer is None or producer.op_type != "Concat":
-        return None
-    offset = 0
-    for piece in producer.input:
-        shape = ctx.shape(piece)
-        if shape is None or len(shape) != 1 or shape[0] is None:
-            return None
-        if offset <= out_axis < offset + shape[0]:
-            v = ctx.index.const(piece)
-            if v is None:
-                return None
-            return piece, out_axis - offset, int(v.reshape(-1)[out_axis - offset])
-        offset += shape[0]
-    return None
-
-
-SHAPE_OPS = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Div", "Mul", "Add", "Sub", "Cast",
-             "Slice", "Identity", "Floor", "Ceil"}
-
-
-def shape_evaluator(targets: list[str], an, x):
-    """A function channels -> values of `targets`, when they are computed only from Shape(x) and constants.
-
-    The small shape subgraph (Shape -> Gather/Div/Concat/... of constants) is evaluated with
-    onnx.reference for a hypothetical channel count of `x`. Returns None when the targets
-    depend on anything else (another tensor's shape, run-time data).
-    """
-    from onnx import helper, numpy_helper
-    from onnx.reference import ReferenceEvaluator
-
-    nodes, shape_nodes, stack, seen = [], [], list(targets), set()
-    while stack:
-        name = stack.pop()
-        if name in seen or not name:
-            continue
-        seen.add(name)
-        if an.index.is_const(name):
-            continue
-        producer = an.index.producer.get(name)
-        if producer is None or producer.op_type not in SHAPE_OPS or producer.domain not in ("", "ai.onnx"):
-            return None
-        if producer.op_type == "Shape":
-            other = an.channels(producer.input[0])
-            if producer.input[0] != x.name:
-                # the shape of another tensor with as many channels: fine if pruning keeps them equal
-                if other is None or other.split or other.size != x.size:
-                    return None
-                an.same_count(other.name, x.name)
-            shape_nodes.append(producer)
-            continue
-        nodes.append(producer)
-        stack.extend(producer.input)
-    if not shape_nodes:
-        return None
-    order = {id(n): i for i, n in enumerate(an.index.model.graph.node)}
-    nodes.sort(key=lambda n: order[id(n)])
-    outer = x.split[0] if x.split else 1
-
-    def evaluate(channels: int) -> list[np.ndarray]:
-        feeds = []
-        for sn in shape_nodes:
-            t = an.channels(sn.input[0])
-            shape = list(an.shape(t.name))
-            if t.split:
-                shape[t.axis + 1] = channels // outer
-            else:
-                shape[t.axis] = channels
-            start, end = attr(sn, "start", 0), attr(sn, "end", None)
-            feeds.append(numpy_helper.from_array(np.array(shape[start:end], dtype=np.int64), sn.output[0]))
-        consts = {i for n in nodes for i in n.input if an.index.is_const(i)}
-        inits = feeds + [numpy_helper.from_array(an.index.const(c), c) for c in consts]
-        outs = [onnx_value(t) for t in targets]
-        g = helper.make_graph(nodes, "shape", [], outs, initializer=inits)
-        m = helper.make_model(g, opset_imports=list(an.index.model.opset_import),
-                              ir_version=max(an.index.model.ir_version, 4))
-        return [np.asarray(v).reshape(-1) for v in ReferenceEvaluator(m).run(None, {})]
-
-    return evaluate
-
-
-def _shape_follows_input(node, an, x, in_shape, pos, repeat, split) -> bool:
-    """True when a Reshape's run-time shape is computed from Shape(x) and follows x's channel count.
-
-    The shape is evaluated with x's real channel count and with one unit fewer; the entry at
-    `pos` must move exactly as pruning requires and the others must stay.
-    """
-    evaluate = shape_evaluator([node.input[1]], an, x)
-    if evaluate is None:
-        return False
-    # one unit less: a split (new or inherited) loses one inner index in every outer slice
-    step = split[0] if split else (x.split[0] if x.split else 1)
-    try:
-        (now,), (fewer,) = evaluate(x.size), evaluate(x.size - step)
-    except Exception:
-        return False
-    if pos >= now.size:
-        return False
-    expect_now = x.size // split[0] if split else x.size * repeat
-    expect_fewer = (x.size - step) // split[0] if split else (x.size - step) * repeat
-    same_elsewhere = np.array_equal(np.delete(now, pos), np.delete(fewer, pos))
-    ok_now = now[pos] in (expect_now, -1)
-    ok_fewer = fewer[pos] in (expect_fewer, -1) and (now[pos] == -1) == (fewer[pos] == -1)
-    return bool(same_elsewhere and ok_now and ok_fewer)
-
-
-def onnx_value(name):
-    """An untyped ValueInfo (graph output of a helper model)."""
-    import onnx
-
-    return onnx.ValueInfoProto(name=name)
-
-
 class Reduce(Rule):
     """Reductions over non-channel axes pass channels through; reducing the channel axis blocks."""
 
@@ -1009,7 +803,6 @@ class Resize(Rule):
         for slot in self._scale_slots(node, an):
             v = an.index.const(node.input[slot])
             if v is None:
-                shape = an.shape(node.input[slot])
                 an.block(x.name, f"{node.op_type} '{node.name}' has run-time scales or sizes")
                 return
             if v.size == 0 or pos is None:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import time
 from dataclasses import dataclass, field
@@ -217,7 +218,7 @@ def _allocate(an: Analysis, scores, config: SelectConfig, method, target_macs, c
     else:
         target = alloc.budget(an, scores, config, macs, target_macs)
         gids = [g.id for g in an.groups if g.prunable and not any(
-            __import__("fnmatch").fnmatch(s, p) for p in config.ignore for s in g.sources)]
+            fnmatch.fnmatch(s, p) for p in config.ignore for s in g.sources)]
         runner = MaskRunner(an, gids)
         feeds = next(data.batches("holdout", 256)) if data.size("holdout") else next(data.batches("score", 256))
         reference = runner.run(feeds, [{}])[0]
