@@ -21,6 +21,8 @@ ZERO_EPS = 1e-6
 
 
 ALL_STATS = frozenset({"sumsq", "abs", "zeros", "pooled"})
+SIGNATURE_POOL = 4        # activation signatures: each map average-pooled to 4x4 ...
+SIGNATURE_SAMPLES = 256   # ... over the first 256 samples (criteria.md §2)
 
 
 @dataclass
@@ -42,6 +44,8 @@ class ChannelStats:
     pooled: list = field(default_factory=list)   # per-sample spatial means, for entropy
     rank_sum: np.ndarray | None = None
     rank_samples: int = 0
+    signature: list = field(default_factory=list)  # per batch [n, C, P*P] pooled maps ("signature")
+    signature_samples: int = 0
 
     def update(self, value: np.ndarray, rank_budget: int = 0) -> None:
         """Add one batch (any layout; channels on `self.axis`)."""
@@ -68,6 +72,10 @@ class ChannelStats:
         self.samples += n
         if "pooled" in self.want:
             self.pooled.append((pooled / flat.shape[2]).astype(np.float32))
+        if "signature" in self.want and self.signature_samples < SIGNATURE_SAMPLES:
+            take = min(n, SIGNATURE_SAMPLES - self.signature_samples)
+            self.signature.append(pool_map(x[:take]))
+            self.signature_samples += take
         take = min(n, rank_budget - self.rank_samples)
         if take > 0 and x.ndim == 4:
             mats = x[:take].astype(np.float64)
@@ -84,9 +92,31 @@ class ChannelStats:
         """Per-channel population variance."""
         return np.maximum(self.sumsq / max(self.count, 1) - self.mean ** 2, 0.0)
 
+    def signatures(self) -> np.ndarray:
+        """Per-channel activation signatures, shape [channels, samples * P * P]."""
+        if not self.signature:
+            return np.zeros((0, 0))
+        sig = np.concatenate(self.signature)                      # [N, C, P*P]
+        return sig.transpose(1, 0, 2).reshape(sig.shape[1], -1)
+
     def pooled_values(self) -> np.ndarray:
         """Per-sample spatial means, shape [samples, channels]."""
         return np.concatenate(self.pooled) if self.pooled else np.zeros((0, 0))
+
+
+def pool_map(x: np.ndarray, p: int = SIGNATURE_POOL) -> np.ndarray:
+    """Adaptive average pooling of [N, C, ...] maps to p x p (or the flattened map when smaller)."""
+    n, c = x.shape[0], x.shape[1]
+    if x.ndim != 4 or x.shape[2] < p or x.shape[3] < p:
+        return x.reshape(n, c, -1).astype(np.float32)
+    rows = np.array_split(np.arange(x.shape[2]), p)
+    cols = np.array_split(np.arange(x.shape[3]), p)
+    out = np.empty((n, c, p, p), dtype=np.float32)
+    for i, r in enumerate(rows):
+        band = x[:, :, r[0]:r[-1] + 1].mean(axis=2)
+        for j, col in enumerate(cols):
+            out[:, :, i, j] = band[:, :, col[0]:col[-1] + 1].mean(axis=2)
+    return out.reshape(n, c, p * p)
 
 
 def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:

@@ -296,7 +296,10 @@ class Conv(Rule):
             return
         w = rw.const(node.input[1])
         groups = attr(node, "group", 1)
-        delta = self._compensation(node, rw, w, groups, keep_in)
+        w, merged_delta, merged = self._merge(node, rw, w, groups, keep_in)
+        delta = self._compensation(node, rw, w, groups, keep_in, skip=merged)
+        if merged_delta is not None:
+            delta = merged_delta if delta is None else delta + merged_delta
         out_axis, in_axis = (1, 0) if self.transpose else (0, 1)
         c_in = w.shape[0] if self.transpose else w.shape[1] * groups
         k_in = c_in // groups
@@ -318,7 +321,19 @@ class Conv(Rule):
         rw.set_const(node, 1, w)
         _set_bias(node, rw, 2, delta, keep_out)
 
-    def _compensation(self, node, rw, w, groups, keep_in):
+    def _merge(self, node, rw, w, groups, keep_in):
+        """Fold removed near-copies into kept channels (§9.2): ``W_i += alpha W_j``, ``b += beta0 sum W_j``."""
+        found = rw.merges.get(node.input[0]) if keep_in is not None else None
+        if not found or groups != 1 or self.transpose:
+            return w, None, set()
+        w = w.astype(np.float64, copy=True)
+        delta = np.zeros(w.shape[0])
+        for j, i, alpha, beta in found:
+            delta += beta * w[:, j].reshape(w.shape[0], -1).sum(axis=1)
+            w[:, i] += alpha * w[:, j]
+        return w.astype(rw.const(node.input[1]).dtype), delta, {j for j, _, _, _ in found}
+
+    def _compensation(self, node, rw, w, groups, keep_in, skip=frozenset()):
         """Bias change that replaces removed input channels by their calibration means (§9.1).
 
         ``b'_o += sum_{c removed} m_c * sum_{kh,kw} W_{o,c}``: exact for constant channels away
@@ -332,7 +347,7 @@ class Conv(Rule):
         k_in = c_in // groups
         if groups > 1 and k_in == 1:
             return None
-        removed = np.setdiff1d(np.arange(c_in), keep_in)
+        removed = np.setdiff1d(np.arange(c_in), np.concatenate([keep_in, np.array(sorted(skip), dtype=np.int64)]))
         per_tap = w.reshape(w.shape[0], w.shape[1], -1).sum(axis=2).astype(np.float64)  # [O, k_in]
         if groups == 1:
             return per_tap[:, removed] @ means[removed]
@@ -397,11 +412,23 @@ class Gemm(Rule):
         c = rw.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         means = rw.means.get(node.input[0]) if keep_in is not None else None
         delta = None
+        found = rw.merges.get(node.input[0]) if keep_in is not None else None
+        skip = set()
+        if found and beta != 0 and (c is None or c.ndim < 2 or c.shape[0] == 1):
+            # merge compensation (§9.2): B_i += a B_j, C += alpha/beta * b0 * B_j
+            b = np.moveaxis(b.astype(np.float64, copy=True), in_axis, 0)
+            delta = np.zeros(b.shape[1])
+            for j, i, a, b0 in found:
+                delta += b0 * b[j] * alpha / beta
+                b[i] += a * b[j]
+                skip.add(j)
+            b = np.moveaxis(b, 0, in_axis).astype(rw.const(node.input[1]).dtype)
         if means is not None and beta != 0 and (c is None or c.ndim < 2 or c.shape[0] == 1):
             # mean compensation (§9.1): C += alpha/beta * sum_{k removed} m_k B[k, :]
-            removed = np.setdiff1d(np.arange(b.shape[in_axis]), keep_in)
+            removed = np.setdiff1d(np.arange(b.shape[in_axis]), np.concatenate([keep_in, np.array(sorted(skip), dtype=np.int64)]))
             rows = np.take(b, removed, axis=in_axis).astype(np.float64)
-            delta = (means[removed] @ rows if in_axis == 0 else rows @ means[removed]) * alpha / beta
+            mean_delta = (means[removed] @ rows if in_axis == 0 else rows @ means[removed]) * alpha / beta
+            delta = mean_delta if delta is None else delta + mean_delta
         if keep_in is not None:
             b = np.take(b, keep_in, axis=in_axis)
         if keep_out is not None:

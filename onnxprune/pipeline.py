@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from . import activations, criteria, graph, io, metrics, recover as recovery, rewrite
+from .variety import merges as find_merges
 from .calib import CalibConfig, CalibData, input_specs
 from .errors import OnnxPruneError
 from .evaluate import compare
@@ -74,7 +75,7 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
           seed: int = 0, verify: bool = True, calib: str | None = None, calib_samples: int = 512,
           batch_size: int = 32, mean: tuple[float, ...] = (0.0,), std: tuple[float, ...] = (1.0,),
           scale: float = 1.0 / 255.0, holdout: float = 0.25, recover: bool | None = None,
-          allocate: str | None = None, target_macs: float | None = None) -> PruneResult:
+          allocate: str | None = None, target_macs: float | None = None, variety: str | None = None) -> PruneResult:
     """Prune a model's channels (the Python form of the `onnxprune` command).
 
     Args:
@@ -97,6 +98,7 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
         allocate: per-group ratios: "uniform" (or "global" = `global_pruning`) or "sensitivity"
             (needs `calib`; the default for `blend` with calibration data).
         target_macs: fraction of MACs to remove, instead of `ratio`.
+        variety: "cluster", "gate", "soft" or "off" (default: cluster for blend, else off).
     Returns:
         A `PruneResult`; `report` holds the numbers shown by the CLI.
     Raises:
@@ -114,6 +116,7 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
     config = SelectConfig(ratio=ratio, global_pruning=global_pruning, max_ratio=max_ratio,
                           min_channels=min_channels, round_to=round_to, ignore=tuple(ignore))
     recover = bool(calib) if recover is None else recover
+    variety = variety or ("cluster" if criterion == "blend" else "off")
     if recover and not calib:
         raise OnnxPruneError("--recover needs calibration data: give --calib PATH")
     data, stats, reference = None, {}, None
@@ -122,9 +125,12 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
         data = CalibData(CalibConfig(calib, calib_samples, batch_size, tuple(mean), tuple(std), scale, holdout, seed),
                          input_specs(prep.original, prep.input_shapes))
         if criterion in criteria.DATA_CRITERIA or criterion == "blend" or recover:
+            want = set(criteria.STATS_NEEDED.get(criterion, set()))
+            if recover or variety != "off":
+                want.add("signature")   # merge compensation and variety compare activation signatures
             stats = activations.collect(an.model, an.read_tensors(), data, "score",
                                         rank_samples=128 if criterion in criteria.RANK_CRITERIA else 0,
-                                        want=frozenset(criteria.STATS_NEEDED.get(criterion, set())))
+                                        want=frozenset(want))
         reference = activations.outputs(an.model, data, "holdout") if data.size("holdout") else None
         timings["calibration"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -140,7 +146,9 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
         if criterion not in criteria.names():
             raise OnnxPruneError(f"unknown criterion '{criterion}'; choose from {', '.join(criteria.names())}")
         scores = criteria.score(criterion, ctx)
-        chosen, skipped, allocation = _allocate(an, scores, config, allocate, target_macs, criterion, data, ctx)
+        chooser = _variety_chooser(an, stats, variety) if variety != "off" else None
+        chosen, skipped, allocation = _allocate(an, scores, config, allocate, target_macs, criterion, data, ctx, chooser)
+        allocation["variety"] = variety
     timings["score_select"] = time.perf_counter() - t
     chosen = Plan(chosen.groups, {"model": os.path.basename(prep.source), "criterion": criterion, "ratio": ratio})
     if save_plan:
@@ -192,7 +200,22 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
     return PruneResult(pruned, chosen, an, check, report)
 
 
-def _allocate(an: Analysis, scores, config: SelectConfig, method, target_macs, criterion, data, ctx) -> tuple:
+def _variety_chooser(an: Analysis, stats: dict, mode: str):
+    """A selection chooser that keeps filter variety (onnxprune/variety.py)."""
+    from . import variety as var
+
+    if mode not in ("cluster", "gate", "soft"):
+        raise OnnxPruneError(f"unknown --variety '{mode}'; choose cluster, gate, soft or off")
+
+    def choose(gid, scores, n_remove):
+        sim = var.similarity(var.unit_descriptors(an, gid, stats))
+        return var.choose(mode, sim, scores, n_remove, an.unit_blocked[an.group_units[gid]])
+
+    return choose
+
+
+def _allocate(an: Analysis, scores, config: SelectConfig, method, target_macs, criterion, data, ctx,
+              chooser=None) -> tuple:
     """Per-group removal counts from the chosen allocator, then the plan."""
     from . import allocate as alloc
     from .metrics import MacModel
@@ -214,7 +237,7 @@ def _allocate(an: Analysis, scores, config: SelectConfig, method, target_macs, c
         config = SelectConfig(**{**config.__dict__, "ratio": ratio})
         info["ratio"] = round(ratio, 4)
     if method != "sensitivity":
-        plan, skipped = select(an, scores, config)
+        plan, skipped = select(an, scores, config, chooser=chooser)
     else:
         target = alloc.budget(an, scores, config, macs, target_macs)
         gids = [g.id for g in an.groups if g.prunable and not any(
@@ -224,7 +247,7 @@ def _allocate(an: Analysis, scores, config: SelectConfig, method, target_macs, c
         reference = runner.run(feeds, [{}])[0]
         curves = alloc.sensitivity_curves(an, scores, gids, runner, feeds, reference)
         counts, reasons = alloc.sensitivity_counts(an, scores, config, macs, target, curves)
-        plan, skipped = select(an, scores, config, counts=counts, notes=reasons)
+        plan, skipped = select(an, scores, config, counts=counts, notes=reasons, chooser=chooser)
         info.update(target=round(target, 4), forward_samples=runner.samples,
                     curves={str(g): {str(k): round(v, 5) for k, v in c.items()} for g, c in curves.items()})
     info["macs_removed"] = round(1.0 - macs.macs(plan.removed_units(an)) / macs.total, 4) if macs.total else 0.0
@@ -247,7 +270,11 @@ def _recover(an: Analysis, removed, pruned: onnx.ModelProto, data: CalibData, st
         if accepted:
             best, best_loss = candidate, loss
 
-    consider("mean_compensation", rewrite.apply(an, removed, means={t: st.mean for t, st in stats.items()}))
+    means = {t: st.mean for t, st in stats.items()}
+    consider("mean_compensation", rewrite.apply(an, removed, means=means))
+    duplicates = find_merges(stats, {t: k for t, k in kept.items() if t in stats})
+    if duplicates:
+        consider("merge_duplicates", rewrite.apply(an, removed, means=means, merges=duplicates))
     repaired, skipped = reconstruct(an.model, best, kept, data)
     consider("least_squares", repaired)
     if skipped:

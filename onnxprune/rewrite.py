@@ -25,9 +25,10 @@ class Rewriter:
     """The context rules see while rewriting (`rw` in ops.py)."""
 
     def __init__(self, model: onnx.ModelProto, analysis: Analysis, kept: dict[str, np.ndarray],
-                 means: dict[str, np.ndarray] | None = None):
+                 means: dict[str, np.ndarray] | None = None, merges: dict | None = None):
         self.model = model
         self.means = means or {}
+        self.merges = merges or {}     # tensor -> [(removed j, kept i, alpha, beta0)] (variety.merges)
         self.analysis = analysis
         self.index = GraphIndex(model)
         self.opset = analysis.opset
@@ -94,7 +95,8 @@ class Rewriter:
         raise RuntimeError(f"constant {name} not found around node {node.name}")
 
 
-def apply(analysis: Analysis, removed_units: np.ndarray, means: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+def apply(analysis: Analysis, removed_units: np.ndarray, means: dict[str, np.ndarray] | None = None,
+          merges: dict | None = None) -> onnx.ModelProto:
     """Return a copy of the analysed model with `removed_units` physically removed.
 
     Args:
@@ -102,6 +104,7 @@ def apply(analysis: Analysis, removed_units: np.ndarray, means: dict[str, np.nda
         removed_units: unit ids to remove (none of them blocked).
         means: per-channel calibration means of tensors read by Conv/Gemm; when given, removed
             channels are replaced by their mean in the consumer's bias (mean compensation).
+        merges: removed channels folded into a kept near-copy in the consumer (merge compensation).
     Returns:
         The pruned model: same inputs/outputs, opset and IR version.
     """
@@ -113,7 +116,7 @@ def apply(analysis: Analysis, removed_units: np.ndarray, means: dict[str, np.nda
     if empty:
         raise ValueError(f"selection removes every channel of {empty[0]}")
     if kept:
-        rw = Rewriter(model, analysis, kept, means)
+        rw = Rewriter(model, analysis, kept, means, merges)
         for node in model.graph.node:
             touched = any(n in kept for n in list(node.input) + list(node.output))
             if touched:

@@ -113,7 +113,8 @@ class Plan:
 
 
 def select(analysis: Analysis, scores: dict[int, np.ndarray], config: SelectConfig,
-           counts: dict[int, int] | None = None, notes: dict[int, str] | None = None) -> tuple[Plan, list[dict]]:
+           counts: dict[int, int] | None = None, notes: dict[int, str] | None = None,
+           chooser=None) -> tuple[Plan, list[dict]]:
     """Choose the units to remove.
 
     Args:
@@ -122,6 +123,8 @@ def select(analysis: Analysis, scores: dict[int, np.ndarray], config: SelectConf
         config: ratio and limits.
         counts: units to remove per group, from an allocator (replaces `ratio`; limits still apply).
         notes: a reason per group for the plan (e.g. the allocator's).
+        chooser: function(group id, scores, n_remove) -> positions to remove (filter variety);
+            default: the lowest-scored removable units.
     Returns:
         The plan (pruned groups only) and a list of skipped groups with reasons.
     """
@@ -152,9 +155,11 @@ def select(analysis: Analysis, scores: dict[int, np.ndarray], config: SelectConf
         n_remove = _limit(g.size, counts[g.id], int(removable[g.id].sum()), config)
         if n_remove <= 0:
             continue
-        s = np.where(removable[g.id], scores[g.id], np.inf)
-        order = np.argsort(s, kind="stable")
-        removed = set(order[:n_remove].tolist())
+        if chooser is not None:
+            removed = set(int(i) for i in chooser(g.id, scores[g.id], n_remove))
+        else:
+            s = np.where(removable[g.id], scores[g.id], np.inf)
+            removed = set(np.argsort(s, kind="stable")[:n_remove].tolist())
         keep = tuple(i for i in range(g.size) if i not in removed)
         plans.append(GroupPlan(g.id, g.name, g.size, keep, (notes or {}).get(g.id, "")))
     plan = Plan(tuple(plans))
