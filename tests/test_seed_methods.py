@@ -212,3 +212,60 @@ def test_target_macs_reaches_the_budget():
     rep = onnxprune.prune(RESNET, criterion="l1", target_macs=0.6).report
     assert rep["allocation"]["macs_removed"] >= 0.6
     assert rep["macs_kept"] <= 0.4 + 1e-6
+
+
+def duplicate_model():
+    """convA(3->8) -> Relu -> convB(8->4): channels 4..7 are 2x-scaled copies of 0..3 (large norms);
+    the 'unique' small channels are 8..11 (convA has 12 outputs)."""
+    rng = np.random.default_rng(7)
+    base = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    unique = rng.standard_normal((4, 3, 3, 3)).astype(np.float32) * 0.2
+    wa = np.concatenate([base, 2.0 * base, unique])                  # duplicates are positively scaled
+    wb = rng.standard_normal((4, 12, 1, 1)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["a"], name="convA", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["ra"]),
+             helper.make_node("Conv", ["ra", "wb"], ["y"], name="convB")]
+    return make_model(nodes, [tensor("x", ["N", 3, 8, 8])], [tensor("y", ["N", 4, 8, 8])], {"wa": wa, "wb": wb})
+
+
+def test_t6_functional_removes_planted_duplicates_losslessly_with_merge(tmp_path):
+    from onnxprune import activations, variety
+
+    prep = prepare(duplicate_model())
+    an = prep.analysis
+    data = data_for(prep, tmp_path, n=32)
+    stats = activations.collect(an.model, an.read_tensors(), data, "score", want=frozenset({"signature"}))
+    ctx = criteria.ScoreContext(an, stats=stats, data=data)
+    gid = next(g.id for g in an.groups if g.prunable)
+    l1 = criteria.score("l1", ctx)[gid]
+    func = criteria.score("functional", ctx)[gid]
+    four_lowest = lambda s: set(np.argsort(s)[:4].tolist())  # noqa: E731
+    assert four_lowest(l1) == {8, 9, 10, 11}                 # l1 removes the unique small filters
+    assert len(four_lowest(func) & set(range(8))) == 4       # functional removes one of each duplicate pair
+    assert ctx.extras["functional"]["redundant_fraction"][gid] == pytest.approx(4 / 12, abs=1e-3)
+    removed = an.group_units[gid][sorted(four_lowest(func))]
+    kept = an.kept_channels(removed)
+    merged = rewrite.apply(an, removed, merges=variety.merges(stats, {t: k for t, k in kept.items() if t in stats}))
+    feeds = next(data.batches("all", 8))
+    assert np.max(np.abs(run(merged, feeds)["y"] - run(an.model, feeds)["y"])) < 1e-5
+
+
+def test_t7_variety_cluster_keeps_singletons_and_one_member_per_cluster():
+    from onnxprune.variety import choose
+
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        sizes = rng.integers(1, 5, size=6)                   # planted clusters, some singletons
+        labels = np.repeat(np.arange(len(sizes)), sizes)
+        n = len(labels)
+        sim = np.where(labels[:, None] == labels[None, :], 0.95, 0.05) + rng.uniform(0, 0.02, (n, n))
+        sim = (sim + sim.T) / 2
+        np.fill_diagonal(sim, 1.0)
+        scores = rng.random(n)
+        k = n - len(sizes)                                   # exactly one survivor per cluster
+        removed = set(choose("cluster", sim, scores, k, np.zeros(n, dtype=bool)).tolist())
+        assert len(removed) == k
+        for c in range(len(sizes)):
+            members = np.flatnonzero(labels == c)
+            survivors = [m for m in members if m not in removed]
+            assert survivors == [members[np.argmax(scores[members])]]
