@@ -120,12 +120,14 @@ def main():
 @click.option("--allocate", type=click.Choice(["uniform", "global", "sensitivity"]),
               help="Per-group ratios [default: sensitivity for blend with --calib, else uniform].")
 @click.option("--target-macs", type=float, help="Fraction of MACs to remove (instead of --ratio), e.g. 0.5.")
+@click.option("--preset", type=click.Choice(["fast", "default", "thorough"]), default="default", show_default=True,
+              help="fast: data-free, uniform; default: blend + sensitivity + variety; thorough: + ensemble, searched blend.")
 @click.option("--variety", type=click.Choice(["cluster", "gate", "soft", "off"]),
               help="Keep filter variety when choosing within a group [default: cluster for blend, else off].")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def prune(model, output, criterion, ratio, global_pruning, max_ratio, min_channels, round_to, ignore, plan,
           save_plan, input_shape, report_path, show, seed, no_verify, calib, calib_samples, batch_size, mean, std,
-          scale, holdout, recover, allocate, target_macs, variety, debug):
+          scale, holdout, recover, allocate, target_macs, preset, variety, debug):
     """Prune MODEL and write the smaller model."""
     shapes = parse_input_shapes(input_shape)
     mean, std = parse_floats(mean, "--mean"), parse_floats(std, "--std")
@@ -145,7 +147,8 @@ def prune(model, output, criterion, ratio, global_pruning, max_ratio, min_channe
             min_channels=min_channels, round_to=round_to, ignore=ignore, plan=str(plan) if plan else None,
             save_plan=str(save_plan) if save_plan else None, input_shape=shapes, seed=seed, verify=not no_verify,
             calib=calib, calib_samples=calib_samples, batch_size=batch_size, mean=mean, std=std, scale=scale,
-            holdout=holdout, recover=recover, allocate=allocate, target_macs=target_macs, variety=variety)
+            holdout=holdout, recover=recover, allocate=allocate, target_macs=target_macs, variety=variety,
+            preset=preset)
         console = Console()
         report.render_prune(result.report, console, show_groups="groups" in show)
         if result.verification is not None and not result.verification.valid:

@@ -10,17 +10,18 @@ import os
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
 
 from . import activations, criteria, graph, io, metrics, recover as recovery, rewrite
-from .variety import merges as find_merges
 from .calib import CalibConfig, CalibData, input_specs
 from .errors import OnnxPruneError
 from .evaluate import compare
+from .groups import Analysis, analyse as analyse_groups
 from .masking import MaskRunner
 from .reconstruct import reconstruct
-from .groups import Analysis, analyse as analyse_groups
 from .select import Plan, SelectConfig, select
+from .variety import merges as find_merges
 from .verify import Verification, verify as verify_model
 
 REPORT_SCHEMA = 1
@@ -75,7 +76,8 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
           seed: int = 0, verify: bool = True, calib: str | None = None, calib_samples: int = 512,
           batch_size: int = 32, mean: tuple[float, ...] = (0.0,), std: tuple[float, ...] = (1.0,),
           scale: float = 1.0 / 255.0, holdout: float = 0.25, recover: bool | None = None,
-          allocate: str | None = None, target_macs: float | None = None, variety: str | None = None) -> PruneResult:
+          allocate: str | None = None, target_macs: float | None = None, variety: str | None = None,
+          preset: str = "default") -> PruneResult:
     """Prune a model's channels (the Python form of the `onnxprune` command).
 
     Args:
@@ -99,6 +101,9 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
             (needs `calib`; the default for `blend` with calibration data).
         target_macs: fraction of MACs to remove, instead of `ratio`.
         variety: "cluster", "gate", "soft" or "off" (default: cluster for blend, else off).
+        preset: "fast" (data-free blend, uniform ratios, no variety), "default" (criteria.md §10:
+            blend with activation criteria, sensitivity allocation, variety) or "thorough" (adds
+            the ensemble criterion to the pool and searches the blend weights).
     Returns:
         A `PruneResult`; `report` holds the numbers shown by the CLI.
     Raises:
@@ -115,7 +120,11 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
                              + (f" ({reasons[0]}{' ...' if len(reasons) > 1 else ''})" if reasons else ""))
     config = SelectConfig(ratio=ratio, global_pruning=global_pruning, max_ratio=max_ratio,
                           min_channels=min_channels, round_to=round_to, ignore=tuple(ignore))
+    if preset not in ("fast", "default", "thorough"):
+        raise OnnxPruneError(f"unknown preset '{preset}'; choose fast, default or thorough")
     recover = bool(calib) if recover is None else recover
+    if preset == "fast":
+        allocate, variety = allocate or "uniform", variety or "off"
     variety = variety or ("cluster" if criterion == "blend" else "off")
     if recover and not calib:
         raise OnnxPruneError("--recover needs calibration data: give --calib PATH")
@@ -134,7 +143,9 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
         reference = activations.outputs(an.model, data, "holdout") if data.size("holdout") else None
         timings["calibration"] = time.perf_counter() - t
     t = time.perf_counter()
-    ctx = criteria.ScoreContext(an, seed=seed, stats=stats, data=data, options={"ratio": ratio})
+    ctx = criteria.ScoreContext(an, seed=seed, stats=stats, data=data, options={"ratio": ratio, "preset": preset})
+    if preset == "thorough" and criterion == "blend" and data is not None and plan is None:
+        ctx.options["blend_fitness"] = _blend_fitness(an, data, config, target_macs)
     if data is not None:
         ctx.notes.extend(data.notes)
     if plan is not None:
@@ -178,6 +189,7 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
         "criterion": criterion if plan is None else f"plan:{os.path.basename(str(plan))}",
         "ratio": ratio,
         "target_macs": target_macs,
+        "preset": preset,
         "options": {"global_pruning": global_pruning, "max_ratio": max_ratio, "min_channels": min_channels,
                     "round_to": round_to, "ignore": list(ignore), "seed": seed},
         "input_shapes": prep.input_shapes,
@@ -198,6 +210,35 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
         "seconds": {k: round(v, 3) for k, v in timings.items()},
     }
     return PruneResult(pruned, chosen, an, check, report)
+
+
+def _blend_fitness(an: Analysis, data: CalibData, config: SelectConfig, target_macs):
+    """Fitness of a blended order: minus the held-out loss of the masked network at uniform counts."""
+    from . import allocate as alloc
+    from .metrics import MacModel
+
+    gids = [g.id for g in an.groups if g.prunable]
+    ratio = config.ratio
+    if target_macs is not None:
+        l1 = criteria.score("l1", criteria.ScoreContext(an))
+        ratio = alloc.uniform_ratio_for(an, l1, config, MacModel(an), target_macs)
+    counts = {gid: int(ratio * an.groups[gid].size) for gid in gids}
+    runner = MaskRunner(an, gids)
+    split = "holdout" if data.size("holdout") else "score"
+    feeds = next(data.batches(split, 128))
+    reference = runner.run(feeds, [{}])[0]
+
+    def fitness(order: dict[int, np.ndarray]) -> float:
+        masks = {}
+        for gid in gids:
+            units = an.group_units[gid]
+            mask = np.ones(len(units))
+            s = np.where(an.unit_blocked[units], np.inf, order[gid])
+            mask[np.argsort(s, kind="stable")[:counts[gid]]] = 0.0
+            masks[gid] = mask
+        return -float(runner.losses(feeds, [masks], reference)[0])
+
+    return fitness
 
 
 def _variety_chooser(an: Analysis, stats: dict, mode: str):

@@ -269,3 +269,23 @@ def test_t7_variety_cluster_keeps_singletons_and_one_member_per_cluster():
             members = np.flatnonzero(labels == c)
             survivors = [m for m in members if m not in removed]
             assert survivors == [members[np.argmax(scores[members])]]
+
+
+def test_t8_searched_blend_is_never_worse_than_the_best_single_criterion():
+    from onnxprune.criteria.blend import evolve
+
+    rng = np.random.default_rng(0)
+    names = ["a", "b", "c", "d"]
+    for seed in range(5):
+        target = rng.dirichlet(np.ones(4))
+        bumps = rng.normal(0, 0.3, 4)
+
+        def fitness(w):                      # a rugged objective over the simplex
+            v = np.array([w[n] for n in names])
+            return float(-((v - target) ** 2).sum() + 0.05 * np.sin(10 * v) @ bumps)
+
+        best, history = evolve(names, fitness, np.random.default_rng(seed), population=12, generations=8)
+        vertices = max(fitness({n: float(n == m) for n in names}) for m in names)
+        assert fitness(best) >= vertices - 1e-12
+        assert abs(sum(best.values()) - 1.0) < 1e-9 and min(best.values()) >= 0
+        assert history == sorted(history)    # elitism: the best never gets worse
