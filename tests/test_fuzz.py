@@ -138,7 +138,7 @@ def _params():
         yield pytest.param(seed, id=f"seed{seed}")
 
 
-@pytest.mark.parametrize("seed", _params())
+@pytest.mark.parametrize("seed", list(_params()))
 def test_fuzz_properties(seed):
     check_seed(seed)
 
