@@ -114,3 +114,40 @@ def sensitivity_counts(analysis: Analysis, scores, config: SelectConfig, macs: M
     reasons = {gid: f"sensitivity: ratio {steps[level[gid]]:.1f} (held-out loss +{curves[gid][steps[level[gid]]]:.3g})"
                for gid in gids}
     return counts_now(), reasons
+
+
+def scaled_counts(analysis: Analysis, scores, config: SelectConfig, macs: MacModel, target: float,
+                  signal: dict[int, float], label: str) -> tuple[dict[int, int], dict[int, str]]:
+    """Ratios ``rho_l = clip(kappa * signal_l, 0, cap_l)`` with kappa found by bisection for `target` MACs."""
+    caps = {gid: min(config.max_ratio, 0.9, 1.0 - min(config.min_channels, analysis.groups[gid].size)
+                     / analysis.groups[gid].size) for gid in signal}
+
+    def ratios(kappa):
+        return {gid: float(np.clip(kappa * s, 0.0, caps[gid])) for gid, s in signal.items()}
+
+    def counts(kappa):
+        return {gid: int(math.floor(r * analysis.groups[gid].size + 1e-9)) for gid, r in ratios(kappa).items()}
+
+    def removed(kappa):
+        return 1.0 - macs.macs(removed_by(analysis, scores, counts(kappa))) / macs.total
+
+    lo, hi = 0.0, 1.0
+    while removed(hi) < target and hi < 1e6:
+        hi *= 2
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if removed(mid) >= target else (mid, hi)
+    final = ratios(hi)
+    return counts(hi), {gid: f"{label}: ratio {final[gid]:.2f} (signal {signal[gid]:.3g})" for gid in signal}
+
+
+def utilization_signal(utilization: dict[int, float]) -> dict[int, float]:
+    """SNPFI rule: groups whose units act independently (low U) are pruned harder, ``mean U / U_l``."""
+    u = {gid: max(val, 1e-3) for gid, val in utilization.items()}
+    mean = float(np.mean(list(u.values()))) if u else 1.0
+    return {gid: mean / val for gid, val in u.items()}
+
+
+def redundancy_signal(redundant: dict[int, float]) -> dict[int, float]:
+    """Functional redundancy: groups with more duplicate filters are pruned harder (``r_l + 0.05``)."""
+    return {gid: val + 0.05 for gid, val in redundant.items()}

@@ -15,7 +15,7 @@ import click
 from .errors import OnnxPruneError
 
 # kept in step with onnxprune.criteria.REGISTRY (a test checks it); listed here so --help needs no numpy
-CRITERIA = ("l1", "l2", "fpgm", "bn_scale", "random", "mean_act", "apoz", "entropy", "hrank", "thinet", "ensemble", "functional", "blend")
+CRITERIA = ("l1", "l2", "fpgm", "bn_scale", "random", "mean_act", "apoz", "entropy", "hrank", "thinet", "ensemble", "functional", "interactions", "blend")
 
 
 class DefaultGroup(click.Group):
@@ -117,7 +117,7 @@ def main():
 @click.option("--holdout", type=click.FloatRange(0.0, 0.9), default=0.25, show_default=True,
               help="Fraction of calibration samples held out for accept/reject decisions.")
 @click.option("--recover/--no-recover", default=None, help="Training-free recovery [default: on with --calib].")
-@click.option("--allocate", type=click.Choice(["uniform", "global", "sensitivity"]),
+@click.option("--allocate", type=click.Choice(["uniform", "global", "sensitivity", "utilization", "redundancy"]),
               help="Per-group ratios [default: sensitivity for blend with --calib, else uniform].")
 @click.option("--target-macs", type=float, help="Fraction of MACs to remove (instead of --ratio), e.g. 0.5.")
 @click.option("--preset", type=click.Choice(["fast", "default", "thorough"]), default="default", show_default=True,

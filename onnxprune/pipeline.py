@@ -97,8 +97,9 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
         mean, std, scale: image preprocessing ``(pixel * scale - mean) / std``.
         holdout: fraction of calibration samples kept apart for accept/reject decisions.
         recover: training-free recovery (default: on when `calib` is given).
-        allocate: per-group ratios: "uniform" (or "global" = `global_pruning`) or "sensitivity"
-            (needs `calib`; the default for `blend` with calibration data).
+        allocate: per-group ratios: "uniform" (or "global" = `global_pruning`), or with `calib`:
+            "sensitivity" (the default for `blend`), "utilization" (SNPFI: groups with weakly
+            interacting filters lose more) or "redundancy" (groups with functional duplicates lose more).
         target_macs: fraction of MACs to remove, instead of `ratio`.
         variety: "cluster", "gate", "soft" or "off" (default: cluster for blend, else off).
         preset: "fast" (data-free blend, uniform ratios, no variety), "default" (criteria.md §10:
@@ -267,8 +268,11 @@ def _allocate(an: Analysis, scores, config: SelectConfig, method, target_macs, c
                         "sensitivity" if criterion == "blend" and data is not None else "uniform")
     if method == "sensitivity" and data is None:
         raise OnnxPruneError("--allocate sensitivity needs calibration data: give --calib PATH")
-    if method not in ("uniform", "global", "sensitivity"):
-        raise OnnxPruneError(f"unknown allocator '{method}'; choose uniform, global or sensitivity")
+    if method not in ("uniform", "global", "sensitivity", "utilization", "redundancy"):
+        raise OnnxPruneError(f"unknown allocator '{method}'; choose uniform, global, sensitivity, "
+                             f"utilization or redundancy")
+    if method in ("utilization", "redundancy") and data is None:
+        raise OnnxPruneError(f"--allocate {method} needs calibration data: give --calib PATH")
     macs = MacModel(an)
     info = {"method": method}
     if method == "global":
@@ -277,7 +281,20 @@ def _allocate(an: Analysis, scores, config: SelectConfig, method, target_macs, c
         ratio = alloc.uniform_ratio_for(an, scores, config, macs, target_macs)
         config = SelectConfig(**{**config.__dict__, "ratio": ratio})
         info["ratio"] = round(ratio, 4)
-    if method != "sensitivity":
+    if method in ("utilization", "redundancy"):
+        target = alloc.budget(an, scores, config, macs, target_macs)
+        if method == "utilization":
+            from .criteria.interactions import games
+            signal = alloc.utilization_signal({gid: g["utilization"] for gid, g in games(ctx).items()})
+        else:
+            from . import variety as var
+            signal = alloc.redundancy_signal({
+                g.id: 1.0 - len(set(var.functional_clusters(var.similarity(var.unit_descriptors(an, g.id, ctx.stats)))))
+                / g.size for g in an.groups if g.prunable})
+        counts, reasons = alloc.scaled_counts(an, scores, config, macs, target, signal, method)
+        plan, skipped = select(an, scores, config, counts=counts, notes=reasons, chooser=chooser)
+        info.update(target=round(target, 4), signal={str(k): round(v, 4) for k, v in signal.items()})
+    elif method != "sensitivity":
         plan, skipped = select(an, scores, config, chooser=chooser)
     else:
         target = alloc.budget(an, scores, config, macs, target_macs)

@@ -289,3 +289,49 @@ def test_t8_searched_blend_is_never_worse_than_the_best_single_criterion():
         assert fitness(best) >= vertices - 1e-12
         assert abs(sum(best.values()) - 1.0) < 1e-9 and min(best.values()) >= 0
         assert history == sorted(history)    # elitism: the best never gets worse
+
+
+def test_t10_non_additivity_measures_interactions():
+    from onnxprune.criteria.ensembles import fit_additive, r_squared
+
+    rng = np.random.default_rng(0)
+    n = 10
+    a = rng.standard_normal(n)
+    pairs = [(rng.integers(n), rng.integers(n)) for _ in range(8)]
+    us = []
+    for scale in (0.0, 0.5, 2.0):
+        def game(z):
+            return a @ z + scale * sum(z[i] * z[j] for i, j in pairs)
+        z = (rng.random((3000, n)) < 0.5).astype(float)
+        y = np.array([game(row) for row in z])
+        coef, _ = fit_additive(z[:2000], y[:2000], ridge=0.0)
+        us.append(1.0 - r_squared(z[2000:], y[2000:], coef))
+    assert us[0] < 0.02
+    assert us[0] < us[1] < us[2]
+
+
+def test_t11_banzhaf_interaction_is_four_walsh_coefficients():
+    from onnxprune.criteria.interactions import banzhaf_interaction, walsh_coefficient
+
+    rng = np.random.default_rng(1)
+    n = 6
+    w = rng.standard_normal((n, n, n))
+
+    def v(z):
+        return float(np.einsum("i,j,k,ijk->", z, z, z, w) + np.sin(z @ np.arange(n)))
+
+    for i, j in [(0, 1), (2, 5), (3, 4)]:
+        assert abs(banzhaf_interaction(v, n, i, j) - 4 * walsh_coefficient(v, n, (i, j))) < 1e-10
+
+
+@pytest.mark.parametrize("allocate", ["utilization", "redundancy"])
+def test_utilization_and_redundancy_allocators_meet_the_budget(tmp_path, allocate):
+    import onnxprune
+
+    prep = prepare(onnx.load(RESNET))
+    data = data_for(prep, tmp_path, n=48)
+    rep = onnxprune.prune(RESNET, criterion="l1", target_macs=0.5, calib=data.config.path, allocate=allocate,
+                          recover=False).report
+    assert rep["allocation"]["method"] == allocate
+    assert rep["allocation"]["macs_removed"] >= 0.5
+    assert rep["verification"]["valid"]

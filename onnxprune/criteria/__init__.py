@@ -52,10 +52,11 @@ def score(name: str, ctx: ScoreContext) -> dict[int, np.ndarray]:
     return REGISTRY[name](ctx)
 
 
-from . import activations, blend, ensembles, functional, thinet, weights  # noqa: E402,F401  (register the criteria)
+from . import activations, blend, ensembles, functional, interactions, thinet, weights  # noqa: E402,F401,I001
 
-DATA_CRITERIA = ("mean_act", "apoz", "entropy", "hrank", "thinet", "ensemble", "functional")
+DATA_CRITERIA = ("mean_act", "apoz", "entropy", "hrank", "thinet", "ensemble", "functional", "interactions")
 # the optional activation statistics each criterion reads (activations.ChannelStats.want)
 STATS_NEEDED = {"mean_act": {"abs"}, "apoz": {"zeros"}, "entropy": {"pooled"}, "hrank": set(), "thinet": set(), "ensemble": set(),
-                "blend": {"abs", "zeros", "pooled", "signature"}, "functional": {"signature"}}
+                "blend": {"abs", "zeros", "pooled", "signature"}, "functional": {"signature"},
+                "interactions": set()}
 RANK_CRITERIA = ("hrank", "blend")
