@@ -128,6 +128,15 @@ def sync_initializer_inputs(model: onnx.ModelProto) -> None:
     graph.input.extend(fixed)
 
 
+def check_finite(model: onnx.ModelProto, label: str) -> None:
+    """Refuse weights with NaN or Inf: scores and the verification would be meaningless."""
+    for init in model.graph.initializer:
+        if init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
+            value = numpy_helper.to_array(init)
+            if not np.all(np.isfinite(value)):
+                raise OnnxPruneError(f"{label}: weight '{init.name}' contains NaN or Inf values")
+
+
 class GraphIndex:
     """Read-only index of a graph: who produces and who consumes each tensor, and constant values."""
 

@@ -61,6 +61,7 @@ def prepare(model_or_path, input_shape: dict | None = None) -> Prepared:
         raise OnnxPruneError(f"{source}: nothing to prune: the model has no Conv or ConvTranspose node")
     input_shapes = graph.fixed_input_shapes(model, input_shape)
     norm = graph.normalise(model)
+    graph.check_finite(norm, source)
     shapes = graph.infer_shapes(norm, input_shapes)
     return Prepared(model, analyse_groups(norm, shapes), input_shapes, source)
 

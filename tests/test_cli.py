@@ -126,7 +126,7 @@ def _quantized_model(path):
 
 @pytest.mark.parametrize("case", ["missing", "directory", "empty", "not_onnx", "truncated", "no_conv",
                                   "quantized", "ratio_high", "ratio_negative", "ratio_nan", "output_is_input",
-                                  "output_dir_missing", "bad_criterion", "dynamic_without_shape"])
+                                  "output_dir_missing", "bad_criterion", "dynamic_without_shape", "nan_weights"])
 def test_bad_input_one_line_exit_1(tmp_path, case):
     model = tmp_path / "m.onnx"
     shutil.copy(RESNET, model)
@@ -158,6 +158,13 @@ def test_bad_input_one_line_exit_1(tmp_path, case):
         args[2] = tmp_path / "no" / "such" / "dir.onnx"
     elif case == "bad_criterion":
         args += ["--criterion", "bogus"]
+    elif case == "nan_weights":
+        m = onnx.load(RESNET)
+        w = next(i for i in m.graph.initializer if len(i.dims) == 4)
+        arr = onnx.numpy_helper.to_array(w).copy()
+        arr.flat[0] = np.nan
+        w.CopyFrom(onnx.numpy_helper.from_array(arr, w.name))
+        onnx.save(m, model)
     elif case == "dynamic_without_shape":
         m = onnx.load(RESNET)
         m.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
