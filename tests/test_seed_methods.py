@@ -335,3 +335,33 @@ def test_utilization_and_redundancy_allocators_meet_the_budget(tmp_path, allocat
     assert rep["allocation"]["method"] == allocate
     assert rep["allocation"]["macs_removed"] >= 0.5
     assert rep["verification"]["valid"]
+
+
+def test_t2_zeroing_a_filter_under_bn_is_not_removal(tmp_path):
+    rng = np.random.default_rng(2)
+    c = 6
+    inits = {"w1": rng.standard_normal((c, 3, 3, 3)).astype(np.float32), "s": rng.uniform(0.5, 1.5, c).astype(np.float32),
+             "b": rng.normal(0.5, 0.2, c).astype(np.float32), "m": rng.normal(0, 0.5, c).astype(np.float32),
+             "v": rng.uniform(0.5, 2, c).astype(np.float32), "w2": rng.standard_normal((2, c, 1, 1)).astype(np.float32)}
+    inits["b"][0], inits["m"][0] = 1.0, -0.5        # a zero input gives beta - gamma*mu/sigma > 0
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c1", "s", "b", "m", "v"], ["bn"], name="bn"),
+             helper.make_node("Relu", ["bn"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "w2"], ["y"], name="conv2")]
+    model = make_model(nodes, [tensor("x", ["N", 3, 8, 8])], [tensor("y", ["N", 2, 8, 8])], inits)
+    prep = prepare(model)
+    an = prep.analysis
+    gid = next(g.id for g in an.groups if g.prunable)
+    feeds = next(data_for(prep, tmp_path, n=8).batches("all", 8))
+    masked = MaskRunner(an, [gid]).run(feeds, [{gid: np.where(np.arange(c) == 0, 0.0, 1.0)}])[0][0]
+    zeroed = onnx.ModelProto()
+    zeroed.CopyFrom(model)
+    w1 = next(i for i in zeroed.graph.initializer if i.name == "w1")
+    arr = onnx.numpy_helper.to_array(w1).copy()
+    arr[0] = 0.0
+    w1.CopyFrom(onnx.numpy_helper.from_array(arr, "w1"))
+    zeroed.graph.output.append(onnx.ValueInfoProto(name="r"))
+    outs = run(zeroed, feeds)
+    assert np.max(np.abs(outs["y"] - masked)) > 1e-3                    # not the same as removing channel 0
+    expected = max(inits["b"][0] - inits["s"][0] * inits["m"][0] / np.sqrt(inits["v"][0] + 1e-5), 0.0)
+    np.testing.assert_allclose(outs["r"][:, 0], expected, rtol=1e-5)     # the channel is act(beta - gamma mu / sigma)
