@@ -133,16 +133,8 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
     data, stats, reference = None, {}, None
     if calib:
         t = time.perf_counter()
-        data = CalibData(CalibConfig(calib, calib_samples, batch_size, tuple(mean), tuple(std), scale, holdout, seed),
-                         input_specs(prep.original, prep.input_shapes))
-        if criterion in criteria.DATA_CRITERIA or criterion == "blend" or recover:
-            want = set(criteria.STATS_NEEDED.get(criterion, set()))
-            if recover or variety != "off":
-                want.add("signature")   # merge compensation and variety compare activation signatures
-            stats = activations.collect(an.model, an.read_tensors(), data, "score",
-                                        rank_samples=128 if criterion in criteria.RANK_CRITERIA else 0,
-                                        want=frozenset(want))
-        reference = activations.outputs(an.model, data, "holdout") if data.size("holdout") else None
+        config_calib = CalibConfig(calib, calib_samples, batch_size, tuple(mean), tuple(std), scale, holdout, seed)
+        data, stats, reference = _calibrate(prep, config_calib, criterion, recover, variety)
         timings["calibration"] = time.perf_counter() - t
     t = time.perf_counter()
     ctx = criteria.ScoreContext(an, seed=seed, stats=stats, data=data, options={"ratio": ratio, "preset": preset})
@@ -212,6 +204,23 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
         "seconds": {k: round(v, 3) for k, v in timings.items()},
     }
     return PruneResult(pruned, chosen, an, check, report)
+
+
+def _calibrate(prep: Prepared, config: CalibConfig, criterion: str, recover: bool, variety: str) -> tuple:
+    """Load calibration data, stream the statistics the criterion and recovery need, and record
+    the original's outputs on the held-out split (the reference for every accept/reject decision)."""
+    an = prep.analysis
+    data = CalibData(config, input_specs(prep.original, prep.input_shapes))
+    stats = {}
+    if criterion in criteria.DATA_CRITERIA or criterion == "blend" or recover:
+        want = set(criteria.STATS_NEEDED.get(criterion, set()))
+        if recover or variety != "off":
+            want.add("signature")   # merge compensation and variety compare activation signatures
+        stats = activations.collect(an.model, an.read_tensors(), data, "score",
+                                    rank_samples=128 if criterion in criteria.RANK_CRITERIA else 0,
+                                    want=frozenset(want))
+    reference = activations.outputs(an.model, data, "holdout") if data.size("holdout") else None
+    return data, stats, reference
 
 
 def _blend_fitness(an: Analysis, data: CalibData, config: SelectConfig, target_macs):
