@@ -138,8 +138,6 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
         timings["calibration"] = time.perf_counter() - t
     t = time.perf_counter()
     ctx = criteria.ScoreContext(an, seed=seed, stats=stats, data=data, options={"ratio": ratio, "preset": preset})
-    if preset == "thorough" and criterion == "blend" and data is not None and plan is None:
-        ctx.options["blend_fitness"] = _blend_fitness(an, data, config, target_macs)
     if data is not None:
         ctx.notes.extend(data.notes)
     if plan is not None:
@@ -148,12 +146,7 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
                    for g in an.groups if not g.prunable]
         allocation = {"method": "plan"}
     else:
-        if criterion not in criteria.names():
-            raise OnnxPruneError(f"unknown criterion '{criterion}'; choose from {', '.join(criteria.names())}")
-        scores = criteria.score(criterion, ctx)
-        chooser = _variety_chooser(an, stats, variety) if variety != "off" else None
-        chosen, skipped, allocation = _allocate(an, scores, config, allocate, target_macs, criterion, data, ctx, chooser)
-        allocation["variety"] = variety
+        chosen, skipped, allocation = _score_and_select(ctx, criterion, config, allocate, target_macs, variety)
     timings["score_select"] = time.perf_counter() - t
     chosen = Plan(chosen.groups, {"model": os.path.basename(prep.source), "criterion": criterion, "ratio": ratio})
     if save_plan:
@@ -204,6 +197,20 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
         "seconds": {k: round(v, 3) for k, v in timings.items()},
     }
     return PruneResult(pruned, chosen, an, check, report)
+
+
+def _score_and_select(ctx, criterion: str, config: SelectConfig, allocate, target_macs, variety: str) -> tuple:
+    """Score every prunable group with `criterion`, allocate per-group counts, choose the units."""
+    an, data = ctx.analysis, ctx.data
+    if criterion not in criteria.names():
+        raise OnnxPruneError(f"unknown criterion '{criterion}'; choose from {', '.join(criteria.names())}")
+    if ctx.options.get("preset") == "thorough" and criterion == "blend" and data is not None:
+        ctx.options["blend_fitness"] = _blend_fitness(an, data, config, target_macs)
+    scores = criteria.score(criterion, ctx)
+    chooser = _variety_chooser(an, ctx.stats, variety) if variety != "off" else None
+    chosen, skipped, allocation = _allocate(an, scores, config, allocate, target_macs, criterion, data, ctx, chooser)
+    allocation["variety"] = variety
+    return chosen, skipped, allocation
 
 
 def _calibrate(prep: Prepared, config: CalibConfig, criterion: str, recover: bool, variety: str) -> tuple:
