@@ -221,10 +221,10 @@ def fixed_input_shapes(model: onnx.ModelProto, user_shapes: dict[str, list[int]]
             if vi.type.tensor_type.HasField("shape") and len(shape) != len(dims):
                 raise OnnxPruneError(f"--input-shape {vi.name}: rank {len(shape)} given, the model expects rank {len(dims)}")
             for d, s in zip(dims, shape):
-                if d.HasField("dim_value") and d.dim_value != s:
+                if d.HasField("dim_value") and d.dim_value > 0 and d.dim_value != s:
                     raise OnnxPruneError(
                         f"--input-shape {vi.name}:{','.join(map(str, shape))} conflicts with the model's static shape "
-                        f"{[x.dim_value if x.HasField('dim_value') else x.dim_param for x in dims]}")
+                        f"{[x.dim_value if x.HasField('dim_value') and x.dim_value > 0 else (x.dim_param or '?') for x in dims]}")
             shapes[vi.name] = shape
             continue
         shape = []

@@ -39,7 +39,7 @@ class MaskRunner:
         self.model = self._masked_model()
         self.session = session(self.model)
         inp = analysis.model.graph.input[0].type.tensor_type.shape.dim
-        self.static_batch = inp[0].dim_value if inp and inp[0].HasField("dim_value") else 0
+        self.static_batch = inp[0].dim_value if inp and inp[0].HasField("dim_value") and inp[0].dim_value > 0 else 0
         self.output_names = [o.name for o in analysis.model.graph.output]
         self.calls = 0
         self.samples = 0

@@ -49,7 +49,7 @@ def random_feeds(model: onnx.ModelProto, input_shapes: dict[str, list[int]], bat
     for vi in real_inputs(model):
         shape = list(input_shapes[vi.name])
         dims = vi.type.tensor_type.shape.dim
-        if dims and not dims[0].HasField("dim_value"):
+        if dims and not (dims[0].HasField("dim_value") and dims[0].dim_value > 0):
             shape[0] = batch
         dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
         if np.issubdtype(dtype, np.floating):
