@@ -124,10 +124,12 @@ def main():
               help="fast: data-free, uniform; default: blend + sensitivity + variety; thorough: + ensemble, searched blend.")
 @click.option("--variety", type=click.Choice(["cluster", "gate", "soft", "off"]),
               help="Keep filter variety when choosing within a group [default: cluster for blend, else off].")
+@click.option("--bench", "then_bench", is_flag=True,
+              help="After pruning, time the original and the pruned model (onnxprune bench, CPU, batch 1).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def prune(model, output, criterion, ratio, global_pruning, max_ratio, min_channels, round_to, ignore, plan,
           save_plan, input_shape, report_path, show, seed, no_verify, calib, calib_samples, batch_size, mean, std,
-          scale, holdout, recover, allocate, target_macs, preset, variety, debug):
+          scale, holdout, recover, allocate, target_macs, preset, variety, then_bench, debug):
     """Prune MODEL and write the smaller model."""
     shapes = parse_input_shapes(input_shape)
     mean, std = parse_floats(mean, "--mean"), parse_floats(std, "--std")
@@ -158,6 +160,13 @@ def prune(model, output, criterion, ratio, global_pruning, max_ratio, min_channe
         if report_path:
             report.write_json(result.report, str(report_path))
         click.echo(f"wrote {written[0]}" + (f" (+ {written[1].name})" if len(written) > 1 else ""), err=True)
+        if then_bench:
+            from .bench import BenchConfig, bench as run_bench
+            from .bench_cli import render_bench
+
+            timing = run_bench([str(model), str(written[0])], BenchConfig(input_shapes=shapes, warmup=3, repeat=20),
+                               log=lambda msg: click.echo(f"note: {msg}", err=True))
+            render_bench(timing, console)
 
     _run(debug, work)
 

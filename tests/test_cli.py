@@ -237,3 +237,9 @@ def test_same_inputs_and_seed_give_identical_files(tmp_path):
         assert result.exit_code == 0, result.output
         outs.append(sha(out))
     assert outs[0] == outs[1]
+
+
+def test_prune_then_bench(tmp_path):
+    result = invoke(RESNET, "--criterion", "l1", "--ratio", "0.5", "-o", tmp_path / "p.onnx", "--bench")
+    assert result.exit_code == 0, result.output
+    assert "speedup" in result.output.lower()
