@@ -233,6 +233,50 @@ def evaluate(original, pruned, data, samples, batch_size, mean, std, scale, inpu
     _run(debug, work)
 
 
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
+@click.option("--ratios", default="0.1:0.8:0.1", show_default=True, help="start:stop:step or a list (0.3,0.5).")
+@click.option("--criterion", default="l1", show_default=True, help=f"Filter importance: {', '.join(CRITERIA)}.")
+@click.option("--calib", metavar="PATH", help="Calibration data (enables recovery and held-out fidelity).")
+@click.option("--calib-samples", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--mean", default="0", show_default=True)
+@click.option("--std", default="1", show_default=True)
+@click.option("--scale", type=float, default=1 / 255, show_default="1/255")
+@click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--input-shape", multiple=True, metavar="NAME:DIMS")
+@click.option("--no-latency", is_flag=True, help="Skip the latency measurements.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write the trade-off curves as PNG (needs [plot]).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the rows as JSON.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def sweep(model, ratios, criterion, calib, calib_samples, batch_size, mean, std, scale, round_to, input_shape,
+          no_latency, plot_path, json_path, seed, debug):
+    """Prune MODEL at a list of ratios (one calibration pass, one scoring) and tabulate the trade-off."""
+    shapes = parse_input_shapes(input_shape)
+    mean, std = parse_floats(mean, "--mean"), parse_floats(std, "--std")
+
+    def work():
+        from rich.console import Console
+
+        from . import report
+        from .calib import CalibConfig
+        from .sweep import parse_ratios, plot, sweep as run_sweep
+
+        config = CalibConfig(calib, calib_samples, batch_size, mean, std, scale, seed=seed) if calib else None
+        rows = run_sweep(str(model), parse_ratios(ratios), criterion, config, shapes, round_to, seed,
+                         latency=not no_latency)
+        report.render_sweep(rows, Console())
+        if json_path:
+            report.write_json({"schema_version": 1, "model": str(model), "criterion": criterion, "rows": rows},
+                              str(json_path))
+        if plot_path:
+            plot(rows, str(plot_path))
+            click.echo(f"wrote {plot_path}", err=True)
+
+    _run(debug, work)
+
+
 from .bench_cli import bench  # noqa: E402  (the command module imports nothing heavy)
 
 main.add_command(bench)

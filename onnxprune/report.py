@@ -147,3 +147,17 @@ def render_eval(metrics: dict, console: Console) -> None:
     """The table of `onnxprune eval`."""
     render_metrics(metrics["outputs"], console, f"{os.path.basename(metrics['pruned'])} vs "
                    f"{os.path.basename(metrics['original'])} on {metrics['samples']} samples")
+
+
+def render_sweep(rows: list[dict], console: Console) -> None:
+    """The table of `onnxprune sweep`: one row per ratio."""
+    cols = [("ratio", "ratio", "{:.2f}"), ("macs_kept", "MACs kept", "{:.3f}"), ("params_kept", "params kept", "{:.3f}"),
+            ("latency_ms", "latency ms", "{:.3f}"), ("speedup", "speedup", "{:.2f}x"),
+            ("accuracy", "accuracy", "{:.4f}"), ("top1_agreement", "top-1 agree", "{:.4f}"), ("kl", "KL", "{:.4f}")]
+    present = [c for c in cols if any(r.get(c[0]) is not None for r in rows)]
+    table = Table(title="ratio sweep", title_justify="left")
+    for _, label, _ in present:
+        table.add_column(label, justify="right")
+    for r in rows:
+        table.add_row(*[fmt.format(r[k]) if r.get(k) is not None else "" for k, _, fmt in present])
+    console.print(table)
