@@ -15,24 +15,18 @@ import numpy as np
 
 from ..errors import OnnxPruneError
 from . import ScoreContext, register
-from .weights import _accumulate
+from .weights import sum_over_tensors
 
 
 def _reduce(ctx: ScoreContext, name: str, per_channel) -> dict[int, np.ndarray]:
     if not ctx.stats:
         raise OnnxPruneError(f"criterion '{name}' needs calibration data: give --calib PATH (images, .npy/.npz)")
-    an = ctx.analysis
-    result = {}
-    for g in an.groups:
-        if not g.prunable:
-            continue
-        scores = np.zeros(g.size)
-        for tensor in g.tensors:
-            st = ctx.stats.get(tensor)
-            if st is not None and st.count:
-                _accumulate(an, g.id, tensor, np.asarray(per_channel(st), dtype=np.float64), scores)
-        result[g.id] = scores
-    return result
+
+    def per_tensor(tensor):
+        st = ctx.stats.get(tensor)
+        return per_channel(st) if st is not None and st.count else None
+
+    return sum_over_tensors(ctx, per_tensor)
 
 
 def entropy_of(pooled: np.ndarray, bins: int = 100) -> np.ndarray:

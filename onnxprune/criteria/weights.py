@@ -31,27 +31,40 @@ def filters(node, index: GraphIndex) -> np.ndarray:
     return w.T  # MatMul: [K, N]
 
 
-def reduce_members(ctx: ScoreContext, per_channel) -> dict[int, np.ndarray]:
-    """Sum max-normalised per-channel member scores into each prunable group's units.
+def sum_over_tensors(ctx: ScoreContext, per_tensor) -> dict[int, np.ndarray]:
+    """For every prunable group, the sum of its tensors' max-normalised per-channel scores.
 
     Args:
-        per_channel: function(source node, filter matrix) -> score per output channel.
+        per_tensor: function(tensor name) -> score per channel of that tensor, or None to skip it.
     """
     an = ctx.analysis
-    index = GraphIndex(an.model)
     result = {}
     for g in an.groups:
         if not g.prunable:
             continue
         scores = np.zeros(g.size)
         for tensor in g.tensors:
-            node = an.source_nodes.get(tensor)
-            if node is None:
-                continue
-            s = np.asarray(per_channel(node, filters(node, index)), dtype=np.float64)
-            _accumulate(an, g.id, tensor, s, scores)
+            s = per_tensor(tensor)
+            if s is not None:
+                _accumulate(an, g.id, tensor, np.asarray(s, dtype=np.float64), scores)
         result[g.id] = scores
     return result
+
+
+def reduce_members(ctx: ScoreContext, per_channel) -> dict[int, np.ndarray]:
+    """Sum max-normalised per-filter scores of every producer into its group's units.
+
+    Args:
+        per_channel: function(source node, filter matrix) -> score per output channel.
+    """
+    an = ctx.analysis
+    index = GraphIndex(an.model)
+
+    def per_tensor(tensor):
+        node = an.source_nodes.get(tensor)
+        return None if node is None else per_channel(node, filters(node, index))
+
+    return sum_over_tensors(ctx, per_tensor)
 
 
 def _accumulate(an, gid, tensor, s, scores) -> None:
