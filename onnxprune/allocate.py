@@ -16,8 +16,11 @@ import math
 
 import numpy as np
 
+from .evaluate import fidelity_loss
 from .groups import Analysis
 from .masking import MaskRunner
+from .segments import Walker
+from .verify import session
 from .metrics import MacModel
 from .select import SelectConfig, select
 
@@ -57,12 +60,30 @@ def budget(analysis: Analysis, scores, config: SelectConfig, macs: MacModel, tar
     return 1.0 - macs.macs(plan.removed_units(analysis)) / macs.total
 
 
-def sensitivity_curves(analysis: Analysis, scores, group_ids, runner: MaskRunner, feeds, reference,
-                       labels=None) -> dict[int, dict[float, float]]:
-    """``dL_l(rho)`` for every group on the grid: the loss when only group l loses its lowest `rho`."""
-    base = float(runner.losses(feeds, [{}], reference, labels)[0])
+def sensitivity_curves(analysis: Analysis, scores, group_ids, feeds: dict[str, np.ndarray],
+                       labels=None) -> tuple[dict[int, dict[float, float]], dict]:
+    """``dL_l(rho)`` for every group on the grid: the loss when only group l loses its lowest `rho`.
+
+    Groups are probed in node order on suffix sub-models (onnxprune/segments.py): the unmasked
+    tensors at the cut before a group's first producer are carried forward once, and only the
+    nodes from that cut on run for the group's masks.
+    Returns:
+        The curves, and the cost: sample rows run and their share of the network's MACs.
+    """
+    model = analysis.model
+    reference = session(model).run([o.name for o in model.graph.output], feeds)
+    base = float(fidelity_loss(reference, reference, labels))
+    made = {out: pos for pos, node in enumerate(model.graph.node) for out in node.output}
+    start = {gid: min((made.get(t, 0) for t in analysis.groups[gid].tensors), default=0) for gid in group_ids}
+    node_macs = _node_mac_shares(analysis)
+    rows = len(next(iter(feeds.values())))
+    cost = {"sample_rows": rows, "full_model_passes": float(rows)}   # the reference run
+    walker = Walker(model, [feeds])
     curves = {}
-    for gid in group_ids:
+    for gid in sorted(group_ids, key=lambda g: (start[g], g)):
+        walker.advance(model, start[gid])
+        runner = MaskRunner(analysis, [gid], start=start[gid],
+                            input_types={k: v.dtype for k, v in walker.state[0].items()})
         size = analysis.groups[gid].size
         units = analysis.group_units[gid]
         order = np.argsort(np.where(analysis.unit_blocked[units], np.inf, scores[gid]), kind="stable")
@@ -74,9 +95,22 @@ def sensitivity_curves(analysis: Analysis, scores, group_ids, runner: MaskRunner
             mask[order[:n]] = 0.0
             masks.append({gid: mask})
             rhos.append(rho)
-        losses = runner.losses(feeds, masks, reference, labels)
+        losses = runner.losses(walker.state[0], masks, reference, labels)
         curves[gid] = {0.0: 0.0, **{rho: float(loss) - base for rho, loss in zip(rhos, losses)}}
-    return curves
+        cost["sample_rows"] += runner.samples
+        cost["full_model_passes"] += runner.samples * float(node_macs[start[gid]:].sum())
+    cost["full_model_passes"] = round(cost["full_model_passes"] / rows, 2)
+    return curves, cost
+
+
+def _node_mac_shares(analysis: Analysis) -> np.ndarray:
+    """Each node's share of the network's MACs (uniform when the model has none)."""
+    from .metrics import node_macs
+
+    per_node = node_macs(analysis.model, analysis.shapes)
+    macs = np.array([per_node.get(node.name or node.output[0], 0) for node in analysis.model.graph.node],
+                    dtype=np.float64)
+    return macs / macs.sum() if macs.sum() > 0 else np.full(len(macs), 1.0 / max(len(macs), 1))
 
 
 def sensitivity_counts(analysis: Analysis, scores, config: SelectConfig, macs: MacModel, target: float,

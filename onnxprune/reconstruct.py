@@ -24,6 +24,7 @@ from onnx import numpy_helper
 from .activations import progress, with_outputs
 from .calib import CalibData
 from .graph import GraphIndex, attr, remove_dead, unique_name
+from .segments import OverBudget, Walker, prefix
 from .verify import session
 
 
@@ -133,39 +134,62 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[s
                 y = np.take(y, kept[o], axis=1)
             pos = _positions(wanted[o][0], y.shape, per_image, (seed, k, targets.index(o)))
             y_samples[o].append(y if pos is None else y[pos[0], :, pos[1], pos[2]])
-    groups = [[o] for o in targets] if sequential else [targets]
-    for group in groups:
-        student = session(with_outputs(model, [inputs[o] for o in group]))
-        index = GraphIndex(model)
+    positions = {n.output[0]: k for k, n in enumerate(model.graph.node)}
+
+    def design(o, x, k):
+        """(G, H) of layer `o` from its input batch `x` (the k-th score batch)."""
+        node, w_shape = wanted[o]
+        if node.op_type == "Conv":
+            out_shape = (x.shape[0], 0) + _out_hw(node, x.shape, w_shape)
+            rows = im2col_rows(x, node, w_shape, _positions(node, out_shape, per_image, (seed, k, targets.index(o))))
+        else:
+            rows = x.reshape(x.shape[0], -1)
+        d = np.hstack([rows.astype(np.float64), np.ones((len(rows), 1))])
+        return d.T @ d, d.T @ y_samples[o][k].astype(np.float64)
+
+    def solve(o, acc):
+        node = by_output[o]
+        w = GraphIndex(model).const(node.input[1])
+        if node.op_type == "Conv":
+            w0 = w.reshape(w.shape[0], -1).astype(np.float64)
+        else:
+            w0 = (w if attr(node, "transB", 0) else w.T).astype(np.float64)
+        sol = solve_ridge(acc[0], acc[1], w0, eta)
+        new_w = sol[:-1].T
+        new_w = new_w.reshape(w.shape) if node.op_type == "Conv" else (new_w if attr(node, "transB", 0) else new_w.T)
+        _replace(model, node, 1, new_w.astype(w.dtype), names)
+        _replace(model, node, 2, sol[-1].astype(w.dtype), names)
+
+    todo = list(targets)
+    if sequential:
+        # walk the network once: the cut before each layer is cached, so every layer's inputs come
+        # from the network repaired so far without re-running its prefix (beyond the memory
+        # budget, the remaining layers each re-run their prefix instead)
+        try:
+            walker = Walker(model, list(data.batches("score")))
+            while todo:
+                o = todo[0]
+                walker.advance(model, positions[o])
+                acc = None
+                for k, x in enumerate(walker.values(inputs[o])):
+                    g, h = design(o, x, k)
+                    acc = (g, h) if acc is None else (acc[0] + g, acc[1] + h)
+                solve(o, acc)
+                todo.pop(0)
+        except OverBudget:
+            pass
+    for group in ([[o] for o in todo] if sequential else [todo]):
+        wanted_inputs = [inputs[o] for o in group]
+        student = session(prefix(model, wanted_inputs))
         acc = {o: None for o in group}
         for k, feeds in enumerate(progress(data.batches("score"), data.size("score"), data.config.batch_size,
                                            f"least squares {group[0] if len(group) == 1 else ''}")):
-            s_in = dict(zip([inputs[o] for o in group], student.run([inputs[o] for o in group], feeds)))
+            s_in = dict(zip(wanted_inputs, student.run(wanted_inputs, feeds)))
             for o in group:
-                node = by_output[o]
-                w = index.const(node.input[1])
-                x, target = s_in[inputs[o]], y_samples[o][k]
-                if node.op_type == "Conv":
-                    out_shape = (x.shape[0], 0) + _out_hw(node, x.shape, w.shape)
-                    pos = _positions(node, out_shape, per_image, (seed, k, targets.index(o)))
-                    rows = im2col_rows(x, node, w.shape, pos)
-                else:
-                    rows = x.reshape(x.shape[0], -1)
-                design = np.hstack([rows.astype(np.float64), np.ones((len(rows), 1))])
-                g, h = design.T @ design, design.T @ target.astype(np.float64)
+                g, h = design(o, s_in[inputs[o]], k)
                 acc[o] = (g, h) if acc[o] is None else (acc[o][0] + g, acc[o][1] + h)
         for o in group:
-            node = by_output[o]
-            w = index.const(node.input[1])
-            if node.op_type == "Conv":
-                w0 = w.reshape(w.shape[0], -1).astype(np.float64)
-            else:
-                w0 = (w if attr(node, "transB", 0) else w.T).astype(np.float64)
-            sol = solve_ridge(acc[o][0], acc[o][1], w0, eta)
-            new_w = sol[:-1].T
-            new_w = new_w.reshape(w.shape) if node.op_type == "Conv" else (new_w if attr(node, "transB", 0) else new_w.T)
-            _replace(model, node, 1, new_w.astype(w.dtype), names)
-            _replace(model, node, 2, sol[-1].astype(w.dtype), names)
+            solve(o, acc[o])
     remove_dead(model)
     return model, skipped
 

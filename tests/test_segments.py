@@ -1,0 +1,103 @@
+"""Suffix sub-models and cut-by-cut walks (onnxprune/segments.py) compute what the whole model does."""
+
+import glob
+
+import numpy as np
+import onnx
+import pytest
+
+from helpers import run
+from onnxprune import allocate, criteria, reconstruct as ls, rewrite, segments
+from onnxprune.calib import CalibConfig, CalibData, input_specs
+from onnxprune.masking import MaskRunner
+from onnxprune.pipeline import prepare
+
+MODELS = sorted(glob.glob("tests/models/*.onnx"))
+
+
+def feeds_for(prep, n=4, seed=0):
+    return {s.name: np.random.default_rng(seed).standard_normal((n, *s.sample_shape)).astype(np.float32)
+            for s in input_specs(prep.original, prep.input_shapes)}
+
+
+@pytest.mark.parametrize("path", MODELS, ids=lambda p: p.split("/")[-1])
+def test_walking_every_cut_reproduces_the_outputs(path):
+    prep = prepare(onnx.load(path))
+    model = prep.analysis.model
+    feeds = feeds_for(prep)
+    n = len(model.graph.node)
+    walker = segments.Walker(model, [feeds])
+    for cut in sorted({1, n // 3, n // 2, n - 1, n}):
+        walker.advance(model, cut)
+        assert set(walker.state[0]) == set(segments.live_sets(model)[cut])
+    expected = run(model, feeds)
+    for out in model.graph.output:
+        np.testing.assert_allclose(walker.values(out.name)[0], expected[out.name], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("path", MODELS[:4], ids=lambda p: p.split("/")[-1])
+def test_suffix_mask_runner_equals_the_full_one(path):
+    prep = prepare(onnx.load(path))
+    an = prep.analysis
+    feeds = feeds_for(prep)
+    made = {o: k for k, node in enumerate(an.model.graph.node) for o in node.output}
+    rng = np.random.default_rng(0)
+    for g in [g for g in an.groups if g.prunable][-3:]:
+        start = min(made[t] for t in g.tensors)
+        walker = segments.Walker(an.model, [feeds])
+        walker.advance(an.model, start)
+        suffix = MaskRunner(an, [g.id], start=start, input_types={k: v.dtype for k, v in walker.state[0].items()})
+        masks = [{g.id: (rng.random(g.size) > 0.5).astype(float)} for _ in range(3)]
+        full = MaskRunner(an, [g.id]).run(feeds, masks)
+        for a, b in zip(full, suffix.run(walker.state[0], masks)):
+            np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-5)
+
+
+def test_sensitivity_curves_match_full_model_probes():
+    prep = prepare(onnx.load("tests/models/resnet_style.onnx"))
+    an = prep.analysis
+    feeds = feeds_for(prep, n=8)
+    scores = criteria.score("l1", criteria.ScoreContext(an))
+    gids = [g.id for g in an.groups if g.prunable]
+    curves, cost = allocate.sensitivity_curves(an, scores, gids, feeds)
+    full = MaskRunner(an, gids)
+    reference = full.run(feeds, [{}])[0]
+    for gid in gids:
+        units = an.group_units[gid]
+        order = np.argsort(np.where(an.unit_blocked[units], np.inf, scores[gid]), kind="stable")
+        mask = np.ones(an.groups[gid].size)
+        n = min(int(0.5 * len(mask)), int((~an.unit_blocked[units]).sum()), len(mask) - 1)
+        mask[order[:n]] = 0
+        expected = full.losses(feeds, [{gid: mask}], reference)[0]
+        assert curves[gid][0.5] == pytest.approx(expected, rel=1e-3, abs=1e-7)
+    # suffixes cost less than one full pass per probe
+    assert cost["full_model_passes"] < len(gids) * len(allocate.GRID) * 8
+
+
+def test_least_squares_walk_equals_prefix_reruns(tmp_path, monkeypatch):
+    prep = prepare(onnx.load("tests/models/resnet_style.onnx"))
+    an = prep.analysis
+    path = tmp_path / "d.npz"
+    np.savez(path, **feeds_for(prep, n=32))
+    data = CalibData(CalibConfig(str(path), batch_size=8, holdout=0.25), input_specs(prep.original, prep.input_shapes))
+    scores = criteria.score("l1", criteria.ScoreContext(an))
+    from onnxprune.select import SelectConfig, select
+    plan, _ = select(an, scores, SelectConfig(ratio=0.5))
+    removed = plan.removed_units(an)
+    pruned = rewrite.apply(an, removed)
+    kept = an.kept_channels(removed)
+    walked, _ = ls.reconstruct(an.model, pruned, kept, data)
+    monkeypatch.setattr(segments, "MEMORY_BUDGET", 0)     # every layer re-runs its prefix instead
+    rerun, _ = ls.reconstruct(an.model, pruned, kept, data)
+    x = next(data.batches("holdout"))
+    a, b = run(walked, x), run(rerun, x)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-5)
+    assert not np.allclose(run(pruned, x)[k], a[k])       # it did repair something
+
+
+def test_walker_refuses_beyond_its_budget():
+    prep = prepare(onnx.load("tests/models/resnet_style.onnx"))
+    with pytest.raises(segments.OverBudget):
+        segments.Walker(prep.analysis.model, [feeds_for(prep)], budget=16)
