@@ -16,6 +16,7 @@ from onnx import helper
 from .evaluate import fidelity_loss
 from .graph import sync_initializer_inputs
 from .groups import Analysis
+from .segments import submodel
 from .verify import session
 
 MAX_ROWS = 1024  # rows (repeated samples) per onnxruntime call
@@ -27,11 +28,17 @@ class MaskRunner:
     Args:
         analysis: the groups (its `model` is the network to mask).
         group_ids: the groups whose units may be masked.
+        start: run only nodes[start:] (a suffix sub-model, onnxprune/segments.py); `run` is then
+            fed the tensors live at that cut instead of the graph inputs.
+        input_types: dtypes of those live tensors (name -> numpy dtype), needed when `start` > 0.
     """
 
-    def __init__(self, analysis: Analysis, group_ids: list[int]):
+    def __init__(self, analysis: Analysis, group_ids: list[int], start: int = 0,
+                 input_types: dict | None = None):
         self.analysis = analysis
         self.group_ids = list(group_ids)
+        self.start = start
+        self.input_types = input_types or {}
         self.tensors = sorted({t for gid in self.group_ids for t in analysis.groups[gid].tensors},
                               key=lambda t: analysis.tensors[t].base)
         self.positions = {(gid, t): analysis.positions(gid, t) for gid in self.group_ids
@@ -46,8 +53,12 @@ class MaskRunner:
 
     def _masked_model(self) -> onnx.ModelProto:
         an = self.analysis
-        model = onnx.ModelProto()
-        model.CopyFrom(an.model)
+        if self.start:
+            model = submodel(an.model, self.start, len(an.model.graph.node), self.input_types,
+                             [o.name for o in an.model.graph.output])
+        else:
+            model = onnx.ModelProto()
+            model.CopyFrom(an.model)
         renames, after = {}, {}
         for name in self.tensors:
             t = an.tensors[name]
@@ -103,6 +114,12 @@ class MaskRunner:
     def run(self, feeds: dict[str, np.ndarray], unit_masks: list[dict[int, np.ndarray]]) -> list[list[np.ndarray]]:
         """Outputs of the network for each mask (a list per mask of its graph outputs)."""
         batch = len(next(iter(feeds.values())))
+        if self.static_batch and batch != self.static_batch:  # a fixed batch dim: run it in chunks of that size
+            b = self.static_batch
+            parts = [self.run({k: v[i:i + b] for k, v in feeds.items()}, unit_masks)
+                     for i in range(0, batch - batch % b, b)]
+            return [[np.concatenate([p[m][j] for p in parts]) for j in range(len(parts[0][m]))]
+                    for m in range(len(unit_masks))]
         per_call = 1 if self.static_batch else max(1, MAX_ROWS // batch)
         results = []
         for start in range(0, len(unit_masks), per_call):
