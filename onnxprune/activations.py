@@ -76,7 +76,7 @@ class ChannelStats:
             take = min(n, SIGNATURE_SAMPLES - self.signature_samples)
             self.signature.append(pool_map(x[:take]))
             self.signature_samples += take
-        take = min(n, rank_budget - self.rank_samples)
+        take = min(n, rank_samples_for(x.shape[2:], rank_budget) - self.rank_samples)
         if take > 0 and x.ndim == 4:
             mats = x[:take].astype(np.float64)
             self.rank_sum += np.linalg.matrix_rank(mats).sum(axis=0)
@@ -102,6 +102,22 @@ class ChannelStats:
     def pooled_values(self) -> np.ndarray:
         """Per-sample spatial means, shape [samples, channels]."""
         return np.concatenate(self.pooled) if self.pooled else np.zeros((0, 0))
+
+
+RANK_WORK = 128 * 28 ** 3   # HRank's budget per tensor, in units of H * W * min(H, W) per sample
+
+
+def rank_samples_for(spatial, budget: int) -> int:
+    """How many samples feed a tensor's HRank ranks: `budget`, fewer for large maps.
+
+    A map's rank costs an SVD of O(H * W * min(H, W)); 128 samples of 112x112 maps would take
+    minutes on 2 cores, so large maps use fewer samples (at least 8; HRank reports that the average
+    rank is stable across small batches of images).
+    """
+    if budget <= 0 or len(spatial) != 2:
+        return budget
+    h, w = int(spatial[0]), int(spatial[1])
+    return min(budget, max(8, RANK_WORK // max(h * w * min(h, w), 1)))
 
 
 def pool_map(x: np.ndarray, p: int = SIGNATURE_POOL) -> np.ndarray:

@@ -18,13 +18,14 @@ import numpy as np
 
 from .evaluate import fidelity_loss
 from .groups import Analysis
-from .masking import MaskRunner
-from .segments import Walker
+from .masking import group_starts, suffix_runners
 from .verify import session
 from .metrics import MacModel
 from .select import SelectConfig, select
 
 GRID = tuple(round(0.1 * k, 1) for k in range(1, 10))
+PROBE_PASSES = 8192       # sensitivity budget, in full-network forward passes of one image ...
+MIN_PROBE_SAMPLES = 16    # ... but never fewer probe images than this
 
 
 def removed_by(analysis: Analysis, scores: dict[int, np.ndarray], counts: dict[int, int]) -> np.ndarray:
@@ -66,24 +67,26 @@ def sensitivity_curves(analysis: Analysis, scores, group_ids, feeds: dict[str, n
 
     Groups are probed in node order on suffix sub-models (onnxprune/segments.py): the unmasked
     tensors at the cut before a group's first producer are carried forward once, and only the
-    nodes from that cut on run for the group's masks.
+    nodes from that cut on run for the group's masks. The probes use the first rows of `feeds`,
+    as many as `PROBE_PASSES` allows (suffix runs counted by their share of the MACs), at least
+    `MIN_PROBE_SAMPLES`.
     Returns:
         The curves, and the cost: sample rows run and their share of the network's MACs.
     """
     model = analysis.model
+    start = group_starts(analysis, group_ids)
+    node_macs = _node_mac_shares(analysis)
+    # as many probe images as the budget allows (at least MIN_PROBE_SAMPLES)
+    per_image = len(GRID) * sum(float(node_macs[start[gid]:].sum()) for gid in group_ids)
+    rows = len(next(iter(feeds.values())))
+    rows = min(rows, max(MIN_PROBE_SAMPLES, int(PROBE_PASSES / max(per_image, 1e-9))))
+    feeds = {k: v[:rows] for k, v in feeds.items()}
+    labels = None if labels is None else labels[:rows]
     reference = session(model).run([o.name for o in model.graph.output], feeds)
     base = float(fidelity_loss(reference, reference, labels))
-    made = {out: pos for pos, node in enumerate(model.graph.node) for out in node.output}
-    start = {gid: min((made.get(t, 0) for t in analysis.groups[gid].tensors), default=0) for gid in group_ids}
-    node_macs = _node_mac_shares(analysis)
-    rows = len(next(iter(feeds.values())))
     cost = {"sample_rows": rows, "full_model_passes": float(rows)}   # the reference run
-    walker = Walker(model, [feeds])
     curves = {}
-    for gid in sorted(group_ids, key=lambda g: (start[g], g)):
-        walker.advance(model, start[gid])
-        runner = MaskRunner(analysis, [gid], start=start[gid],
-                            input_types={k: v.dtype for k, v in walker.state[0].items()})
+    for gid, runner, cut_feeds in suffix_runners(analysis, group_ids, feeds):
         size = analysis.groups[gid].size
         units = analysis.group_units[gid]
         order = np.argsort(np.where(analysis.unit_blocked[units], np.inf, scores[gid]), kind="stable")
@@ -95,7 +98,7 @@ def sensitivity_curves(analysis: Analysis, scores, group_ids, feeds: dict[str, n
             mask[order[:n]] = 0.0
             masks.append({gid: mask})
             rhos.append(rho)
-        losses = runner.losses(walker.state[0], masks, reference, labels)
+        losses = runner.losses(cut_feeds, masks, reference, labels)
         curves[gid] = {0.0: 0.0, **{rho: float(loss) - base for rho, loss in zip(rhos, losses)}}
         cost["sample_rows"] += runner.samples
         cost["full_model_passes"] += runner.samples * float(node_macs[start[gid]:].sum())

@@ -16,7 +16,7 @@ from onnx import helper
 from .evaluate import fidelity_loss
 from .graph import sync_initializer_inputs
 from .groups import Analysis
-from .segments import submodel
+from .segments import Walker, submodel
 from .verify import session
 
 MAX_ROWS = 1024  # rows (repeated samples) per onnxruntime call
@@ -136,3 +136,24 @@ class MaskRunner:
     def losses(self, feeds, unit_masks, reference: list[np.ndarray], labels=None) -> np.ndarray:
         """Fidelity loss (evaluate.fidelity_loss) of each mask on `feeds`."""
         return np.array([fidelity_loss(reference, outs, labels) for outs in self.run(feeds, unit_masks)])
+
+
+def group_starts(analysis: Analysis, group_ids) -> dict[int, int]:
+    """The cut before each group's first producer (node index; 0 when a tensor is a graph input)."""
+    made = {out: pos for pos, node in enumerate(analysis.model.graph.node) for out in node.output}
+    return {gid: min((made.get(t, 0) for t in analysis.groups[gid].tensors), default=0) for gid in group_ids}
+
+
+def suffix_runners(analysis: Analysis, group_ids, feeds: dict[str, np.ndarray]):
+    """Yield ``(gid, runner, cut_feeds)`` for each group in node order, for probing one group at a time.
+
+    Each runner masks only its group on the suffix sub-model that starts at the cut before the
+    group's first producer; `cut_feeds` are the unmasked tensors live at that cut, carried
+    forward once through the network (onnxprune/segments.py), so no probe re-runs the prefix.
+    """
+    starts = group_starts(analysis, group_ids)
+    walker = Walker(analysis.model, [feeds])
+    for gid in sorted(group_ids, key=lambda g: (starts[g], g)):
+        walker.advance(analysis.model, starts[gid])
+        state = walker.state[0]
+        yield gid, MaskRunner(analysis, [gid], start=starts[gid], input_types={k: v.dtype for k, v in state.items()}), state

@@ -365,3 +365,36 @@ def test_t2_zeroing_a_filter_under_bn_is_not_removal(tmp_path):
     assert np.max(np.abs(outs["y"] - masked)) > 1e-3                    # not the same as removing channel 0
     expected = max(inits["b"][0] - inits["s"][0] * inits["m"][0] / np.sqrt(inits["v"][0] + 1e-5), 0.0)
     np.testing.assert_allclose(outs["r"][:, 0], expected, rtol=1e-5)     # the channel is act(beta - gamma mu / sigma)
+
+
+def two_branch_model():
+    """x -> convA(3->4) | convB(3->4) -> Relu -> Concat -> Conv(8->1): A's channels barely reach y."""
+    rng = np.random.default_rng(5)
+    wa = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    wb = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    wo = (np.abs(rng.standard_normal((1, 8, 1, 1))) + 0.5).astype(np.float32)
+    wo[:, :4] *= 1e-3
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["a"], name="convA", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["x", "wb"], ["b"], name="convB", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["ra"]), helper.make_node("Relu", ["b"], ["rb"]),
+             helper.make_node("Concat", ["ra", "rb"], ["cat"], axis=1),
+             helper.make_node("Conv", ["cat", "wo"], ["c"], name="convO"),
+             helper.make_node("GlobalAveragePool", ["c"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["y"])]
+    return make_model(nodes, [tensor("x", ["N", 3, 8, 8])], [tensor("y", ["N", 1])], {"wa": wa, "wb": wb, "wo": wo})
+
+
+def test_joint_ensemble_scores_share_loss_units_across_groups(tmp_path):
+    prep = prepare(two_branch_model())
+    an = prep.analysis
+    data = data_for(prep, tmp_path)
+    by_name = {g.name: g.id for g in an.groups if g.prunable}
+    ctx = criteria.ScoreContext(an, data=data, options={"ensemble_mode": "joint", "ensemble_masks": 2048})
+    joint = criteria.score("ensemble", ctx)
+    a, b = joint[by_name["convA"]], joint[by_name["convB"]]
+    assert a.shape == (4,) and b.shape == (4,)
+    assert a.max() < b.min() and np.abs(a).mean() < 0.1 * b.mean()    # A's units matter ~1000x less
+    assert ctx.extras["ensemble"]["mode"] == "joint" and ctx.extras["ensemble"]["shared_scale"]
+    # the per-group mode ranks within each group only: both groups' scores span a similar range
+    group = criteria.score("ensemble", criteria.ScoreContext(an, data=data, options={"ensemble_masks": 256}))
+    assert set(group) == set(joint)

@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import OnnxPruneError
-from ..masking import MaskRunner
+from ..masking import MaskRunner, suffix_runners
+from ..verify import session
 from . import ScoreContext, register
 
 BATCH = 64
@@ -68,26 +69,68 @@ def group_game(ctx: ScoreContext, gid: int, runner: MaskRunner, feeds, reference
 
 @register("ensemble")
 def ensemble(ctx: ScoreContext) -> dict[int, np.ndarray]:
-    """Importance from a linear model of the loss over random channel masks (needs calibration data)."""
+    """Importance from a linear model of the loss over random channel masks (needs calibration data).
+
+    `ctx.options["ensemble_mode"]`: "group" (default; each group's game on its suffix sub-model)
+    or "joint" (one game over every unit of every group, criteria.md §3: importances in shared
+    loss units, comparable across groups, so `--allocate global` uses them unnormalised).
+    """
     if ctx.data is None:
         raise OnnxPruneError("criterion 'ensemble' needs calibration data: give --calib PATH")
     an = ctx.analysis
     gids = [g.id for g in an.groups if g.prunable]
-    runner = MaskRunner(an, gids)
     feeds = _first_batch(ctx.data, BATCH)
-    reference = runner.run(feeds, [{}])[0]
+    reference = session(an.model).run([o.name for o in an.model.graph.output], feeds)
     rng = np.random.default_rng(ctx.seed)
+    mode = ctx.options.get("ensemble_mode") or "group"
+    if mode == "joint":
+        return _joint(ctx, gids, feeds, reference, rng)
+    if mode != "group":
+        raise OnnxPruneError(f"unknown ensemble mode '{mode}'; choose group or joint")
     keep_prob = 1.0 - float(np.clip(ctx.options.get("ratio", 0.5), 0.1, 0.5))
-    result, games = {}, {}
-    for gid in gids:
+    result, games, samples = {}, {}, 0
+    for gid, runner, cut_feeds in suffix_runners(an, gids, feeds):
         size = an.groups[gid].size
         masks = int(ctx.options.get("ensemble_masks") or max(256, 4 * size))
-        game = group_game(ctx, gid, runner, feeds, reference, None, masks, keep_prob, rng)
+        game = group_game(ctx, gid, runner, cut_feeds, reference, None, masks, keep_prob, rng)
         result[gid] = game["importance"]
         games[gid] = game
-    ctx.extras["ensemble"] = {"utilization": {gid: g["utilization"] for gid, g in games.items()},
+        samples += runner.samples
+    ctx.extras["ensemble"] = {"mode": "group", "utilization": {gid: g["utilization"] for gid, g in games.items()},
                               "masks": int(sum(g["masks"] for g in games.values())),
-                              "forward_samples": runner.samples}
+                              "forward_samples": samples}
+    return result
+
+
+JOINT_DROP = 0.05        # joint mode: each unit is dropped with this probability ...
+JOINT_MAX_UNITS = 8192   # ... and the regression has one variable per unit (its Gram matrix is units^2)
+
+
+def _joint(ctx: ScoreContext, gids: list[int], feeds, reference, rng) -> dict[int, np.ndarray]:
+    """Joint mode: Bernoulli(1 - JOINT_DROP) masks over all units at once, one additive fit."""
+    an = ctx.analysis
+    sizes = [an.groups[gid].size for gid in gids]
+    total = int(sum(sizes))
+    if total > JOINT_MAX_UNITS:
+        raise OnnxPruneError(f"ensemble joint mode: {total} units exceed {JOINT_MAX_UNITS} "
+                             f"(the fit needs {total}^2 Gram entries); use the per-group mode")
+    blocked = np.concatenate([an.unit_blocked[an.group_units[gid]] for gid in gids])
+    count = int(ctx.options.get("ensemble_masks") or max(256, 2 * total))
+    n_test = max(16, count // 4)
+    z = sample_masks(rng, total, count + n_test, 1.0 - JOINT_DROP, blocked)
+    bounds = np.cumsum([0, *sizes])
+    runner = MaskRunner(an, gids)
+    masks = [{gid: row[bounds[k]:bounds[k + 1]] for k, gid in enumerate(gids)} for row in z]
+    y = runner.losses(feeds, masks, reference)
+    coef, _ = fit_additive(z[:count], y[:count])
+    importance = -coef[1:]
+    free = ~blocked
+    if free.any():
+        importance[blocked] = importance[free].max() + 1
+    result = {gid: importance[bounds[k]:bounds[k + 1]] for k, gid in enumerate(gids)}
+    ctx.extras["ensemble"] = {"mode": "joint", "masks": count + n_test, "forward_samples": runner.samples,
+                              "r2_held_out": round(r_squared(z[count:], y[count:], coef), 4),
+                              "shared_scale": True}
     return result
 
 

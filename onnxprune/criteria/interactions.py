@@ -15,7 +15,8 @@ import itertools
 import numpy as np
 
 from ..errors import OnnxPruneError
-from ..masking import MaskRunner
+from ..masking import suffix_runners
+from ..verify import session
 from . import ScoreContext, register
 from .ensembles import _first_batch, group_game
 
@@ -30,18 +31,18 @@ def games(ctx: ScoreContext, keep_prob: float = KEEP_PROB) -> dict[int, dict]:
         raise OnnxPruneError("filter interactions need calibration data: give --calib PATH")
     an = ctx.analysis
     gids = [g.id for g in an.groups if g.prunable]
-    runner = MaskRunner(an, gids)
     feeds = _first_batch(ctx.data, 64)
-    reference = runner.run(feeds, [{}])[0]
+    reference = session(an.model).run([o.name for o in an.model.graph.output], feeds)
     rng = np.random.default_rng(ctx.seed)
-    result = {}
-    for gid in gids:
+    result, samples = {}, 0
+    for gid, runner, cut_feeds in suffix_runners(an, gids, feeds):
         size = an.groups[gid].size
         masks = int(ctx.options.get("ensemble_masks") or 4 * size)
-        result[gid] = group_game(ctx, gid, runner, feeds, reference, None, masks, keep_prob, rng)
+        result[gid] = group_game(ctx, gid, runner, cut_feeds, reference, None, masks, keep_prob, rng)
+        samples += runner.samples
     ctx.extras["games"] = result
     ctx.extras["interactions"] = {"utilization": {gid: round(g["utilization"], 4) for gid, g in result.items()},
-                                  "forward_samples": runner.samples}
+                                  "forward_samples": samples}
     return result
 
 
