@@ -49,6 +49,7 @@ class InputSpec:
     channels: int
     height: int
     width: int
+    batch: int = 0       # the model's fixed batch size, 0 when the batch dim is dynamic
 
 
 def input_specs(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> list[InputSpec]:
@@ -65,7 +66,9 @@ def input_specs(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> l
                 layout, c, h, w = "NHWC", shape[3], shape[1], shape[2]
             else:
                 layout, c, h, w = "NCHW", shape[1], shape[2], shape[3]
-        specs.append(InputSpec(vi.name, tuple(shape[1:]), dtype, layout, c, h, w))
+        dims = vi.type.tensor_type.shape.dim
+        batch = dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else 0
+        specs.append(InputSpec(vi.name, tuple(shape[1:]), dtype, layout, c, h, w, batch))
     return specs
 
 
@@ -127,7 +130,13 @@ class CalibData:
             self._check_arrays(path)
         else:
             raise OnnxPruneError(f"calibration data {path}: expected an image folder, .npy, .npz or 'random'")
-        n_hold = int(round(self.count * config.holdout)) if self.count > 1 else 0
+        # a fixed batch dim (exported with batch 1, say): stream exactly that many samples per run
+        self.static_batch = max((s.batch for s in specs), default=0)
+        b = max(1, self.static_batch)
+        if self.count < b:
+            raise OnnxPruneError(f"{path}: too few samples ({self.count}): the model's batch is fixed to {b}")
+        self.count -= self.count % b
+        n_hold = b * int(round(self.count * config.holdout / b)) if self.count > b else 0
         self.split_at = self.count - n_hold
 
     def _subset(self, items):
@@ -172,8 +181,10 @@ class CalibData:
         return self.labels[lo:hi]
 
     def batches(self, split: str = "all", batch_size: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-        """Stream feeds of at most `batch_size` samples over `split`."""
-        bs = batch_size or self.config.batch_size
+        """Stream feeds of at most `batch_size` samples over `split`. Without `batch_size`, a model
+        with a fixed batch dim gets feeds of exactly that size (an explicit size is for MaskRunner,
+        which splits its feeds itself)."""
+        bs = batch_size or self.static_batch or self.config.batch_size
         lo, hi = self.split_range(split)
         for start in range(lo, hi, bs):
             stop = min(start + bs, hi)

@@ -98,8 +98,9 @@ def main():
 @click.option("--max-ratio", type=float, default=1.0, show_default=True, help="Cap on the fraction removed per group.")
 @click.option("--min-channels", type=click.IntRange(min=1), default=1, show_default=True,
               help="Channels every group keeps at least.")
-@click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Round kept channel counts up to a multiple of N.")
+@click.option("--round-to", type=click.IntRange(min=1), default=None,
+              help="Round kept channel counts up to a multiple of N [default: 8 with --target-latency or --bench "
+                   "(widths that are multiples of 8 run faster on CPU), else 1].")
 @click.option("--ignore", multiple=True, metavar="PATTERN", help="Leave groups of matching node names alone (fnmatch).")
 @click.option("--plan", "plan", type=click.Path(path_type=Path), help="Apply a saved plan instead of scoring.")
 @click.option("--save-plan", type=click.Path(path_type=Path), help="Write the plan (kept channels per group) as JSON.")
@@ -124,12 +125,26 @@ def main():
               help="fast: data-free, uniform; default: blend + sensitivity + variety; thorough: + ensemble, searched blend.")
 @click.option("--variety", type=click.Choice(["cluster", "gate", "soft", "off"]),
               help="Keep filter variety when choosing within a group [default: cluster for blend, else off].")
+@click.option("--target-latency", type=float,
+              help="Latency ratio to reach instead of --ratio/--target-macs, e.g. 0.5 = twice as fast: the smallest "
+                   "MAC budget whose pruned model meets it, found by timing candidates.")
+@click.option("--latency-provider", type=click.Choice(["cpu", "cuda"], case_sensitive=False), default="cpu",
+              show_default=True, help="Where --target-latency (and --bench) measure.")
+@click.option("--latency-batch", type=click.IntRange(min=1), default=None,
+              help="Batch size of the --target-latency (and --bench) measurements [default: the batch of "
+                   "--input-shape, else 1].")
+@click.option("--latency-threads", type=click.IntRange(min=0), default=0,
+              help="Intra-op threads of the --target-latency (and --bench) measurements [default: onnxruntime's].")
 @click.option("--bench", "then_bench", is_flag=True,
-              help="After pruning, time the original and the pruned model (onnxprune bench, CPU, batch 1).")
+              help="After pruning, time the original and the pruned model (onnxprune bench on --latency-provider, "
+                   "--latency-batch).")
+@click.option("--plot-groups", type=click.Path(path_type=Path),
+              help="Write a PNG bar chart of channels before/after per group (needs [plot]).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def prune(model, output, criterion, ratio, global_pruning, max_ratio, min_channels, round_to, ignore, plan,
           save_plan, input_shape, report_path, show, seed, no_verify, calib, calib_samples, batch_size, mean, std,
-          scale, holdout, recover, allocate, target_macs, preset, variety, then_bench, debug):
+          scale, holdout, recover, allocate, target_macs, preset, variety, target_latency, latency_provider,
+          latency_batch, latency_threads, then_bench, plot_groups, debug):
     """Prune MODEL and write the smaller model."""
     shapes = parse_input_shapes(input_shape)
     mean, std = parse_floats(mean, "--mean"), parse_floats(std, "--std")
@@ -141,16 +156,20 @@ def prune(model, output, criterion, ratio, global_pruning, max_ratio, min_channe
 
         out = output or model.with_name(model.stem + "_pruned.onnx")
         io.check_output_path(out, [model])
-        for extra in (report_path, save_plan):
+        for extra in (report_path, save_plan, plot_groups):
             if extra is not None:
                 io.check_output_path(extra, [model])
+        if plot_groups is not None:
+            from .plots import pyplot
+            pyplot()   # fail before pruning when matplotlib is missing
         result = pipeline.prune(
             str(model), criterion=criterion, ratio=ratio, global_pruning=global_pruning, max_ratio=max_ratio,
             min_channels=min_channels, round_to=round_to, ignore=ignore, plan=str(plan) if plan else None,
             save_plan=str(save_plan) if save_plan else None, input_shape=shapes, seed=seed, verify=not no_verify,
             calib=calib, calib_samples=calib_samples, batch_size=batch_size, mean=mean, std=std, scale=scale,
             holdout=holdout, recover=recover, allocate=allocate, target_macs=target_macs, variety=variety,
-            preset=preset)
+            preset=preset, target_latency=target_latency, latency_provider=latency_provider.lower(),
+            latency_batch=latency_batch, latency_threads=latency_threads, for_speed=then_bench)
         console = Console()
         report.render_prune(result.report, console, show_groups="groups" in show)
         if result.verification is not None and not result.verification.valid:
@@ -160,11 +179,19 @@ def prune(model, output, criterion, ratio, global_pruning, max_ratio, min_channe
         if report_path:
             report.write_json(result.report, str(report_path))
         click.echo(f"wrote {written[0]}" + (f" (+ {written[1].name})" if len(written) > 1 else ""), err=True)
+        if plot_groups is not None:
+            from .plots import groups as plot_group_bars
+            plot_group_bars(result.report["groups"], str(plot_groups),
+                            title=f"{model.name}: channels per group")
+            click.echo(f"wrote {plot_groups}", err=True)
         if then_bench:
             from .bench import BenchConfig, bench as run_bench
             from .bench_cli import render_bench
 
-            timing = run_bench([str(model), str(written[0])], BenchConfig(input_shapes=shapes, warmup=3, repeat=20),
+            config = BenchConfig(providers=(latency_provider.lower(),),
+                                 batches=(latency_batch,) if latency_batch else (), threads=latency_threads,
+                                 input_shapes=shapes, warmup=3, repeat=20)
+            timing = run_bench([str(model), str(written[0])], config,
                                log=lambda msg: click.echo(f"note: {msg}", err=True))
             render_bench(timing, console)
 
@@ -247,11 +274,13 @@ def evaluate(original, pruned, data, samples, batch_size, mean, std, scale, inpu
 @click.option("--input-shape", multiple=True, metavar="NAME:DIMS")
 @click.option("--no-latency", is_flag=True, help="Skip the latency measurements.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write the trade-off curves as PNG (needs [plot]).")
+@click.option("--plot-groups", type=click.Path(path_type=Path),
+              help="Write a PNG bar chart of channels per group, one bar per ratio (needs [plot]).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the rows as JSON.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def sweep(model, ratios, criterion, calib, calib_samples, batch_size, mean, std, scale, round_to, input_shape,
-          no_latency, plot_path, json_path, seed, debug):
+          no_latency, plot_path, plot_groups, json_path, seed, debug):
     """Prune MODEL at a list of ratios (one calibration pass, one scoring) and tabulate the trade-off."""
     shapes = parse_input_shapes(input_shape)
     mean, std = parse_floats(mean, "--mean"), parse_floats(std, "--std")
@@ -261,8 +290,11 @@ def sweep(model, ratios, criterion, calib, calib_samples, batch_size, mean, std,
 
         from . import report
         from .calib import CalibConfig
-        from .sweep import parse_ratios, plot, sweep as run_sweep
+        from .plots import groups as plot_group_bars, pyplot, tradeoff
+        from .sweep import parse_ratios, sweep as run_sweep
 
+        if plot_path or plot_groups:
+            pyplot()   # fail before the sweep when matplotlib is missing
         config = CalibConfig(calib, calib_samples, batch_size, mean, std, scale, seed=seed) if calib else None
         rows = run_sweep(str(model), parse_ratios(ratios), criterion, config, shapes, round_to, seed,
                          latency=not no_latency)
@@ -271,8 +303,12 @@ def sweep(model, ratios, criterion, calib, calib_samples, batch_size, mean, std,
             report.write_json({"schema_version": 1, "model": str(model), "criterion": criterion, "rows": rows},
                               str(json_path))
         if plot_path:
-            plot(rows, str(plot_path))
+            tradeoff(rows, str(plot_path))
             click.echo(f"wrote {plot_path}", err=True)
+        if plot_groups:
+            plot_group_bars(rows.groups, str(plot_groups), title=f"{model.name}: channels per group",
+                            after={f"ratio {r['ratio']:.2f}": r["kept_channels"] for r in rows[1:]})
+            click.echo(f"wrote {plot_groups}", err=True)
 
     _run(debug, work)
 

@@ -25,6 +25,7 @@ from .variety import merges as find_merges
 from .verify import Verification, verify as verify_model
 
 REPORT_SCHEMA = 1
+SPEED_ROUND_TO = 8   # the --round-to default when pruning for speed (resolve_round_to)
 
 
 @dataclass
@@ -72,13 +73,14 @@ def analyse(model_or_path, input_shape: dict | None = None) -> Analysis:
 
 
 def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global_pruning: bool = False,
-          max_ratio: float = 1.0, min_channels: int = 1, round_to: int = 1, ignore: tuple[str, ...] = (),
+          max_ratio: float = 1.0, min_channels: int = 1, round_to: int | None = None, ignore: tuple[str, ...] = (),
           plan: str | None = None, save_plan: str | None = None, input_shape: dict | None = None,
           seed: int = 0, verify: bool = True, calib: str | None = None, calib_samples: int = 512,
           batch_size: int = 32, mean: tuple[float, ...] = (0.0,), std: tuple[float, ...] = (1.0,),
           scale: float = 1.0 / 255.0, holdout: float = 0.25, recover: bool | None = None,
           allocate: str | None = None, target_macs: float | None = None, variety: str | None = None,
-          preset: str = "default") -> PruneResult:
+          preset: str = "default", target_latency: float | None = None, latency_provider: str = "cpu",
+          latency_batch: int | None = None, latency_threads: int = 0, for_speed: bool = False) -> PruneResult:
     """Prune a model's channels (the Python form of the `onnxprune` command).
 
     Args:
@@ -86,7 +88,8 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
         criterion: a name from `onnxprune.criteria.names()`.
         ratio: fraction of channels removed in each prunable group, in [0, 1).
         global_pruning: one threshold across groups on group-normalised scores.
-        max_ratio, min_channels, round_to: per-group limits (see `select`).
+        max_ratio, min_channels, round_to: per-group limits (see `select`); `round_to` None means
+            8 when pruning for speed (`target_latency` or `for_speed`), else 1 (`resolve_round_to`).
         ignore: fnmatch patterns of node names whose groups are left alone.
         plan: a plan JSON to apply instead of scoring and selecting.
         save_plan: write the plan used to this JSON file.
@@ -106,11 +109,24 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
         preset: "fast" (data-free blend, uniform ratios, no variety), "default" (criteria.md §10:
             blend with activation criteria, sensitivity allocation, variety) or "thorough" (adds
             the ensemble criterion to the pool and searches the blend weights).
+        target_latency: a latency ratio in (0, 1) to reach instead of `ratio`/`target_macs`: the
+            smallest MAC budget whose pruned model runs in at most this fraction of the original's
+            latency, measured on `latency_provider` ("cpu", "cuda") at `latency_batch` (None: the
+            batch of `input_shape`, else 1) with `latency_threads` intra-op threads (0: onnxruntime's
+            default); see `onnxprune.latency`. A target that is not met even at the largest
+            budget is an error (nothing is returned), not a best effort.
+        for_speed: the result is meant to be faster (the CLI's `--bench`): only makes `round_to`
+            default to 8; `target_latency` implies it.
     Returns:
         A `PruneResult`; `report` holds the numbers shown by the CLI.
     Raises:
-        OnnxPruneError: bad input, or nothing to prune.
+        OnnxPruneError: bad input, nothing to prune, or a latency target that cannot be measured
+            (provider missing) or reached.
     """
+    round_to, round_to_source = resolve_round_to(round_to, for_speed or target_latency is not None)
+    latency_provider = str(latency_provider).lower()
+    if target_latency is not None:
+        _check_latency_options(target_latency, target_macs, plan, latency_provider, latency_batch, latency_threads)
     timings = {}
     t0 = time.perf_counter()
     prep = prepare(model_or_path, input_shape)
@@ -146,7 +162,14 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
                    for g in an.groups if not g.prunable]
         allocation = {"method": "plan"}
     else:
-        chosen, skipped, allocation = _score_and_select(ctx, criterion, config, allocate, target_macs, variety)
+        meter = None
+        if target_latency is not None:
+            from .latency import Meter
+            meter = Meter(prep.source if isinstance(model_or_path, (str, os.PathLike)) else prep.original,
+                          latency_provider, latency_batch, latency_threads, input_shape, log=ctx.notes.append)
+        chosen, skipped, allocation = _score_and_select(ctx, criterion, config, allocate, target_macs, variety,
+                                                        target_latency, meter)
+    latency_search = allocation.pop("latency_search", None)
     timings["score_select"] = time.perf_counter() - t
     chosen = Plan(chosen.groups, {"model": os.path.basename(prep.source), "criterion": criterion, "ratio": ratio})
     if save_plan:
@@ -176,9 +199,11 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
         "criterion": criterion if plan is None else f"plan:{os.path.basename(str(plan))}",
         "ratio": ratio,
         "target_macs": target_macs,
+        "target_latency": target_latency,
         "preset": preset,
         "options": {"global_pruning": global_pruning, "max_ratio": max_ratio, "min_channels": min_channels,
-                    "round_to": round_to, "ignore": list(ignore), "seed": seed},
+                    "round_to": round_to, "round_to_source": round_to_source, "for_speed": for_speed,
+                    "ignore": list(ignore), "seed": seed},
         "input_shapes": prep.input_shapes,
         "before": before.to_dict(),
         "after": after.to_dict(),
@@ -189,6 +214,7 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
         "verification": check.to_dict() if check else None,
         "scoring": {k: v for k, v in ctx.extras.items() if k != "ranks"},
         "allocation": allocation,
+        "latency_search": latency_search,
         "recovery": steps,
         "holdout": _holdout_metrics(pruned, data, reference) if reference is not None else None,
         "calibration": {"path": calib, "samples": data.size("all"), "holdout": data.size("holdout"),
@@ -199,8 +225,13 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
     return PruneResult(pruned, chosen, an, check, report)
 
 
-def _score_and_select(ctx, criterion: str, config: SelectConfig, allocate, target_macs, variety: str) -> tuple:
-    """Score every prunable group with `criterion`, allocate per-group counts, choose the units."""
+def _score_and_select(ctx, criterion: str, config: SelectConfig, allocate, target_macs, variety: str,
+                      target_latency: float | None = None, meter=None) -> tuple:
+    """Score every prunable group with `criterion`, allocate per-group counts, choose the units.
+
+    With `target_latency`, the MAC budget is searched (`onnxprune.latency`), timing candidates with
+    `meter`; the search is returned as ``allocation["latency_search"]``.
+    """
     an, data = ctx.analysis, ctx.data
     if criterion not in criteria.names():
         raise OnnxPruneError(f"unknown criterion '{criterion}'; choose from {', '.join(criteria.names())}")
@@ -208,7 +239,12 @@ def _score_and_select(ctx, criterion: str, config: SelectConfig, allocate, targe
         ctx.options["blend_fitness"] = _blend_fitness(an, data, config, target_macs)
     scores = criteria.score(criterion, ctx)
     chooser = _variety_chooser(an, ctx.stats, variety) if variety != "off" else None
-    chosen, skipped, allocation = _allocate(an, scores, config, allocate, target_macs, criterion, data, ctx, chooser)
+    if target_latency is None:
+        chosen, skipped, allocation = _allocate(an, scores, config, allocate, target_macs, criterion, data, ctx,
+                                                chooser)
+    else:
+        allocator = Allocation(an, scores, config, allocate, criterion, data, ctx, chooser)
+        chosen, skipped, allocation = _latency_select(an, allocator, target_latency, meter)
     allocation["variety"] = variety
     return chosen, skipped, allocation
 
@@ -260,72 +296,163 @@ def _blend_fitness(an: Analysis, data: CalibData, config: SelectConfig, target_m
 
 
 def _variety_chooser(an: Analysis, stats: dict, mode: str):
-    """A selection chooser that keeps filter variety (onnxprune/variety.py)."""
+    """A selection chooser that keeps filter variety (onnxprune/variety.py).
+
+    The similarity matrix of a group depends on the group only: it is computed once and reused
+    (the latency search selects many times with the same chooser)."""
     from . import variety as var
 
     if mode not in ("cluster", "gate", "soft"):
         raise OnnxPruneError(f"unknown --variety '{mode}'; choose cluster, gate, soft or off")
+    similarity = {}
 
     def choose(gid, scores, n_remove):
-        sim = var.similarity(var.unit_descriptors(an, gid, stats))
-        return var.choose(mode, sim, scores, n_remove, an.unit_blocked[an.group_units[gid]])
+        if gid not in similarity:
+            similarity[gid] = var.similarity(var.unit_descriptors(an, gid, stats))
+        return var.choose(mode, similarity[gid], scores, n_remove, an.unit_blocked[an.group_units[gid]])
 
     return choose
+
+
+class Allocation:
+    """An allocator set up once: its expensive work (sensitivity curves from masked forward passes,
+    utilization or redundancy signals) is done in the constructor; `counts_for` and `plan_for`
+    then give per-group counts and the plan for any MAC budget without forward passes (the
+    latency search calls them once per candidate budget)."""
+
+    def __init__(self, an: Analysis, scores, config: SelectConfig, method, criterion, data, ctx, chooser=None):
+        from . import allocate as alloc
+        from .metrics import MacModel
+
+        method = method or ("global" if config.global_pruning else
+                            "sensitivity" if criterion == "blend" and data is not None else "uniform")
+        if method == "sensitivity" and data is None:
+            raise OnnxPruneError("--allocate sensitivity needs calibration data: give --calib PATH")
+        if method not in ("uniform", "global", "sensitivity", "utilization", "redundancy"):
+            raise OnnxPruneError(f"unknown allocator '{method}'; choose uniform, global, sensitivity, "
+                                 f"utilization or redundancy")
+        if method in ("utilization", "redundancy") and data is None:
+            raise OnnxPruneError(f"--allocate {method} needs calibration data: give --calib PATH")
+        if method == "global":
+            config = SelectConfig(**{**config.__dict__, "global_pruning": True})
+        self.an, self.scores, self.config, self.method, self.chooser = an, scores, config, method, chooser
+        self.macs = MacModel(an)
+        self.info = {"method": method}          # what does not depend on the budget
+        self.signal = self.curves = None
+        if method == "utilization":
+            from .criteria.interactions import games
+            self.signal = alloc.utilization_signal({gid: g["utilization"] for gid, g in games(ctx).items()})
+        elif method == "redundancy":
+            from . import variety as var
+            self.signal = alloc.redundancy_signal({
+                g.id: 1.0 - len(set(var.functional_clusters(var.similarity(var.unit_descriptors(an, g.id, ctx.stats)))))
+                / g.size for g in an.groups if g.prunable})
+        elif method == "sensitivity":
+            gids = [g.id for g in an.groups if g.prunable and not any(
+                fnmatch.fnmatch(s, p) for p in config.ignore for s in g.sources)]
+            feeds = next(data.batches("holdout", 256)) if data.size("holdout") else next(data.batches("score", 256))
+            curves, cost = alloc.sensitivity_curves(an, scores, gids, feeds)
+            self.curves = curves
+            self.info.update(forward_samples=cost["sample_rows"], cost=cost,
+                             curves={str(g): {str(k): round(v, 5) for k, v in c.items()} for g, c in curves.items()})
+        if self.signal is not None:
+            self.info["signal"] = {str(k): round(v, 4) for k, v in self.signal.items()}
+
+    def counts_for(self, target_macs: float | None) -> tuple[SelectConfig, dict | None, dict | None, dict]:
+        """Per-group removal counts for a MAC budget (the fraction of MACs to remove; None: what
+        `config.ratio` removes). Cheap: no forward passes.
+
+        Returns:
+            (the selection config to use, counts per group or None to let `select` apply the
+            config's ratio, a reason per group or None, budget-dependent report entries).
+        """
+        from . import allocate as alloc
+
+        an, scores, config, macs = self.an, self.scores, self.config, self.macs
+        if self.method in ("uniform", "global"):
+            if target_macs is None:
+                return config, None, None, {}
+            ratio = alloc.uniform_ratio_for(an, scores, config, macs, target_macs)
+            return SelectConfig(**{**config.__dict__, "ratio": ratio}), None, None, {"ratio": round(ratio, 4)}
+        target = alloc.budget(an, scores, config, macs, target_macs)
+        if self.method == "sensitivity":
+            counts, reasons = alloc.sensitivity_counts(an, scores, config, macs, target, self.curves)
+        else:
+            counts, reasons = alloc.scaled_counts(an, scores, config, macs, target, self.signal, self.method)
+        return config, counts, reasons, {"target": round(target, 4)}
+
+    def plan_for(self, target_macs: float | None) -> tuple[Plan, list[dict], dict]:
+        """The plan for a MAC budget: (plan, skipped groups, the allocation's report entries)."""
+        config, counts, reasons, extra = self.counts_for(target_macs)
+        plan, skipped = select(self.an, self.scores, config, counts=counts, notes=reasons, chooser=self.chooser)
+        info = {**self.info, **extra}
+        info["macs_removed"] = (round(1.0 - self.macs.macs(plan.removed_units(self.an)) / self.macs.total, 4)
+                                if self.macs.total else 0.0)
+        return plan, skipped, info
 
 
 def _allocate(an: Analysis, scores, config: SelectConfig, method, target_macs, criterion, data, ctx,
               chooser=None) -> tuple:
     """Per-group removal counts from the chosen allocator, then the plan."""
-    from . import allocate as alloc
-    from .metrics import MacModel
-
     if target_macs is not None and not 0.0 < target_macs < 1.0:
         raise OnnxPruneError(f"--target-macs must be in (0, 1), got {target_macs}")
-    method = method or ("global" if config.global_pruning else
-                        "sensitivity" if criterion == "blend" and data is not None else "uniform")
-    if method == "sensitivity" and data is None:
-        raise OnnxPruneError("--allocate sensitivity needs calibration data: give --calib PATH")
-    if method not in ("uniform", "global", "sensitivity", "utilization", "redundancy"):
-        raise OnnxPruneError(f"unknown allocator '{method}'; choose uniform, global, sensitivity, "
-                             f"utilization or redundancy")
-    if method in ("utilization", "redundancy") and data is None:
-        raise OnnxPruneError(f"--allocate {method} needs calibration data: give --calib PATH")
-    macs = MacModel(an)
-    info = {"method": method}
-    if method == "global":
-        config = SelectConfig(**{**config.__dict__, "global_pruning": True})
-    if method in ("uniform", "global") and target_macs is not None:
-        ratio = alloc.uniform_ratio_for(an, scores, config, macs, target_macs)
-        config = SelectConfig(**{**config.__dict__, "ratio": ratio})
-        info["ratio"] = round(ratio, 4)
-    if method in ("utilization", "redundancy"):
-        target = alloc.budget(an, scores, config, macs, target_macs)
-        if method == "utilization":
-            from .criteria.interactions import games
-            signal = alloc.utilization_signal({gid: g["utilization"] for gid, g in games(ctx).items()})
-        else:
-            from . import variety as var
-            signal = alloc.redundancy_signal({
-                g.id: 1.0 - len(set(var.functional_clusters(var.similarity(var.unit_descriptors(an, g.id, ctx.stats)))))
-                / g.size for g in an.groups if g.prunable})
-        counts, reasons = alloc.scaled_counts(an, scores, config, macs, target, signal, method)
-        plan, skipped = select(an, scores, config, counts=counts, notes=reasons, chooser=chooser)
-        info.update(target=round(target, 4), signal={str(k): round(v, 4) for k, v in signal.items()})
-    elif method != "sensitivity":
-        plan, skipped = select(an, scores, config, chooser=chooser)
-    else:
-        target = alloc.budget(an, scores, config, macs, target_macs)
-        gids = [g.id for g in an.groups if g.prunable and not any(
-            fnmatch.fnmatch(s, p) for p in config.ignore for s in g.sources)]
-        runner = MaskRunner(an, gids)
-        feeds = next(data.batches("holdout", 256)) if data.size("holdout") else next(data.batches("score", 256))
-        reference = runner.run(feeds, [{}])[0]
-        curves = alloc.sensitivity_curves(an, scores, gids, runner, feeds, reference)
-        counts, reasons = alloc.sensitivity_counts(an, scores, config, macs, target, curves)
-        plan, skipped = select(an, scores, config, counts=counts, notes=reasons, chooser=chooser)
-        info.update(target=round(target, 4), forward_samples=runner.samples,
-                    curves={str(g): {str(k): round(v, 5) for k, v in c.items()} for g, c in curves.items()})
-    info["macs_removed"] = round(1.0 - macs.macs(plan.removed_units(an)) / macs.total, 4) if macs.total else 0.0
+    return Allocation(an, scores, config, method, criterion, data, ctx, chooser).plan_for(target_macs)
+
+
+def resolve_round_to(round_to: int | None, for_speed: bool) -> tuple[int, str]:
+    """The `round_to` in effect and where it comes from: as given, else 8 when pruning for speed
+    (a latency target, or the result is benchmarked), else 1.
+
+    Why 8: on onnxruntime's CPU provider, convs whose channel counts are not multiples of 8 fall
+    off the blocked NCHWc kernels (FusedConv plus layout reorders): MobileNetV2 at ratio 0.3 kept
+    52% of the MACs with odd widths and was no faster (0.89-0.98x), 1.25-1.5x faster with 8
+    (docs/bench.md). When speed is not the goal, exact ratios (1) are the better default.
+    """
+    if round_to is not None:
+        if round_to < 1:
+            raise OnnxPruneError(f"--round-to must be at least 1, got {round_to}")
+        return int(round_to), "given"
+    return (SPEED_ROUND_TO, "default when pruning for speed") if for_speed else (1, "default")
+
+
+def _check_latency_options(target, target_macs, plan, provider, batch, threads) -> None:
+    """Reject a latency target that cannot be searched before any expensive work."""
+    from .latency import check_provider
+
+    if not 0.0 < target < 1.0:
+        raise OnnxPruneError(f"--target-latency must be in (0, 1) (a latency ratio; 0.5 = twice as fast), "
+                             f"got {target}")
+    if target_macs is not None:
+        raise OnnxPruneError("give --target-latency or --target-macs, not both")
+    if plan is not None:
+        raise OnnxPruneError("--target-latency searches the plan: it cannot be combined with --plan")
+    if (batch is not None and batch < 1) or threads < 0:
+        raise OnnxPruneError(f"--latency-batch must be >= 1 and --latency-threads >= 0, got {batch} and {threads}")
+    check_provider(provider)
+
+
+def _latency_select(an: Analysis, allocator: Allocation, target: float, meter) -> tuple:
+    """The plan with the smallest MAC budget whose pruned model meets the latency target."""
+    from . import latency
+
+    def propose(budget):
+        plan, skipped, info = allocator.plan_for(budget)
+        removed = np.sort(plan.removed_units(an))
+        return latency.Candidate(tuple(removed.tolist()), info["macs_removed"], (plan, skipped, info, removed))
+
+    def measure(payload):
+        return meter(rewrite.apply(an, payload[3]))
+
+    t = time.perf_counter()
+    result = latency.search(target, propose, measure)
+    where = meter.describe()
+    if not result.met:
+        raise OnnxPruneError(
+            f"--target-latency {target} cannot be reached on {where['provider']} at batch {where['batch']}: with "
+            f"{result.macs_removed:.1%} of the MACs removed (the most the allocator and limits allow) the pruned model "
+            f"still takes {result.latency_ratio:.2f}x the original's latency; try a looser target")
+    plan, skipped, info, _ = result.choice
+    info = {**info, "latency_search": {**where, **result.to_dict(), "seconds": round(time.perf_counter() - t, 3)}}
     return plan, skipped, info
 
 

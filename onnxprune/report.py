@@ -27,6 +27,8 @@ def render_prune(report: dict, console: Console, show_groups: bool = False) -> N
     b, a = report["before"], report["after"]
     alloc = report.get("allocation") or {}
     how = f"ratio={report['ratio']}" if report.get("target_macs") is None else f"target MACs removed={report['target_macs']}"
+    if report.get("target_latency") is not None:
+        how = f"target latency={report['target_latency']}x"
     table = Table(title=f"onnxprune: {os.path.basename(report['model'])}  criterion={report['criterion']}  {how}  "
                         f"allocation={alloc.get('method', '-')}", title_justify="left")
     table.add_column("")
@@ -52,6 +54,9 @@ def render_prune(report: dict, console: Console, show_groups: bool = False) -> N
         else:
             table.add_row("verification", "", "[green]valid[/green]", "")
     console.print(table)
+    search = report.get("latency_search")
+    if search:
+        console.print(latency_summary(search), markup=False)
     if show_groups:
         render_groups(groups, console)
     skipped = report.get("skipped", [])
@@ -77,6 +82,15 @@ def render_prune(report: dict, console: Console, show_groups: bool = False) -> N
         render_metrics(holdout, console, f"held-out split ({report['calibration']['holdout']} samples)")
     for note in report.get("notes", []):
         console.print(f"note: {note}", markup=False)
+
+
+def latency_summary(search: dict) -> str:
+    """One line: where it was measured, how many steps, the chosen budget and its latency ratio."""
+    cached = sum(1 for s in search["steps"] if s.get("cached"))
+    return (f"latency search ({search['provider']}, batch {search['batch']}): {len(search['steps'])} steps"
+            + (f" ({cached} reused)" if cached else "")
+            + f", MACs budget {search['budget']:.3f} -> {search['macs_removed']:.3f} removed, latency "
+              f"{search['latency_ratio']:.3f}x of the original (target {search['target']}x)")
 
 
 def render_groups(groups: list[dict], console: Console) -> None:

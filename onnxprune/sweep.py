@@ -15,7 +15,15 @@ from .bench import BenchConfig, bench
 from .calib import CalibConfig
 from .errors import OnnxPruneError
 from .pipeline import _calibrate, _holdout_metrics, _recover, prepare
+from .plots import tradeoff as plot  # noqa: F401  (moved to plots.py; kept importable here)
 from .select import SelectConfig, select
+
+
+class SweepRows(list):
+    """The rows of a sweep (a list of dicts), plus `groups`: id, name, size and prunable of every
+    channel group, in the order of each row's `kept_channels`."""
+
+    groups: list[dict]
 
 
 def parse_ratios(spec: str) -> list[float]:
@@ -35,7 +43,10 @@ def parse_ratios(spec: str) -> list[float]:
 
 def sweep(model_path: str, ratios: list[float], criterion: str = "l1", calib: CalibConfig | None = None,
           input_shape: dict | None = None, round_to: int = 1, seed: int = 0, latency: bool = True) -> list[dict]:
-    """Prune at every ratio and measure; returns one row per ratio, the original first (ratio 0)."""
+    """Prune at every ratio and measure; returns one row per ratio, the original first (ratio 0).
+
+    Each row has `kept_channels` (channels per group, in the order of the result's `groups`).
+    """
     prep = prepare(model_path, input_shape)
     an = prep.analysis
     if not any(g.prunable for g in an.groups):
@@ -56,15 +67,17 @@ def sweep(model_path: str, ratios: list[float], criterion: str = "l1", calib: Ca
         if reference is not None and len(removed):
             pruned, _ = _recover(an, removed, pruned, data, stats, reference)
         macs = metrics.MacModel(an).macs(removed)
+        kept = {gp.group: len(gp.keep) for gp in plan.groups}
         row = {"ratio": ratio, "macs_kept": macs / base.macs if base.macs else 1.0,
-               "params_kept": metrics.count_params(pruned) / base.params if base.params else 1.0}
+               "params_kept": metrics.count_params(pruned) / base.params if base.params else 1.0,
+               "kept_channels": [kept.get(g.id, g.size) for g in an.groups]}
         if reference is not None:
             out = next(iter(_holdout_metrics(pruned, data, reference).values()))
             row.update({k: out[k] for k in ("accuracy", "accuracy_original", "top1_agreement", "kl", "cosine")
                         if k in out})
         rows.append(row)
         models.append(pruned)
-    original = {"ratio": 0.0, "macs_kept": 1.0, "params_kept": 1.0}
+    original = {"ratio": 0.0, "macs_kept": 1.0, "params_kept": 1.0, "kept_channels": [g.size for g in an.groups]}
     if reference is not None:
         original.update(top1_agreement=1.0, kl=0.0, cosine=1.0)
         if "accuracy_original" in rows[0]:
@@ -76,29 +89,6 @@ def sweep(model_path: str, ratios: list[float], criterion: str = "l1", calib: Ca
         for row, median in zip(rows, medians):
             row["latency_ms"] = median
             row["speedup"] = medians[0] / median if median else None
-    return rows
-
-
-def plot(rows: list[dict], path: str) -> None:
-    """Fidelity (or accuracy) against latency and against MACs kept, as a PNG."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise OnnxPruneError("plots need matplotlib: pip install 'onnxprune[plot]'") from None
-    key = "accuracy" if any("accuracy" in r for r in rows) else ("top1_agreement" if any("top1_agreement" in r for r in rows) else None)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, x_key, label in ((axes[0], "latency_ms", "latency (ms, CPU, batch 1)"), (axes[1], "macs_kept", "MACs kept")):
-        pts = [(r[x_key], r.get(key, 1.0) if key else r["params_kept"]) for r in rows if r.get(x_key) is not None]
-        if pts:
-            xs, ys = zip(*pts)
-            ax.plot(xs, ys, "o-")
-            for r, x, y in zip([r for r in rows if r.get(x_key) is not None], xs, ys):
-                ax.annotate(f"{r['ratio']:.2f}", (x, y), fontsize=7)
-        ax.set_xlabel(label)
-        ax.set_ylabel(key or "params kept")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    result = SweepRows(rows)
+    result.groups = [{"id": g.id, "name": g.name, "size": g.size, "prunable": g.prunable} for g in an.groups]
+    return result

@@ -152,7 +152,7 @@ def test_image_folder_nhwc_grayscale_model_and_labels(tmp_path):
     w = np.ones((2, 1, 3, 3), np.float32)
     nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
              helper.make_node("Conv", ["t", "w"], ["y"])]
-    model = make_model(nodes, [tensor("x", [1, 10, 10, 1])], [tensor("y", [1, 2, 8, 8])], {"w": w})
+    model = make_model(nodes, [tensor("x", ["N", 10, 10, 1])], [tensor("y", ["N", 2, 8, 8])], {"w": w})
     prep = prepare(model)
     spec = input_specs(prep.original, prep.input_shapes)[0]
     assert spec.layout == "NHWC" and spec.channels == 1
@@ -164,8 +164,8 @@ def test_image_folder_nhwc_grayscale_model_and_labels(tmp_path):
 def test_npz_with_several_inputs(tmp_path):
     w = np.ones((2, 3, 1, 1), np.float32)
     nodes = [helper.make_node("Add", ["a", "b"], ["s"]), helper.make_node("Conv", ["s", "w"], ["y"])]
-    model = make_model(nodes, [tensor("a", [1, 3, 4, 4]), tensor("b", [1, 3, 4, 4])], [tensor("y", [1, 2, 4, 4])],
-                       {"w": w})
+    model = make_model(nodes, [tensor("a", ["N", 3, 4, 4]), tensor("b", ["N", 3, 4, 4])],
+                       [tensor("y", ["N", 2, 4, 4])], {"w": w})
     path = tmp_path / "two.npz"
     np.savez(path, a=np.zeros((4, 3, 4, 4), np.float32), b=np.ones((4, 3, 4, 4), np.float32),
              labels=np.arange(4))
@@ -267,3 +267,19 @@ def test_thinet_removes_a_channel_its_consumer_ignores(tmp_path):
     ctx = criteria.ScoreContext(an, data=data)
     assert np.argmin(criteria.score("thinet", ctx)[gid]) == 5
     assert np.argmax(criteria.score("l1", ctx)[gid]) == 5
+
+
+def test_fixed_batch_model_gets_batches_of_its_size(tmp_path):
+    """A model exported with a fixed batch runs only that many samples per call (issue #6 corpus)."""
+    w = np.ones((2, 3, 1, 1), np.float32)
+    for batch, n, expect in ((1, 5, 5), (4, 10, 8)):
+        model = make_model([helper.make_node("Conv", ["x", "w"], ["y"])], [tensor("x", [batch, 3, 4, 4])],
+                           [tensor("y", [batch, 2, 4, 4])], {"w": w})
+        path = tmp_path / f"b{batch}.npy"
+        np.save(path, np.zeros((n, 3, 4, 4), np.float32))
+        _, data = calib_for(model, str(path), holdout=0.25)
+        assert data.size("all") == expect and data.size("holdout") % batch == 0
+        assert {len(f["x"]) for f in data.batches()} == {batch}
+    np.save(tmp_path / "two.npy", np.zeros((2, 3, 4, 4), np.float32))
+    with pytest.raises(OnnxPruneError, match="too few samples"):
+        calib_for(model, str(tmp_path / "two.npy"))
