@@ -18,8 +18,7 @@ import numpy as np
 
 from .evaluate import fidelity_loss
 from .groups import Analysis
-from .masking import group_starts, suffix_runners
-from .verify import session
+from .masking import fixed_batch, group_starts, outputs_of, suffix_runners
 from .metrics import MacModel
 from .select import SelectConfig, select
 
@@ -80,9 +79,11 @@ def sensitivity_curves(analysis: Analysis, scores, group_ids, feeds: dict[str, n
     per_image = len(GRID) * sum(float(node_macs[start[gid]:].sum()) for gid in group_ids)
     rows = len(next(iter(feeds.values())))
     rows = min(rows, max(MIN_PROBE_SAMPLES, int(PROBE_PASSES / max(per_image, 1e-9))))
+    batch = fixed_batch(model)
+    rows = max(rows - rows % batch, batch) if batch else rows
     feeds = {k: v[:rows] for k, v in feeds.items()}
     labels = None if labels is None else labels[:rows]
-    reference = session(model).run([o.name for o in model.graph.output], feeds)
+    reference = outputs_of(model, feeds)
     base = float(fidelity_loss(reference, reference, labels))
     cost = {"sample_rows": rows, "full_model_passes": float(rows)}   # the reference run
     curves = {}

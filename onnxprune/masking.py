@@ -45,8 +45,7 @@ class MaskRunner:
                           for t in analysis.groups[gid].tensors}
         self.model = self._masked_model()
         self.session = session(self.model)
-        inp = analysis.model.graph.input[0].type.tensor_type.shape.dim
-        self.static_batch = inp[0].dim_value if inp and inp[0].HasField("dim_value") and inp[0].dim_value > 0 else 0
+        self.static_batch = fixed_batch(analysis.model)
         self.output_names = [o.name for o in analysis.model.graph.output]
         self.calls = 0
         self.samples = 0
@@ -152,8 +151,30 @@ def suffix_runners(analysis: Analysis, group_ids, feeds: dict[str, np.ndarray]):
     forward once through the network (onnxprune/segments.py), so no probe re-runs the prefix.
     """
     starts = group_starts(analysis, group_ids)
-    walker = Walker(analysis.model, [feeds])
+    walker = Walker(analysis.model, split_batch(feeds, fixed_batch(analysis.model)))
     for gid in sorted(group_ids, key=lambda g: (starts[g], g)):
         walker.advance(analysis.model, starts[gid])
-        state = walker.state[0]
+        state = {k: np.concatenate([part[k] for part in walker.state]) for k in walker.state[0]}
         yield gid, MaskRunner(analysis, [gid], start=starts[gid], input_types={k: v.dtype for k, v in state.items()}), state
+
+
+def fixed_batch(model: onnx.ModelProto) -> int:
+    """The batch size fixed by the first graph input's shape (0 when dynamic)."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim if model.graph.input else []
+    return dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else 0
+
+
+def split_batch(feeds: dict[str, np.ndarray], batch: int) -> list[dict[str, np.ndarray]]:
+    """`feeds` cut into runs of `batch` rows (one run when `batch` is 0; a ragged tail is dropped)."""
+    rows = len(next(iter(feeds.values())))
+    if not batch or batch >= rows:
+        return [feeds] if not batch or batch == rows else []
+    return [{k: v[i:i + batch] for k, v in feeds.items()} for i in range(0, rows - rows % batch, batch)]
+
+
+def outputs_of(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The model's graph outputs on `feeds`, run in chunks of a fixed batch size where the model has one."""
+    sess = session(model)
+    names = [o.name for o in model.graph.output]
+    parts = [sess.run(names, part) for part in split_batch(feeds, fixed_batch(model))]
+    return [np.concatenate([p[i] for p in parts]) for i in range(len(names))]

@@ -33,6 +33,8 @@ class SelectConfig:
     min_channels: int = 1
     round_to: int = 1
     ignore: tuple[str, ...] = ()
+    normalise: bool = True    # global pruning: scale each group's scores by its max (False: scores
+                              # already share units across groups, e.g. the joint-mode ensemble)
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,7 @@ def _global_counts(candidates, scores, removable, config) -> dict[int, int]:
     entries = []
     for g in candidates:
         s = scores[g.id]
-        top = np.max(np.abs(s)) if s.size else 0.0
+        top = np.max(np.abs(s)) if s.size and config.normalise else 0.0
         norm = s / top if top > 0 else s
         for i in np.flatnonzero(removable[g.id]):
             entries.append((float(norm[i]), g.id))

@@ -101,3 +101,27 @@ def test_walker_refuses_beyond_its_budget():
     prep = prepare(onnx.load("tests/models/resnet_style.onnx"))
     with pytest.raises(segments.OverBudget):
         segments.Walker(prep.analysis.model, [feeds_for(prep)], budget=16)
+
+
+def test_default_pipeline_on_a_fixed_batch_model(tmp_path):
+    """Probes, ensembles and the walk cut their feeds into the model's fixed batch size."""
+    from onnxprune.pipeline import prune
+
+    model = onnx.load("tests/models/resnet_style.onnx")
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    dim.Clear()
+    dim.dim_value = 4
+    for out in model.graph.output:
+        d = out.type.tensor_type.shape.dim[0]
+        d.Clear()
+        d.dim_value = 4
+    path = tmp_path / "fixed.onnx"
+    onnx.save(model, path)
+    result = prune(str(path), calib="random", calib_samples=24, batch_size=8, target_macs=0.4)
+    assert result.verification.valid
+    assert result.report["allocation"]["method"] == "sensitivity"
+    prep = prepare(str(path))
+    data = CalibData(CalibConfig("random", 24), input_specs(prep.original, prep.input_shapes))
+    ctx = criteria.ScoreContext(prep.analysis, data=data, options={"ensemble_masks": 16})
+    scores = criteria.score("ensemble", ctx)
+    assert set(scores) == {g.id for g in prep.analysis.groups if g.prunable}

@@ -16,8 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import OnnxPruneError
-from ..masking import MaskRunner, suffix_runners
-from ..verify import session
+from ..masking import MaskRunner, outputs_of, suffix_runners
 from . import ScoreContext, register
 
 BATCH = 64
@@ -80,7 +79,7 @@ def ensemble(ctx: ScoreContext) -> dict[int, np.ndarray]:
     an = ctx.analysis
     gids = [g.id for g in an.groups if g.prunable]
     feeds = _first_batch(ctx.data, BATCH)
-    reference = session(an.model).run([o.name for o in an.model.graph.output], feeds)
+    reference = outputs_of(an.model, feeds)
     rng = np.random.default_rng(ctx.seed)
     mode = ctx.options.get("ensemble_mode") or "group"
     if mode == "joint":
