@@ -23,7 +23,7 @@ from .metrics import MacModel
 from .select import SelectConfig, select
 
 GRID = tuple(round(0.1 * k, 1) for k in range(1, 10))
-PROBE_PASSES = 8192       # sensitivity budget, in full-network forward passes of one image ...
+PROBE_PASSES = 4096       # sensitivity budget, in full-network forward passes of one image ...
 MIN_PROBE_SAMPLES = 16    # ... but never fewer probe images than this
 
 

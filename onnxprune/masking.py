@@ -19,7 +19,7 @@ from .groups import Analysis
 from .segments import Walker, submodel
 from .verify import session
 
-MAX_ROWS = 1024  # rows (repeated samples) per onnxruntime call
+MAX_ROWS = 256   # rows (repeated samples) per onnxruntime call: bounds the activations held at once
 
 
 class MaskRunner:
