@@ -103,7 +103,7 @@ def sensitivity_curves(analysis: Analysis, scores, group_ids, feeds: dict[str, n
         curves[gid] = {0.0: 0.0, **{rho: float(loss) - base for rho, loss in zip(rhos, losses)}}
         cost["sample_rows"] += runner.samples
         cost["full_model_passes"] += runner.samples * float(node_macs[start[gid]:].sum())
-    cost["full_model_passes"] = round(cost["full_model_passes"] / rows, 2)
+    cost["full_model_passes"] = round(cost["full_model_passes"], 1)
     return curves, cost
 
 

@@ -25,6 +25,7 @@ from .variety import merges as find_merges
 from .verify import Verification, verify as verify_model
 
 REPORT_SCHEMA = 1
+BLEND_FITNESS_SAMPLES = 128   # held-out images behind each fitness evaluation of the blend search
 SPEED_ROUND_TO = 8   # the --round-to default when pruning for speed (resolve_round_to)
 
 
@@ -80,7 +81,8 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
           scale: float = 1.0 / 255.0, holdout: float = 0.25, recover: bool | None = None,
           allocate: str | None = None, target_macs: float | None = None, variety: str | None = None,
           preset: str = "default", target_latency: float | None = None, latency_provider: str = "cpu",
-          latency_batch: int | None = None, latency_threads: int = 0, for_speed: bool = False) -> PruneResult:
+          latency_batch: int | None = None, latency_threads: int = 0, for_speed: bool = False,
+          ensemble_mode: str = "group") -> PruneResult:
     """Prune a model's channels (the Python form of the `onnxprune` command).
 
     Args:
@@ -115,6 +117,8 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
             batch of `input_shape`, else 1) with `latency_threads` intra-op threads (0: onnxruntime's
             default); see `onnxprune.latency`. A target that is not met even at the largest
             budget is an error (nothing is returned), not a best effort.
+        ensemble_mode: the `ensemble` criterion's games: "group" (one per group) or "joint" (one
+            over every unit; scores share loss units, so global allocation compares them as they are).
         for_speed: the result is meant to be faster (the CLI's `--bench`): only makes `round_to`
             default to 8; `target_latency` implies it.
     Returns:
@@ -128,6 +132,7 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
     if target_latency is not None:
         _check_latency_options(target_latency, target_macs, plan, latency_provider, latency_batch, latency_threads)
     timings = {}
+    passes = {}    # image passes through the whole network, per stage (suffix runs by their MAC share)
     t0 = time.perf_counter()
     prep = prepare(model_or_path, input_shape)
     an = prep.analysis
@@ -152,8 +157,10 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
         config_calib = CalibConfig(calib, calib_samples, batch_size, tuple(mean), tuple(std), scale, holdout, seed)
         data, stats, reference = _calibrate(prep, config_calib, criterion, recover, variety)
         timings["calibration"] = time.perf_counter() - t
+        passes["calibration"] = (data.size("score") if stats else 0) + (data.size("holdout") if reference else 0)
     t = time.perf_counter()
-    ctx = criteria.ScoreContext(an, seed=seed, stats=stats, data=data, options={"ratio": ratio, "preset": preset})
+    ctx = criteria.ScoreContext(an, seed=seed, stats=stats, data=data,
+                                options={"ratio": ratio, "preset": preset, "ensemble_mode": ensemble_mode})
     if data is not None:
         ctx.notes.extend(data.notes)
     if plan is not None:
@@ -171,6 +178,7 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
                                                         target_latency, meter)
     latency_search = allocation.pop("latency_search", None)
     timings["score_select"] = time.perf_counter() - t
+    passes.update(_scoring_passes(ctx, criterion, allocation))
     chosen = Plan(chosen.groups, {"model": os.path.basename(prep.source), "criterion": criterion, "ratio": ratio})
     if save_plan:
         chosen.save(save_plan)
@@ -184,7 +192,7 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
         ctx.notes.append("recovery skipped: the held-out split is empty (more --calib-samples or --holdout)")
     elif recover:
         t = time.perf_counter()
-        pruned, steps = _recover(an, removed, pruned, data, stats, reference)
+        pruned, steps, passes["recovery"] = _recover(an, removed, pruned, data, stats, reference)
         timings["recover"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -221,6 +229,7 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
                         "mean": list(mean), "std": list(std), "scale": scale} if data else None,
         "notes": ctx.notes,
         "seconds": {k: round(v, 3) for k, v in timings.items()},
+        "forward_passes": {**{k: round(v, 1) for k, v in passes.items() if v}, "total": round(sum(passes.values()), 1)},
     }
     return PruneResult(pruned, chosen, an, check, report)
 
@@ -279,7 +288,7 @@ def _blend_fitness(an: Analysis, data: CalibData, config: SelectConfig, target_m
     counts = {gid: int(ratio * an.groups[gid].size) for gid in gids}
     runner = MaskRunner(an, gids)
     split = "holdout" if data.size("holdout") else "score"
-    feeds = next(data.batches(split, 128))
+    feeds = next(data.batches(split, BLEND_FITNESS_SAMPLES))
     reference = runner.run(feeds, [{}])[0]
 
     def fitness(order: dict[int, np.ndarray]) -> float:
@@ -333,8 +342,10 @@ class Allocation:
                                  f"utilization or redundancy")
         if method in ("utilization", "redundancy") and data is None:
             raise OnnxPruneError(f"--allocate {method} needs calibration data: give --calib PATH")
-        if method == "global":
-            config = SelectConfig(**{**config.__dict__, "global_pruning": True})
+        if method == "global" or config.global_pruning:
+            # scores in shared units (joint-mode ensemble) are compared as they are, not per-group scaled
+            shared = bool((ctx.extras.get("ensemble") or {}).get("shared_scale"))
+            config = SelectConfig(**{**config.__dict__, "global_pruning": True, "normalise": not shared})
         self.an, self.scores, self.config, self.method, self.chooser = an, scores, config, method, chooser
         self.macs = MacModel(an)
         self.info = {"method": method}          # what does not depend on the budget
@@ -457,15 +468,21 @@ def _latency_select(an: Analysis, allocator: Allocation, target: float, meter) -
 
 
 def _recover(an: Analysis, removed, pruned: onnx.ModelProto, data: CalibData, stats: dict, reference) -> tuple:
-    """Training-free recovery: each step is kept only if the held-out fidelity loss drops."""
+    """Training-free recovery: each step is kept only if the held-out fidelity loss drops.
+
+    Returns the best model, the steps, and the image passes spent (through the whole network).
+    """
     steps = []
     best, best_loss = pruned, recovery.held_out_loss(pruned, data, reference)
     kept = an.kept_channels(removed)
+    held, score = data.size("holdout"), data.size("score")
+    passes = held
 
-    def consider(name, candidate):
-        nonlocal best, best_loss
+    def consider(name, candidate, cost=0):
+        nonlocal best, best_loss, passes
         if candidate is None:
             return
+        passes += held + cost
         loss = recovery.held_out_loss(candidate, data, reference)
         accepted = loss < best_loss
         steps.append({"step": name, "loss_before": best_loss, "loss_after": loss, "kept": accepted})
@@ -478,17 +495,36 @@ def _recover(an: Analysis, removed, pruned: onnx.ModelProto, data: CalibData, st
     if duplicates:
         consider("merge_duplicates", rewrite.apply(an, removed, means=means, merges=duplicates))
     repaired, skipped = reconstruct(an.model, best, kept, data)
-    consider("least_squares", repaired)
+    consider("least_squares", repaired, 2 * score)        # teacher targets + one walk (about a pass)
     if skipped:
         steps.append({"step": "least_squares_skipped", "layers": [f"{n}: {why}" for n, why in skipped]})
-    consider("bn_reestimation", recovery.reestimate_bn(best, data))
-    consider("moment_matching", recovery.match_moments(an.model, best, kept, data)[0])
-    return best, steps
+    consider("bn_reestimation", recovery.reestimate_bn(best, data), 2 * score)   # two sweeps
+    consider("moment_matching", recovery.match_moments(an.model, best, kept, data)[0], 2 * score)
+    return best, steps, passes
 
 
 def _holdout_metrics(model: onnx.ModelProto, data: CalibData, reference) -> dict:
     names = [o.name for o in model.graph.output]
     return compare(reference, activations.outputs(model, data, "holdout"), names, data.split_labels("holdout"))
+
+
+def _scoring_passes(ctx, criterion: str, allocation: dict) -> dict:
+    """Image passes spent scoring and allocating, from what the criteria and allocators report."""
+    passes = {}
+    data = ctx.data
+    if criterion == "thinet" and data is not None:
+        passes["thinet"] = data.size("score")
+    for name in ("ensemble", "interactions"):
+        if (ctx.extras.get(name) or {}).get("forward_samples"):
+            passes[name] = ctx.extras[name]["forward_samples"]    # suffix rows, counted as full passes
+    search = (ctx.extras.get("blend") or {}).get("search")
+    if search and data is not None:
+        split = "holdout" if data.size("holdout") else "score"
+        passes["blend_search"] = search["evaluations"] * min(BLEND_FITNESS_SAMPLES, data.size(split))
+    cost = allocation.get("cost")
+    if cost:
+        passes["sensitivity"] = cost["full_model_passes"]
+    return passes
 
 
 def _group_rows(an: Analysis, plan: Plan) -> list[dict]:

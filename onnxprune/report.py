@@ -77,6 +77,10 @@ def render_prune(report: dict, console: Console, show_groups: bool = False) -> N
             continue
         console.print(f"recovery {step['step']}: held-out loss {step['loss_before']:.4g} -> {step['loss_after']:.4g} "
                       f"({'kept' if step['kept'] else 'rejected'})", markup=False)
+    passes = report.get("forward_passes") or {}
+    if passes.get("total"):
+        console.print(f"forward passes: {passes['total']:g} image passes through the network ("
+                      + ", ".join(f"{k} {v:g}" for k, v in passes.items() if k != "total") + ")", markup=False)
     holdout = report.get("holdout")
     if holdout:
         render_metrics(holdout, console, f"held-out split ({report['calibration']['holdout']} samples)")

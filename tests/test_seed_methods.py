@@ -398,3 +398,26 @@ def test_joint_ensemble_scores_share_loss_units_across_groups(tmp_path):
     # the per-group mode ranks within each group only: both groups' scores span a similar range
     group = criteria.score("ensemble", criteria.ScoreContext(an, data=data, options={"ensemble_masks": 256}))
     assert set(group) == set(joint)
+
+
+def test_joint_ensemble_with_global_allocation_prunes_the_weak_branch(tmp_path):
+    from onnxprune.pipeline import prune
+
+    path = tmp_path / "two.onnx"
+    onnx.save(two_branch_model(), path)
+    result = prune(str(path), criterion="ensemble", ensemble_mode="joint", allocate="global", ratio=0.5,
+                   calib="random", calib_samples=64, recover=False)
+    kept = {row["name"]: row["kept"] for row in result.report["groups"]}
+    assert kept["convA"] < kept["convB"]          # one threshold over shared loss units
+    assert result.report["forward_passes"]["ensemble"] > 0
+
+
+def test_report_counts_forward_passes_per_stage():
+    from onnxprune.pipeline import prune
+
+    result = prune(RESNET, calib="random", calib_samples=32, batch_size=8, target_macs=0.3)
+    passes = result.report["forward_passes"]
+    assert {"calibration", "sensitivity", "recovery"} <= set(passes)
+    assert passes["calibration"] == 32                       # statistics on 24 + reference on 8
+    assert passes["total"] == pytest.approx(sum(v for k, v in passes.items() if k != "total"), abs=0.5)
+    assert 0 < passes["sensitivity"] < len(result.report["allocation"]["curves"]) * 9 * 8
