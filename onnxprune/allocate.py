@@ -132,26 +132,59 @@ def sensitivity_counts(analysis: Analysis, scores, config: SelectConfig, macs: M
     def removed_fraction(counts):
         return 1.0 - macs.macs(removed_by(analysis, scores, counts)) / macs.total
 
+    def gained(gid):
+        """Extra fraction of MACs removed if `gid` went one step up (None when it cannot)."""
+        if level[gid] + 1 >= len(steps) or steps[level[gid] + 1] > cap[gid] + 1e-9:
+            return None
+        level[gid] += 1
+        frac = removed_fraction(counts_now())
+        level[gid] -= 1
+        return frac - current
+
+    # what raising a group gains changes only when a group sharing a counted node with it moves,
+    # so after each step only the neighbours of the raised group are re-evaluated
+    neighbours = _mac_neighbours(analysis, macs, gids)
     current = removed_fraction(counts_now())
+    gain_of = {gid: gained(gid) for gid in gids}
     while current < target:
-        best, best_gain, best_frac = None, -1.0, current
+        best, best_gain = None, -1.0
         for gid in gids:
-            if level[gid] + 1 >= len(steps) or steps[level[gid] + 1] > cap[gid] + 1e-9:
+            d_macs = gain_of[gid]
+            if d_macs is None:
                 continue
-            level[gid] += 1
-            frac = removed_fraction(counts_now())
-            level[gid] -= 1
             d_loss = max(curves[gid][steps[level[gid] + 1]] - curves[gid][steps[level[gid]]], 0.0)
-            gain = (frac - current) / (d_loss + 1e-8)
-            if frac > current and gain > best_gain:
-                best, best_gain, best_frac = gid, gain, frac
+            gain = d_macs / (d_loss + 1e-8)
+            if d_macs > 0 and gain > best_gain:
+                best, best_gain = gid, gain
         if best is None:
             break
         level[best] += 1
-        current = best_frac
+        current = removed_fraction(counts_now())
+        for gid in neighbours[best]:
+            gain_of[gid] = gained(gid)
     reasons = {gid: f"sensitivity: ratio {steps[level[gid]]:.1f} (held-out loss +{curves[gid][steps[level[gid]]]:.3g})"
                for gid in gids}
     return counts_now(), reasons
+
+
+def _mac_neighbours(analysis: Analysis, macs: MacModel, gids) -> dict[int, set[int]]:
+    """For each group, the groups (itself included) that share a counted node's MACs with it."""
+    unit_group = np.full(len(analysis.unit_blocked), -1)
+    for gid in gids:
+        unit_group[analysis.group_units[gid]] = gid
+
+    def groups_of(name):
+        if not name:
+            return set()
+        t = analysis.tensors[name]
+        return set(np.unique(unit_group[analysis.unit_of[t.base:t.base + t.size]]).tolist()) - {-1}
+
+    neighbours = {gid: {gid} for gid in gids}
+    for _, ins, outs in macs.terms:
+        touch = groups_of(ins) | groups_of(outs)
+        for gid in touch:
+            neighbours[gid] |= touch
+    return neighbours
 
 
 def scaled_counts(analysis: Analysis, scores, config: SelectConfig, macs: MacModel, target: float,
