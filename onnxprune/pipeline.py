@@ -512,8 +512,10 @@ def _scoring_passes(ctx, criterion: str, allocation: dict) -> dict:
     """Image passes spent scoring and allocating, from what the criteria and allocators report."""
     passes = {}
     data = ctx.data
-    if criterion == "thinet" and data is not None:
-        passes["thinet"] = data.size("score")
+    pool = (ctx.extras.get("blend") or {}).get("pool", ())
+    if data is not None and (criterion == "thinet" or "thinet" in pool):
+        from .criteria.thinet import MAX_IMAGES
+        passes["thinet"] = min(MAX_IMAGES, data.size("score"))
     for name in ("ensemble", "interactions"):
         if (ctx.extras.get(name) or {}).get("forward_samples"):
             passes[name] = ctx.extras[name]["forward_samples"]    # suffix rows, counted as full passes

@@ -41,6 +41,8 @@ def pool(ctx: ScoreContext) -> list[str]:
         names.append("bn_scale")
     if ctx.stats and ctx.options.get("preset") != "fast":
         names += ["mean_act", "apoz", "entropy", "hrank"]
+    if ctx.data is not None and ctx.options.get("preset") != "fast":
+        names.append("thinet")   # the best single criterion on our benchmark; costs one pass over 64 images
     if ctx.data is not None and ctx.options.get("preset") == "thorough":
         names.append("ensemble")
     return names
