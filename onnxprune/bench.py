@@ -28,7 +28,7 @@ import onnx
 
 from . import graph, io, metrics
 from .errors import OnnxPruneError
-from .verify import random_feeds
+from .verify import OrtModel, random_feeds
 
 SCHEMA_VERSION = 1
 
@@ -176,6 +176,7 @@ class _Model:
     proto: onnx.ModelProto
     source: str | bytes  # the path when there is one: onnxruntime then reads external data itself
     user_shapes: dict
+    ort_model: object = None  # keeps a large proto's temporary file (verify.OrtModel) while sessions are built
 
 
 def resolve_providers(requested: Sequence[str], available: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -233,9 +234,9 @@ def _prepare(sources: Sequence, labels: Sequence[str], user_shapes: dict) -> lis
         norm = graph.normalise(proto)
         st = metrics.stats(norm, graph.infer_shapes(norm, graph.fixed_input_shapes(proto, mine, batch=1)))
         is_path = isinstance(src, (str, os.PathLike))
+        ort_model = OrtModel(str(src) if is_path else proto)   # bytes, or a temporary file above 2 GB
         models.append(_Model(ModelInfo(label, str(src) if is_path else "<ModelProto>", st.macs, st.params,
-                                       static_batch(proto)), proto,
-                             str(src) if is_path else proto.SerializeToString(), mine))
+                                       static_batch(proto)), proto, ort_model.source, mine, ort_model))
     return models
 
 

@@ -8,12 +8,15 @@ initializers once at load so the rest of the program sees one representation.
 from __future__ import annotations
 
 import copy
+import os
+import weakref
 from collections import defaultdict
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
+from . import io
 from .errors import OnnxPruneError
 
 
@@ -43,6 +46,7 @@ def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
 FOLDABLE = {"Identity", "Unsqueeze", "Squeeze", "Reshape", "Transpose", "Cast", "Mul", "Add", "Sub", "Div",
             "Sqrt", "Neg", "Reciprocal", "Pow", "Concat", "ConstantOfShape", "Flatten"}
 FOLD_LIMIT = 64 * 1024 * 1024  # elements
+LARGE_CONST = 64 * 1024 * 1024  # bytes: GraphIndex caches larger constant values only while they are in use
 
 
 def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -156,6 +160,7 @@ class GraphIndex:
         self.inputs = [i.name for i in real_inputs(model)]
         self.outputs = [o.name for o in graph.output]
         self._const_cache: dict[str, np.ndarray | None] = {}
+        self._large_consts: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
     def const_source(self, name: str) -> str | None:
         """Name of the initializer behind `name` (through Identity chains), or None."""
@@ -172,10 +177,19 @@ class GraphIndex:
         """The constant value of tensor `name`, or None if it is computed at run time."""
         if not name:
             return None
-        if name not in self._const_cache:
+        if name in self._const_cache:
+            return self._const_cache[name]
+        value = self._large_consts.get(name)
+        if value is None:
             src = self.const_source(name)
-            self._const_cache[name] = None if src is None else numpy_helper.to_array(self.initializers[src])
-        return self._const_cache[name]
+            value = None if src is None else numpy_helper.to_array(self.initializers[src])
+            if value is not None and value.nbytes > LARGE_CONST:
+                # kept only while in use: reading copies the bytes out of the proto, and caching
+                # every weight of a 2 GB model would hold a second 2 GB for the index's lifetime
+                self._large_consts[name] = value
+            else:
+                self._const_cache[name] = value
+        return value
 
     def is_const(self, name: str) -> bool:
         """True when `name` is an initializer or reaches one through Identity nodes."""
@@ -262,9 +276,9 @@ def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> 
     for vi in m.graph.output:
         vi.type.tensor_type.ClearField("shape")
     try:
-        m = shape_inference.infer_shapes(m, data_prop=True)
+        m = run_shape_inference(m, data_prop=True)
     except Exception:
-        m = shape_inference.infer_shapes(m, data_prop=False)
+        m = run_shape_inference(m, data_prop=False)
     shapes: dict[str, list[int | None]] = {}
     for vi in list(m.graph.input) + list(m.graph.value_info) + list(m.graph.output):
         t = vi.type.tensor_type
@@ -278,6 +292,65 @@ def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> 
     if missing:
         shapes.update(_shapes_from_run(model, input_shapes, missing))
     return shapes
+
+
+def run_shape_inference(model: onnx.ModelProto, data_prop: bool = False) -> onnx.ModelProto:
+    """`onnx.shape_inference.infer_shapes`, through files when `model` is above `io.PROTOBUF_LIMIT`.
+
+    Protobuf cannot serialize a proto above 2 GiB, so a large model is written to a temporary
+    folder with external data and inferred with `infer_shapes_path`; the model returned then
+    holds no tensor data (initializers keep names, dims and dtypes). Call it on `skeleton(model)`
+    where possible: the skeleton leaves large weights out and rarely needs the file route.
+    """
+    if not io.too_big(model):
+        return shape_inference.infer_shapes(model, data_prop=data_prop)
+    with io.TemporaryModelFile(model) as tmp:
+        inferred = os.path.join(tmp.folder, "inferred.onnx")
+        shape_inference.infer_shapes_path(tmp.path, inferred, data_prop=data_prop)
+        return onnx.load(inferred, load_external_data=False)
+
+
+def copy_without_large(model: onnx.ModelProto, limit: int | None = None):
+    """A copy of `model` without its initializers above `limit` bytes, and those (not copied).
+
+    For rewriting: a 2 GB model's weights are mostly replaced by sliced copies, so copying them
+    first would hold them twice (protobuf (upb) frees nothing deleted from a message before the
+    whole message goes). `restore_large` then copies back only those still read.
+    Returns `(copy, {name: initializer of model})`; `limit` defaults to `LARGE_CONST` (read now).
+    """
+    limit = LARGE_CONST if limit is None else limit
+    large = {i.name: i for i in model.graph.initializer
+             if i.data_location != onnx.TensorProto.EXTERNAL and io.tensor_nbytes(i) > limit}
+    if not large:
+        return copy.deepcopy(model), {}
+    m = onnx.ModelProto()
+    io.copy_fields(m, model, skip=("graph",))
+    io.copy_fields(m.graph, model.graph, skip=("initializer",))
+    m.graph.initializer.extend(i for i in model.graph.initializer if i.name not in large)
+    return m, large
+
+
+def restore_large(model: onnx.ModelProto, large: dict[str, onnx.TensorProto]) -> None:
+    """Append (copies of) the initializers of `large` that `model` still reads and does not define.
+
+    The others are gone for good: under IR < 4, where initializers are also listed as graph
+    inputs, their input entries go too (as `remove_dead` does for the initializers it drops).
+    """
+    read = {o.name for o in model.graph.output}
+    for node in model.graph.node:
+        read.update(i for i in node.input if i)
+        read.update(_subgraph_inputs(node))
+    present = {i.name for i in model.graph.initializer}
+    dropped = set()
+    for name, init in large.items():
+        if name in read and name not in present:
+            model.graph.initializer.append(init)
+        elif name not in present:
+            dropped.add(name)
+    if dropped and model.ir_version < 4:
+        for k in reversed(range(len(model.graph.input))):
+            if model.graph.input[k].name in dropped:
+                del model.graph.input[k]
 
 
 def skeleton(model: onnx.ModelProto, small: int = 4096) -> onnx.ModelProto:
@@ -305,7 +378,7 @@ def skeleton(model: onnx.ModelProto, small: int = 4096) -> onnx.ModelProto:
 
 def _shapes_from_run(model: onnx.ModelProto, input_shapes, names) -> dict[str, list[int]]:
     """Fill shapes that inference could not resolve by running the model once on zeros."""
-    import onnxruntime as ort
+    from .verify import session   # every session goes through verify.session (large models too)
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -315,7 +388,7 @@ def _shapes_from_run(model: onnx.ModelProto, input_shapes, names) -> dict[str, l
         if name not in existing:
             m.graph.output.append(onnx.ValueInfoProto(name=name))
     try:
-        sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        sess = session(m)
         feeds = {}
         for inp in sess.get_inputs():
             if inp.name not in input_shapes:
@@ -353,9 +426,11 @@ def remove_dead(model: onnx.ModelProto) -> None:
         graph.node.extend(alive)
     removed = {i.name for i in graph.initializer if i.name not in needed}
     if removed:
-        inits = [i for i in graph.initializer if i.name not in removed]
-        del graph.initializer[:]
-        graph.initializer.extend(inits)
+        # deleted one by one: clearing and re-adding the kept ones would copy them, and protobuf
+        # (upb) frees nothing of a message before the whole message goes (2 GB more for 2 GB)
+        for k in reversed(range(len(graph.initializer))):
+            if graph.initializer[k].name in removed:
+                del graph.initializer[k]
         if model.ir_version < 4:
             inputs = [i for i in graph.input if i.name not in removed]
             del graph.input[:]

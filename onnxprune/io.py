@@ -5,13 +5,17 @@ Invariants kept here:
   (checked before any byte of external data is read);
 - the input file is never written; outputs are written to a temporary file in the target folder and
   renamed over the destination, so a failure never leaves a half-written model behind;
-- models above the protobuf limit are written with their tensors as external data next to the output.
+- models above the protobuf limit (`PROTOBUF_LIMIT`, read at call time) are written with their
+  tensors as external data next to the output (`<out>.data`, relative location), one tensor at a
+  time; they are loaded without one parse of the whole model (the graph file, then each tensor).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+import weakref
 from pathlib import Path
 
 import onnx
@@ -62,7 +66,9 @@ def load(path: str | os.PathLike) -> onnx.ModelProto:
     Args:
         path: path of an .onnx file.
     Returns:
-        The model, with external tensors loaded into memory.
+        The model, with external tensors loaded into memory. Only the graph file is parsed as one
+        protobuf message; external tensors are then read one by one into it, so a model above
+        2 GiB loads holding its weights once (plus one tensor in flight).
     Raises:
         OnnxPruneError: missing/unreadable/empty/non-ONNX/truncated file, unsafe external data,
             unsupported IR or opset, quantized model, or a graph without nodes.
@@ -137,8 +143,9 @@ def check_output_path(output: str | os.PathLike, inputs: list[str | os.PathLike]
     return out
 
 
-def save(model: onnx.ModelProto, output: str | os.PathLike, size_limit: int = PROTOBUF_LIMIT) -> list[Path]:
-    """Write a model atomically; above `size_limit` bytes its tensors go to `<output>.data`.
+def save(model: onnx.ModelProto, output: str | os.PathLike, size_limit: int | None = None) -> list[Path]:
+    """Write a model atomically; above `size_limit` bytes (default `PROTOBUF_LIMIT`) its tensors go
+    to `<output>.data`, named by a relative location, written tensor by tensor (no copy of the model).
 
     Returns:
         The files written (the model, and the external-data file when one was needed).
@@ -148,25 +155,13 @@ def save(model: onnx.ModelProto, output: str | os.PathLike, size_limit: int = PR
     written = []
     fd, tmp_model = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
+    tmp_data = None
     try:
-        if not _fits_bytesize(model) or model.ByteSize() > size_limit:
+        if too_big(model, size_limit):
             data_name = out.name + ".data"
-            tmp_data = folder / f".{data_name}.tmp"
-            if tmp_data.exists():  # onnx appends to an existing data file
-                tmp_data.unlink()
-            to_save = onnx.ModelProto()
-            to_save.CopyFrom(model)
-            external_data_helper.convert_model_to_external_data(
-                to_save, all_tensors_to_one_file=True, location=tmp_data.name, size_threshold=1024
-            )
-            onnx.save_model(to_save, tmp_model)
-            # rewrite the location to the final name now that the data file exists under its temp name
-            for tensor in external_data_helper._get_all_tensors(to_save):
-                for entry in tensor.external_data:
-                    if entry.key == "location":
-                        entry.value = data_name
-            with open(tmp_model, "wb") as f:
-                f.write(to_save.SerializeToString())
+            fd, tmp_data = tempfile.mkstemp(prefix=f".{data_name}.", suffix=".tmp", dir=folder)
+            os.close(fd)
+            write_external(model, tmp_model, tmp_data, location=data_name)
             os.replace(tmp_data, folder / data_name)
             written.append(folder / data_name)
         else:
@@ -175,15 +170,196 @@ def save(model: onnx.ModelProto, output: str | os.PathLike, size_limit: int = PR
         os.replace(tmp_model, out)
         written.insert(0, out)
     except BaseException:
-        if os.path.exists(tmp_model):
-            os.unlink(tmp_model)
+        for tmp in (tmp_model, tmp_data):
+            if tmp and os.path.exists(tmp):
+                os.unlink(tmp)
         raise
     return written
 
 
-def _fits_bytesize(model: onnx.ModelProto) -> bool:
+# --- models above the protobuf limit -----------------------------------------------------------
+# A ModelProto above 2 GiB cannot be serialized (upb raises EncodeError, even from ByteSize), so
+# neither `SerializeToString`, nor `onnx.checker.check_model(proto)`, nor
+# `onnx.shape_inference.infer_shapes(proto)`, nor onnxruntime from bytes work on it. Such models
+# travel as files: the graph in a small .onnx, the tensors in one external-data file next to it.
+# Every check reads `PROTOBUF_LIMIT` at call time, so tests lower it to exercise the file route
+# on tiny models.
+
+EXTERNAL_THRESHOLD = 1024   # bytes: smaller tensors stay inside the .onnx (shape constants...)
+_ALIGN_LARGE = 65536        # offsets of tensors >= 1 MiB: a multiple of any mmap granularity
+_ALIGN_SMALL = 64
+_DATA_FIELDS = ("raw_data", "float_data", "int32_data", "string_data", "int64_data", "double_data",
+                "uint64_data", "external_data", "data_location")
+
+
+def too_big(model: onnx.ModelProto, limit: int | None = None) -> bool:
+    """True when `model` should not travel as one serialized protobuf: above `limit` bytes
+    (default: `PROTOBUF_LIMIT`, read now) or beyond what protobuf can serialize at all."""
+    limit = PROTOBUF_LIMIT if limit is None else limit
     try:
-        model.ByteSize()
+        return model.ByteSize() > limit
+    except Exception:  # EncodeError: above 2 GiB upb cannot even size the message
         return True
+
+
+def serialized_size(model: onnx.ModelProto) -> int:
+    """Bytes of the serialized model; above 2 GiB (not serializable) an estimate from tensor sizes."""
+    try:
+        return model.ByteSize()
     except Exception:
-        return False
+        light, pairs = _without_large_tensors(model, EXTERNAL_THRESHOLD)
+        return _light_size(light) + sum(tensor_nbytes(t) for _, t in pairs)
+
+
+def _light_size(light: onnx.ModelProto) -> int:
+    try:
+        return light.ByteSize()
+    except Exception:
+        return 2 ** 31
+
+
+def tensor_nbytes(tensor: onnx.TensorProto) -> int:
+    """Bytes of a tensor's data, from dims and dtype (without touching the data)."""
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except Exception:
+        itemsize = 4
+    n = 1
+    for d in tensor.dims:
+        n *= int(d)
+    return n * itemsize
+
+
+def copy_fields(dst, src, skip: tuple[str, ...] = ()) -> None:
+    """Copy the set fields of message `src` into `dst`, except those named in `skip`."""
+    for fd, value in src.ListFields():
+        if fd.name in skip:
+            continue
+        if fd.is_repeated:
+            getattr(dst, fd.name).extend(value)
+        elif fd.type == fd.TYPE_MESSAGE:
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
+
+
+def _externalisable(tensor: onnx.TensorProto, threshold: int) -> bool:
+    return (tensor.data_type not in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED)
+            and tensor.data_location != onnx.TensorProto.EXTERNAL and not tensor.HasField("segment")
+            and tensor_nbytes(tensor) >= threshold)
+
+
+def _without_large_tensors(model: onnx.ModelProto, threshold: int):
+    """A copy of `model` without the data of its large top-level initializers.
+
+    Returns `(light, pairs)`: nothing large is copied into `light` (nodes and small tensors are);
+    each large initializer gets a data-less stand-in (name, dims, dtype) at its position in
+    `light.graph.initializer`, and `pairs` lists `(stand-in, original initializer)`.
+    """
+    light = onnx.ModelProto()
+    copy_fields(light, model, skip=("graph",))
+    copy_fields(light.graph, model.graph, skip=("initializer",))
+    pairs = []
+    for init in model.graph.initializer:
+        if _externalisable(init, threshold):
+            stub = light.graph.initializer.add()
+            copy_fields(stub, init, skip=_DATA_FIELDS)
+            pairs.append((stub, init))
+        else:
+            light.graph.initializer.append(init)
+    return light, pairs
+
+
+def _tensor_bytes(tensor: onnx.TensorProto) -> bytes:
+    if tensor.HasField("raw_data"):
+        return tensor.raw_data
+    from onnx import numpy_helper
+
+    value = numpy_helper.to_array(tensor)
+    return value.astype(value.dtype.newbyteorder("<"), copy=False).tobytes()   # raw_data is little-endian
+
+
+def write_external(model: onnx.ModelProto, model_path: str | os.PathLike, data_path: str | os.PathLike,
+                   location: str | None = None, threshold: int = EXTERNAL_THRESHOLD) -> None:
+    """Write `model` as `model_path` plus one external-data file `data_path`, without changing `model`.
+
+    Tensors of `threshold` bytes or more go to `data_path` (offsets aligned for memory mapping);
+    the .onnx names the data file by `location` (default: the name of `data_path`), relative to
+    the .onnx's folder. The model is never serialized whole nor copied whole: the weights are
+    written one tensor at a time. `data_path` is truncated first.
+    """
+    location = location or Path(data_path).name
+    light, pairs = _without_large_tensors(model, threshold)
+    with open(data_path, "wb") as f:
+        offset = 0
+        for stub, tensor in pairs:
+            data = _tensor_bytes(tensor)
+            pad = -offset % (_ALIGN_LARGE if len(data) >= 1 << 20 else _ALIGN_SMALL)
+            if pad:
+                f.write(b"\0" * pad)
+                offset += pad
+            f.write(data)
+            for key, value in (("location", location), ("offset", offset), ("length", len(data))):
+                entry = stub.external_data.add()
+                entry.key, entry.value = key, str(value)
+            stub.data_location = onnx.TensorProto.EXTERNAL
+            offset += len(data)
+            del data
+    try:
+        blob = light.SerializeToString()
+    except Exception:   # huge tensors elsewhere (Constant attributes, subgraphs): onnx's own converter
+        _write_external_generic(model, model_path, data_path, location, threshold)
+        return
+    with open(model_path, "wb") as f:
+        f.write(blob)
+
+
+def _write_external_generic(model: onnx.ModelProto, model_path, data_path, location: str, threshold: int) -> None:
+    """Fallback of `write_external` for models whose large tensors are not all top-level initializers
+    (needs a full copy of the model)."""
+    folder = Path(model_path).resolve().parent
+    scratch = tempfile.mkdtemp(prefix=".onnxprune-ext-", dir=folder)
+    try:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        external_data_helper.convert_model_to_external_data(
+            copy, all_tensors_to_one_file=True, location="data.bin", size_threshold=threshold, convert_attribute=True)
+        onnx.save_model(copy, os.path.join(scratch, "model.onnx"))
+        for tensor in external_data_helper._get_all_tensors(copy):
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = location
+        with open(model_path, "wb") as f:
+            f.write(copy.SerializeToString())
+        os.replace(os.path.join(scratch, "data.bin"), data_path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+class TemporaryModelFile:
+    """`model` written once into a private temporary folder: `path` (the graph) and `path + ".data"`
+    (tensors of `EXTERNAL_THRESHOLD` bytes or more, relative location).
+
+    The folder is removed by `close()`, at the end of a `with` block, or when this object is
+    garbage-collected, whichever comes first. It lives in the system temp folder ($TMPDIR).
+    """
+
+    def __init__(self, model: onnx.ModelProto):
+        self.folder = tempfile.mkdtemp(prefix="onnxprune-")
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self.folder, ignore_errors=True)
+        self.path = os.path.join(self.folder, "model.onnx")
+        try:
+            write_external(model, self.path, self.path + ".data")
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Remove the folder (idempotent)."""
+        self._cleanup()
+
+    def __enter__(self) -> "TemporaryModelFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 
 from .graph import GraphIndex, attr
+from .io import serialized_size
 
 COUNTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -75,10 +76,7 @@ def _macs(node, index, shapes) -> int:
 
 def stats(model: onnx.ModelProto, shapes: dict) -> ModelStats:
     """Parameters, MACs (batch 1), Conv count and serialized size of `model`."""
-    try:
-        size = model.ByteSize()
-    except Exception:
-        size = -1
+    size = serialized_size(model)   # above 2 GiB protobuf cannot size it: estimated from the tensors
     convs = sum(1 for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose"))
     return ModelStats(params=count_params(model), macs=int(sum(node_macs(model, shapes).values())),
                       convs=convs, bytes=size)

@@ -10,13 +10,12 @@ Graph inputs and outputs (names, dtypes, dynamic dims) are never touched.
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import onnx
-from onnx import numpy_helper, shape_inference
+from onnx import numpy_helper
 
-from .graph import GraphIndex, remove_dead, skeleton, sync_initializer_inputs, unique_name
+from .graph import (GraphIndex, copy_without_large, remove_dead, restore_large, run_shape_inference, skeleton,
+                    sync_initializer_inputs, unique_name)
 from .groups import Analysis
 from .ops import rule_for
 
@@ -110,13 +109,17 @@ def apply(analysis: Analysis, removed_units: np.ndarray, means: dict[str, np.nda
     """
     if len(removed_units) and analysis.unit_blocked[removed_units].any():
         raise ValueError("a blocked unit was selected for removal")
-    model = copy.deepcopy(analysis.model)
+    # weights above graph.LARGE_CONST are not copied: rules read them from the analysed model, and
+    # those still read afterwards are copied back (a 2 GB model is then not held twice more)
+    model, large = copy_without_large(analysis.model)
     kept = analysis.kept_channels(np.asarray(removed_units, dtype=np.int64))
     empty = [name for name, idx in kept.items() if len(idx) == 0]
     if empty:
         raise ValueError(f"selection removes every channel of {empty[0]}")
     if kept:
         rw = Rewriter(model, analysis, kept, means, merges)
+        rw.index.initializers.update(large)
+        rw._names |= set(large)
         for node in model.graph.node:
             touched = any(n in kept for n in list(node.input) + list(node.output))
             if touched:
@@ -133,6 +136,7 @@ def apply(analysis: Analysis, removed_units: np.ndarray, means: dict[str, np.nda
             nodes = [onnx.NodeProto.FromString(n.SerializeToString()) for n in nodes]
             del model.graph.node[:]
             model.graph.node.extend(nodes)
+    restore_large(model, large)
     finalise(model)
     return model
 
@@ -147,6 +151,6 @@ def finalise(model: onnx.ModelProto) -> None:
     remove_dead(model)
     sync_initializer_inputs(model)
     try:
-        shape_inference.infer_shapes(skeleton(model), data_prop=False)
+        run_shape_inference(skeleton(model), data_prop=False)
     except Exception:
         pass  # custom ops may defeat onnx shape inference; verification runs the model for real

@@ -4,15 +4,21 @@ Checks, in order: `onnx.checker`; graph inputs/outputs unchanged (names, dtypes,
 dynamic dims as they were); both models run in onnxruntime on the same seeded inputs (batch 2)
 and give outputs of the same shapes; fidelity numbers per output (cosine, max abs diff, top-1
 agreement for classifier-like outputs).
+
+`OrtModel` is how any model reaches onnxruntime: the program's sessions are built by `session`
+(bench keeps an `OrtModel` per model), so models above the protobuf limit (2 GiB), which cannot be
+serialized, go as temporary files with external data; `verify` hands the checker a path for them.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 
+from . import io
 from .graph import real_inputs
 
 
@@ -29,16 +35,59 @@ class Verification:
         return {"valid": self.valid, "problems": list(self.problems), "outputs": self.outputs}
 
 
-def session(model: onnx.ModelProto | str, provider: str = "CPUExecutionProvider", threads: int = 0):
-    """An onnxruntime CPU session for a model (proto or path), quiet and deterministic."""
+class OrtModel:
+    """What onnxruntime is given for a model, as `source`.
+
+    A path stays a path. A proto below `io.PROTOBUF_LIMIT` (read at call time) becomes its
+    serialized bytes. A larger one cannot be serialized, so it is written once into a private
+    temporary folder with its tensors as external data (`io.TemporaryModelFile`) and `source` is
+    that file's path; the folder is removed by `close()`, at the end of a `with` block, or when
+    this object is garbage-collected.
+    """
+
+    def __init__(self, model: onnx.ModelProto | str | os.PathLike):
+        self.temp = None
+        if isinstance(model, (str, os.PathLike)):
+            self.source: bytes | str = str(model)
+        elif io.too_big(model):
+            self.temp = io.TemporaryModelFile(model)
+            self.source = self.temp.path
+        else:
+            self.source = model.SerializeToString()
+
+    @property
+    def is_path(self) -> bool:
+        """True when `source` is a file path (a path given, or a temporary copy)."""
+        return isinstance(self.source, str)
+
+    def close(self) -> None:
+        """Remove the temporary copy, if any."""
+        if self.temp is not None:
+            self.temp.close()
+
+    def __enter__(self) -> "OrtModel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def session(model: onnx.ModelProto | str | OrtModel, provider: str = "CPUExecutionProvider", threads: int = 0):
+    """An onnxruntime CPU session for a model (proto, path or `OrtModel`), quiet and deterministic.
+
+    Protos above the protobuf limit go through a temporary file (see `OrtModel`), removed once
+    the session is built: onnxruntime has read (or mapped) the weights by then.
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
-    src = model if isinstance(model, str) else model.SerializeToString()
-    return ort.InferenceSession(src, opts, providers=[provider])
+    if isinstance(model, OrtModel):
+        return ort.InferenceSession(model.source, opts, providers=[provider])
+    with OrtModel(model) as src:
+        return ort.InferenceSession(src.source, opts, providers=[provider])
 
 
 def random_feeds(model: onnx.ModelProto, input_shapes: dict[str, list[int]], batch: int = 2,
@@ -96,11 +145,22 @@ def compare_outputs(ref: list[np.ndarray], out: list[np.ndarray], names: list[st
 
 def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, input_shapes: dict[str, list[int]],
            seed: int = 0, run: bool = True) -> Verification:
-    """Check that `pruned` is a valid drop-in replacement for `original` (see module docstring)."""
+    """Check that `pruned` is a valid drop-in replacement for `original` (see module docstring).
+
+    Above the protobuf limit the pruned model is written once to a temporary file, which both the
+    checker (its path form) and the onnxruntime session read.
+    """
+    if not io.too_big(pruned):
+        return _verify(original, pruned, pruned, input_shapes, seed, run)
+    with io.TemporaryModelFile(pruned) as tmp:
+        return _verify(original, pruned, tmp.path, input_shapes, seed, run)
+
+
+def _verify(original: onnx.ModelProto, pruned: onnx.ModelProto, pruned_src: onnx.ModelProto | str,
+            input_shapes: dict[str, list[int]], seed: int, run: bool) -> Verification:
     problems = []
-    try:
-        if pruned.ByteSize() < 2_000_000_000:
-            onnx.checker.check_model(pruned)
+    try:   # the path form reads the graph file and checks that external data stays in its folder
+        onnx.checker.check_model(pruned_src)
     except Exception as exc:
         problems.append(f"onnx.checker: {str(exc).splitlines()[0]}")
     if _io_signature(real_inputs(original)) != _io_signature(real_inputs(pruned)):
@@ -116,7 +176,7 @@ def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, input_shapes: dic
         except Exception as exc:
             return Verification(True, (), {"note": f"original model does not run in onnxruntime: {str(exc).splitlines()[0]}"})
         try:
-            out = session(pruned).run(names, feeds)
+            out = session(pruned_src).run(names, feeds)
         except Exception as exc:
             problems.append(f"pruned model fails in onnxruntime: {str(exc).splitlines()[0][:300]}")
         else:
