@@ -12,7 +12,8 @@ values ``W0`` (ridge anchored at the original weights):
 with ``X~ = [X_S, 1]`` and ``lam = eta * tr(G) / d``. G and H are accumulated batch by batch (X
 is never stored). In *sequential* mode layers are repaired in topological order and each layer's
 inputs come from the network repaired so far, so accumulated error is corrected too.
-Layers with ``d = |S| * kh * kw`` above `max_dim` are skipped (reported).
+Layers with ``d = |S| * kh * kw`` above `max_dim` (default 4608 = 512 * 3 * 3, a 170 MB Gram
+matrix) are skipped (reported).
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def _targets(model: onnx.ModelProto, kept: dict, max_dim: int) -> tuple[list, li
 
 
 def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, np.ndarray], data: CalibData,
-                eta: float = 1e-2, per_image: int = 16, max_dim: int = 4096, seed: int = 0,
+                eta: float = 1e-2, per_image: int = 16, max_dim: int = 4608, seed: int = 0,
                 sequential: bool = True) -> tuple[onnx.ModelProto, list]:
     """Repair every eligible consumer of pruned channels by anchored least squares (module docstring).
 
