@@ -1,6 +1,7 @@
 """The default pipeline against single criteria at a MAC target, on the bundled Fashion-MNIST model.
 
-    python benchmarks/defaults.py
+    python benchmarks/defaults.py               # criteria rows
+    python benchmarks/defaults.py --allocators  # blend with every allocator instead
 
 Prints test accuracy (2000 bundled test images) for l1 with and without recovery, thinet, blend
 with uniform allocation, and the default pipeline (blend + sensitivity + variety), all at
@@ -27,6 +28,9 @@ print("original", accuracy(onnx.load(MODEL), x, y, "input"), flush=True)
 CONFIGS = [("l1", "uniform", "off", False), ("l1", "uniform", "off", True), ("thinet", "uniform", "off", True),
            ("blend", "uniform", "off", True), ("blend", "sensitivity", "cluster", True),
            ("blend", "sensitivity", "cluster", False)]
+if "--allocators" in sys.argv:
+    CONFIGS = [("blend", alloc, "cluster", True)
+               for alloc in ("uniform", "global", "sensitivity", "utilization", "redundancy")]
 for crit, alloc, var, rec in CONFIGS:
     t0 = time.time()
     r = onnxprune.prune(MODEL, criterion=crit, target_macs=0.5, calib=CALIB, allocate=alloc, variety=var, recover=rec)

@@ -98,7 +98,7 @@ class Analysis:
         index = GraphIndex(self.model)
         prunable = {t for g in self.groups if g.prunable for t in g.tensors}
         result = {}
-        for name in prunable:
+        for name in sorted(prunable, key=lambda n: self.tensors[n].base):   # not set order: runs must repeat
             t = self.tensors[name]
             if t.split:
                 continue

@@ -239,6 +239,25 @@ def test_same_inputs_and_seed_give_identical_files(tmp_path):
     assert outs[0] == outs[1]
 
 
+def test_separate_processes_give_identical_files(tmp_path):
+    """No result may depend on Python's per-process string hashing (set iteration order)."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(HERE)
+    outs = []
+    for hash_seed in ("1", "2"):   # thinet drew its samples in set order before (a different file per process)
+        out = tmp_path / f"p{hash_seed}.onnx"
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        done = subprocess.run([sys.executable, "-m", "onnxprune", os.path.join(root, "models", "fmnist_resnet.onnx"),
+                               "--criterion", "thinet", "--calib", os.path.join(root, "calib_data", "fmnist_calib.npz"),
+                               "--calib-samples", "64", "--no-recover", "--target-macs", "0.5", "-o", str(out)],
+                              env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        outs.append(sha(out))
+    assert outs[0] == outs[1]
+
+
 def test_prune_then_bench(tmp_path):
     result = invoke(RESNET, "--criterion", "l1", "--ratio", "0.5", "-o", tmp_path / "p.onnx", "--bench")
     assert result.exit_code == 0, result.output
