@@ -283,3 +283,17 @@ def test_fixed_batch_model_gets_batches_of_its_size(tmp_path):
     np.save(tmp_path / "two.npy", np.zeros((2, 3, 4, 4), np.float32))
     with pytest.raises(OnnxPruneError, match="too few samples"):
         calib_for(model, str(tmp_path / "two.npy"))
+
+
+def test_entropy_survives_large_offsets_and_non_finite_values():
+    """PaddleOCR's detector has channels whose pooled means sit near 3e4 with a float32-sized spread:
+    numpy refused to bin them in float32 ("Too many bins for data range"), failing the default preset."""
+    from onnxprune.criteria.activations import entropy_of
+
+    offset = np.float32(3.0e4) + np.arange(64, dtype=np.float32) * np.float32(0.002)
+    noise = np.random.default_rng(0).standard_normal(64).astype(np.float32)
+    constant = np.full(64, 7.0, np.float32)
+    broken = np.full(64, np.inf, np.float32)
+    ent = entropy_of(np.stack([offset, noise, constant, broken], axis=1))
+    assert np.all(np.isfinite(ent))
+    assert ent[0] > 0 and ent[1] > 0 and ent[2] == 0 and ent[3] == 0

@@ -33,9 +33,13 @@ def entropy_of(pooled: np.ndarray, bins: int = 100) -> np.ndarray:
     """Histogram entropy (nats) of each column of `pooled` ([samples, channels])."""
     out = np.zeros(pooled.shape[1])
     for c in range(pooled.shape[1]):
-        col = pooled[:, c]
+        col = pooled[:, c].astype(np.float64)
+        col = col[np.isfinite(col)]
+        if col.size < 2:
+            continue
         lo, hi = float(col.min()), float(col.max())
-        if hi - lo <= 1e-12 * max(1.0, abs(hi)):
+        # a spread below float32 resolution is a constant channel (and would give numpy bins of zero width)
+        if hi - lo <= 1e-6 * max(1.0, abs(lo), abs(hi)):
             continue
         counts, _ = np.histogram(col, bins=bins, range=(lo, hi))
         p = counts[counts > 0] / counts.sum()
