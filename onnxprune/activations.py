@@ -61,7 +61,8 @@ class ChannelStats:
         pooled = flat.sum(axis=2, dtype=np.float64)
         self.sum += pooled.sum(axis=0)
         if "sumsq" in self.want:
-            self.sumsq += np.square(flat).sum(axis=(0, 2), dtype=np.float64)
+            # squared in float64: float32 squares overflow above 1.8e19 (seen on PaddleOCR's classifier)
+            self.sumsq += np.einsum("ncs,ncs->c", flat, flat, dtype=np.float64)
         if "abs" in self.want or "zeros" in self.want:
             magnitude = np.abs(flat)
             if "abs" in self.want:

@@ -297,3 +297,12 @@ def test_entropy_survives_large_offsets_and_non_finite_values():
     ent = entropy_of(np.stack([offset, noise, constant, broken], axis=1))
     assert np.all(np.isfinite(ent))
     assert ent[0] > 0 and ent[1] > 0 and ent[2] == 0 and ent[3] == 0
+
+
+def test_channel_stats_square_huge_activations_without_overflow():
+    from onnxprune.activations import ChannelStats
+
+    st = ChannelStats(axis=1)
+    x = np.full((2, 3, 4, 4), 1e20, np.float32)
+    st.update(x)
+    assert np.all(np.isfinite(st.sumsq)) and np.allclose(st.sumsq, 32 * 1e40, rtol=1e-6)
