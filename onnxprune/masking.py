@@ -16,7 +16,7 @@ from onnx import helper
 from .evaluate import fidelity_loss
 from .graph import sync_initializer_inputs
 from .groups import Analysis
-from .segments import Walker, submodel
+from .segments import Walker, clean_cuts, submodel
 from .verify import session
 
 MAX_ROWS = 256   # rows (repeated samples) per onnxruntime call: bounds the activations held at once
@@ -138,9 +138,17 @@ class MaskRunner:
 
 
 def group_starts(analysis: Analysis, group_ids) -> dict[int, int]:
-    """The cut before each group's first producer (node index; 0 when a tensor is a graph input)."""
+    """Where each group's suffix sub-model starts: the latest clean cut (segments.clean_cuts) at or
+    before the group's first producer (node index; 0 when a tensor is a graph input)."""
     made = {out: pos for pos, node in enumerate(analysis.model.graph.node) for out in node.output}
-    return {gid: min((made.get(t, 0) for t in analysis.groups[gid].tensors), default=0) for gid in group_ids}
+    clean = clean_cuts(analysis.model)
+    starts = {}
+    for gid in group_ids:
+        cut = min((made.get(t, 0) for t in analysis.groups[gid].tensors), default=0)
+        while not clean[cut]:
+            cut -= 1
+        starts[gid] = cut
+    return starts
 
 
 def suffix_runners(analysis: Analysis, group_ids, feeds: dict[str, np.ndarray]):

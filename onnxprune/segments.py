@@ -18,6 +18,7 @@ from onnx import helper
 from .graph import _subgraph_inputs, sync_initializer_inputs
 
 MEMORY_BUDGET = 3 << 30   # bytes of cached cut tensors a `Walker` may hold before giving up
+BATCH = "__onnxprune_batch__"   # the symbolic batch dim of `batch_major`'s shape inference
 
 
 class OverBudget(Exception):
@@ -54,6 +55,53 @@ def live_sets(model: onnx.ModelProto) -> list[list[str]]:
         current = {t for t in current if last[t] >= cut}
         result.append(sorted(current))
     return result
+
+
+def batch_major(model: onnx.ModelProto) -> set[str]:
+    """Names of the tensors whose first axis is the batch axis of the graph inputs.
+
+    Found by shape inference (with data propagation) after giving every graph input a symbolic
+    first dim. Tensors it cannot resolve are left out: callers treat them as not batch-major,
+    which is the safe side.
+    """
+    from .graph import real_inputs, run_shape_inference, skeleton
+
+    m = skeleton(model)
+    real = {vi.name for vi in real_inputs(model)}
+    for vi in m.graph.input:
+        dims = vi.type.tensor_type.shape.dim
+        if vi.name in real and len(dims):
+            dims[0].Clear()
+            dims[0].dim_param = BATCH
+    for vi in m.graph.output:
+        vi.type.tensor_type.ClearField("shape")
+    del m.graph.value_info[:]
+    try:
+        m = run_shape_inference(m, data_prop=True)
+    except Exception:
+        try:
+            m = run_shape_inference(m, data_prop=False)
+        except Exception:
+            return set()
+    result = set()
+    for vi in list(m.graph.input) + list(m.graph.value_info) + list(m.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) and dims[0].dim_param == BATCH:
+            result.add(vi.name)
+    return result
+
+
+def clean_cuts(model: onnx.ModelProto) -> list[bool]:
+    """For every cut 0..N, whether a sub-model may start there with its inputs batched on axis 0.
+
+    Probes repeat and split their inputs along the first axis, which is right only for batch-major
+    tensors. A cut where anything else is live (a shape computed from the input, e.g. the target of
+    a later Reshape, whose *value* holds the batch size; a tensor whose shape inference failed) is
+    not clean: a probe starting there would feed a stale batch size. Cut 0 (the graph inputs) is
+    always clean.
+    """
+    batched = batch_major(model)
+    return [cut == 0 or all(name in batched for name in live) for cut, live in enumerate(live_sets(model))]
 
 
 def submodel(model: onnx.ModelProto, start: int, stop: int, inputs: dict[str, np.dtype],
