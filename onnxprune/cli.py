@@ -152,11 +152,18 @@ def prune(model, output, criterion, ratio, global_pruning, max_ratio, min_channe
     shapes = parse_input_shapes(input_shape)
     mean, std = parse_floats(mean, "--mean"), parse_floats(std, "--std")
 
+    ratio_given = click.get_current_context().get_parameter_source("ratio") == click.core.ParameterSource.COMMANDLINE
+
     def work():
         from rich.console import Console
 
         from . import io, pipeline, report
 
+        if ratio_given:   # --ratio has a default, so only an explicit one can conflict
+            other = next((flag for flag, value in (("--target-macs", target_macs), ("--target-latency", target_latency),
+                                                   ("--plan", plan)) if value is not None), None)
+            if other:
+                raise OnnxPruneError(f"give --ratio or {other}, not both ({other} decides how much is removed)")
         out = output or model.with_name(model.stem + "_pruned.onnx")
         io.check_output_path(out, [model])
         for extra in (report_path, save_plan, plot_groups):

@@ -231,6 +231,16 @@ def test_option_conflicts_fail_before_any_work(tmp_path):
         onnxprune.prune(RESNET, criterion="l1", target_latency=1.2)
 
 
+@pytest.mark.parametrize("other", [["--target-latency", "0.5"], ["--target-macs", "0.5"], ["--plan", "p.json"]])
+def test_an_explicit_ratio_with_another_amount_is_refused(tmp_path, other):
+    # --ratio has a default; only a --ratio typed by the user conflicts (it used to be ignored silently)
+    out = tmp_path / "p.onnx"
+    result = invoke(RESNET, "--criterion", "l1", "--ratio", "0.3", *other, "-o", out)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"error: give --ratio or {other[0]}, not both ({other[0]} decides how much is removed)"
+    assert not out.exists()
+
+
 @pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="CUDA is available here")
 def test_cuda_without_onnxruntime_gpu_is_one_line():
     result = invoke(RESNET, "--criterion", "l1", "--target-latency", "0.5", "--latency-provider", "cuda")
