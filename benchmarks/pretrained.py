@@ -2,7 +2,8 @@
 
     pip install scikit-image          # benchmark-only dependency (skimage.data photos)
     python benchmarks/pretrained.py [--models cls,det,rec] [--wheel rapidocr_onnxruntime-1.4.4-py3-none-any.whl]
-                                    [--cache DIR] [--runs blend,l1,...] [--json out.json]
+                                    [--cache DIR] [--runs blend,l1,...] [--seeds 0,1,2] [--json out.json]
+    python benchmarks/pretrained.py --markdown out.json      # the tables of docs/benchmarks.md
 
 Models: the PaddleOCR text-direction classifier (cls, 0 vs 180 degrees), text detector (det, DBNet)
 and recogniser (rec, CTC) inside the `rapidocr-onnxruntime` 1.4.4 wheel (Apache-2.0). The .onnx
@@ -11,17 +12,19 @@ never committed; without `--wheel` the wheel is fetched with `pip download --no-
 
 Images: `skimage.data.page()` (a photographed book page) and `skimage.data.text()` (handwritten
 formulas) hold text; other skimage photos are text-free. Calibration crops come from the LEFT half
-of both text photos (augmented: random line/crop, scale, contrast, mirror, rotation by 180 degrees)
-plus text-free photos; evaluation crops come from the RIGHT half of both text photos and from
-photos not used for calibration, so the two sets share no pixels. Preprocessing is PaddleOCR's
-(rapidocr's `resize_norm_img` / `DetPreProcess`): (x/255 - 0.5)/0.5, text crops resized to height
-48 and padded on the right.
+of both text photos (augmented: random line/crop, scale, contrast, mirror; for cls also rotated by
+180 degrees at random) plus text-free photos; evaluation crops come from the RIGHT half of both
+text photos and from photos not used for calibration, so the two sets share no pixels.
+Preprocessing is PaddleOCR's (rapidocr's `resize_norm_img` / `DetPreProcess`): (x/255 - 0.5)/0.5,
+text crops resized to height 48 and padded on the right.
 
 Metrics against the original model on the evaluation set:
   cls  top-1 agreement, accuracy on the known orientation (every crop upright = '0' and rotated by
-       180 degrees = '180')
+       180 degrees = '180'); the original is right on 97% of the page crops but at chance on the
+       handwritten ones, so accuracy is also given on the page crops alone
   det  IoU of the probability maps binarised at 0.3 (PaddleOCR's `thresh`), pooled over images
-       (sum of intersections / sum of unions) and mean per image
+       (sum of intersections / sum of unions), and the mean over images where either model marks
+       text (a false alarm on a text-free photo counts 0)
   rec  CTC-greedy decoded strings equal to the original's, character error rate against the
        original's strings, per-frame argmax agreement (40 frames, blank frames over the padding
        included); on crops of the printed page only
@@ -29,12 +32,13 @@ Metrics against the original model on the evaluation set:
 Runs, every one at `target_macs=0.5` with calibration and recovery: each criterion of
 `onnxprune.criteria.names()` with its default allocation (`blend`: sensitivity + variety, i.e.
 `preset="default"`; the others uniform), `blend` with the uniform/utilization/redundancy
-allocators, and `preset="fast"`. Calibration samples: 512 for cls, 64 for det and rec (a 320-wide
-sample costs 50-70 ms on 2 cores). `ensemble`, `interactions` and `--allocate utilization` score
-random channel masks on a batch of scoring samples: 8 here instead of onnxprune's 64
-(`--mask-samples`), and only on cls (`--mask-models`): on det and rec they would take hours.
-Parameters kept are counted on both models after normalisation (these exports keep their weights
-in Constant nodes). Figures, not assertions.
+allocators, and `preset="fast"`; each with the prune seeds of `--seeds` (calibration subset,
+random choices): metrics are averaged over seeds. Calibration samples: 512 of 640 crops for cls,
+64 of 160 inputs for det and rec (a 320-wide sample costs 50-70 ms on 2 cores). `ensemble`,
+`interactions` and `--allocate utilization` score random channel masks on a batch of scoring
+samples: 8 here instead of onnxprune's 64 (`--mask-samples`), and only on cls (`--mask-models`):
+on det and rec they would take hours. Parameters kept are counted on both models after
+normalisation (these exports keep their weights in Constant nodes). Figures, not assertions.
 """
 
 from __future__ import annotations
@@ -51,7 +55,6 @@ import zipfile
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WHEEL = "rapidocr_onnxruntime-1.4.4-py3-none-any.whl"
 MODELS = {
     "cls": {"file": "ch_ppocr_mobile_v2.0_cls_infer.onnx", "shape": [1, 3, 48, 192]},
@@ -59,8 +62,7 @@ MODELS = {
     "rec": {"file": "ch_PP-OCRv4_rec_infer.onnx", "shape": [1, 3, 48, 320]},
 }
 # Calibration samples per model (scoring + 25% held out). det and rec cost 50-70 ms per 320-wide
-# sample on 2 cores, so they get fewer: the sensitivity allocator alone masks every group at 9
-# ratios on the held-out split.
+# sample on 2 cores, so they get fewer.
 CALIB_SAMPLES = {"cls": 512, "det": 64, "rec": 64}
 # ensemble, interactions and the utilization allocator (which reads the interactions game) run
 # about 4-5 random channel masks per channel (cls: 10,800 / 6,754 masks; det 23,240 / 18,884; rec
@@ -459,6 +461,39 @@ def one_run(onnxprune, path, key, task, calib, samples, seed, target, kwargs, ba
     return out
 
 
+TITLES = {"cls": ["top-1 agreement", "accuracy", "accuracy (page)"],
+          "det": ["IoU pooled", "IoU mean per image", "IoU page", "IoU text()"],
+          "rec": ["CER vs original", "strings equal", "frame agreement"]}
+KEYS = {"cls": ["agreement", "accuracy", "accuracy_page"], "det": ["iou", "iou_mean", "iou_page", "iou_text"],
+        "rec": ["cer", "string_agreement", "frame_agreement"]}
+
+
+def markdown(results: dict) -> str:
+    """The tables of docs/benchmarks.md from a --json file."""
+    out = []
+    for key, model in results["models"].items():
+        keys, titles = KEYS[key], TITLES[key]
+        many = len(results["seeds"]) > 1
+        out.append(f"{key} ({model['file']}, input {','.join(map(str, model['input_shape']))})\n")
+        out.append("| run | MACs kept | params kept | " + f"{titles[0]}{' (min-max)' if many else ''} | "
+                   + " | ".join(titles[1:]) + " | s |")
+        out.append("|---" * (len(titles) + 4) + "|")
+        for row in model["rows"]:
+            if "skipped" in row or "error" in row:
+                why = "not run (mask games: hours on 2 cores)" if "skipped" in row else "fails: " + row["error"][:60]
+                out.append(f"| {row['run']} | {why} |" + " |" * (len(titles) + 2))
+                continue
+            first = f"{row[keys[0]]:.3f}"
+            if many:
+                lo, hi = row[keys[0] + "_range"]
+                first += f" ({lo:.2f}-{hi:.2f})"
+            note = f" (one class: {row['collapsed']}/{len(row['seeds'])})" if row.get("collapsed") else ""
+            out.append(f"| {row['run']} | {row['macs_kept']:.3f} | {row['params_kept']:.3f} | {first}{note} | "
+                       + " | ".join(f"{row[k]:.3f}" for k in keys[1:]) + f" | {row['seconds']:.0f} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="cls,det,rec")
@@ -475,7 +510,12 @@ def main() -> int:
                          "averaged, the first column shows min-max")
     ap.add_argument("--target", type=float, default=0.5, help="fraction of MACs removed (target_macs)")
     ap.add_argument("--json")
+    ap.add_argument("--markdown", metavar="JSON", help="print the markdown tables of a --json file and exit")
     args = ap.parse_args()
+    if args.markdown:
+        with open(args.markdown) as f:
+            print(markdown(json.load(f)))
+        return 0
     _skimage()
 
     import onnx
