@@ -60,9 +60,13 @@ def reestimate_bn(model: onnx.ModelProto, data: CalibData, sweeps: int = 2) -> o
         index = GraphIndex(result)
         for node in [n for n in result.graph.node if n.op_type == "BatchNormalization"]:
             st = stats[node.input[0]]
-            dtype = index.const(node.input[3]).dtype
-            _set_initializer(result, node, 3, st.mean.astype(dtype), names)
-            _set_initializer(result, node, 4, st.var.astype(dtype), names)
+            old_mean, old_var = index.const(node.input[3]), index.const(node.input[4])
+            # a channel whose statistics do not fit the BN's dtype (an input blown up by the pruning)
+            # keeps its old statistics: an inf variance would silence it, a NaN poison the output
+            limit = np.finfo(old_var.dtype).max
+            fits = np.isfinite(st.mean) & np.isfinite(st.var) & (np.abs(st.mean) < limit) & (st.var < limit)
+            _set_initializer(result, node, 3, np.where(fits, st.mean, old_mean).astype(old_mean.dtype), names)
+            _set_initializer(result, node, 4, np.where(fits, st.var, old_var).astype(old_var.dtype), names)
     return result
 
 

@@ -117,6 +117,26 @@ def test_t14_bn_reestimation_matches_empirical_statistics(tmp_path):
     np.testing.assert_allclose(inits[bn.input[4]], st.var, rtol=1e-4, atol=1e-6)
 
 
+def test_bn_reestimation_keeps_statistics_that_overflow_the_dtype(tmp_path):
+    # a blown-up channel (PaddleOCR's detector after pruning): float32 cannot hold its variance
+    model = conv_bn_relu_conv()
+    w1 = next(i for i in model.graph.initializer if i.name == "w1")
+    w = onnx.numpy_helper.to_array(w1).copy()
+    w[0] *= 1e21
+    w1.CopyFrom(onnx.numpy_helper.from_array(w, "w1"))
+    prep, data = calib_for(model, npz_data(tmp_path, n=48), holdout=0.25)
+    with np.errstate(over="raise"):   # no overflow in a cast to float32
+        result = recover.reestimate_bn(prep.analysis.model, data)
+    st = activations.collect(result, {"c1": 1}, data, "score")["c1"]
+    assert st.var[0] > 1e39    # beyond float32
+    bn = next(n for n in result.graph.node if n.op_type == "BatchNormalization")
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in result.graph.initializer}
+    before = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert np.isfinite(inits[bn.input[4]]).all()
+    assert inits[bn.input[4]][0] == before["v"][0] and inits[bn.input[3]][0] == before["m"][0]
+    np.testing.assert_allclose(inits[bn.input[4]][1:], st.var[1:], rtol=1e-4, atol=1e-6)
+
+
 def test_recovery_steps_never_make_holdout_worse(tmp_path):
     import onnxprune
 
