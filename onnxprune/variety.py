@@ -21,8 +21,6 @@ data), and units are compared by ``R_ij = |Pearson(d_i, d_j)|``.
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
-from sklearn.cluster import AgglomerativeClustering
 
 from .graph import GraphIndex
 
@@ -72,6 +70,8 @@ def similarity(desc: np.ndarray) -> np.ndarray:
 def _clusters(sim: np.ndarray, n_clusters: int | None = None, threshold: float | None = None) -> np.ndarray:
     if len(sim) < 2:
         return np.zeros(len(sim), dtype=int)
+    from sklearn.cluster import AgglomerativeClustering   # imported here: sklearn costs ~0.5 s to import
+
     model = AgglomerativeClustering(n_clusters=n_clusters, metric="precomputed", linkage="average",
                                     distance_threshold=threshold)
     return model.fit_predict(np.clip(1.0 - sim, 0.0, None))
@@ -105,6 +105,8 @@ def choose(mode: str, sim: np.ndarray, scores: np.ndarray, n_remove: int, blocke
             removed.append(j)
         return np.array(removed, dtype=int)
     if mode == "soft":
+        from scipy.stats import rankdata   # imported here: scipy.stats costs ~0.4 s to import
+
         off = sim.copy()
         np.fill_diagonal(off, 0.0)
         rarity = 1.0 - off.max(axis=1)

@@ -18,8 +18,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
-from sklearn.cluster import AgglomerativeClustering
 
 from . import REGISTRY, ScoreContext, register
 
@@ -29,6 +27,8 @@ COASSOC = 0.5
 
 def percentile_ranks(scores: np.ndarray) -> np.ndarray:
     """Within-group percentile ranks in [0, 1], ties averaged (higher score -> higher rank)."""
+    from scipy.stats import rankdata   # imported here: scipy.stats costs ~0.4 s to import
+
     if len(scores) < 2:
         return np.ones(len(scores))
     return (rankdata(scores, method="average") - 1.0) / (len(scores) - 1.0)
@@ -51,6 +51,8 @@ def pool(ctx: ScoreContext) -> list[str]:
 def _cluster(distance: np.ndarray, threshold: float) -> np.ndarray:
     if len(distance) < 2:
         return np.zeros(len(distance), dtype=int)
+    from sklearn.cluster import AgglomerativeClustering   # imported here: sklearn costs ~0.5 s to import
+
     model = AgglomerativeClustering(n_clusters=None, metric="precomputed", linkage="average",
                                     distance_threshold=threshold)
     return model.fit_predict(np.clip(distance, 0.0, None))
