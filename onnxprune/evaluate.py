@@ -61,11 +61,28 @@ def compare(reference: list[np.ndarray], outputs: list[np.ndarray], names: list[
             k = min(5, ref.shape[1])
             top5 = np.argsort(-out, axis=1)[:, :k]
             entry["top5_agreement"] = float((top5 == top_ref[:, None]).any(axis=1).mean())
+            entry["classes_predicted"] = [int(len(np.unique(top_ref))), int(len(np.unique(out.argmax(1))))]
             if labels is not None and len(labels) == len(ref):
                 entry["accuracy_original"] = float((top_ref == labels).mean())
                 entry["accuracy"] = float((out.argmax(1) == labels).mean())
         result[name] = entry
     return result
+
+
+def warnings_for(metrics: dict) -> list[str]:
+    """Plain-language warnings about a pruned classifier's held-out metrics (`compare`'s result)."""
+    notes = []
+    for name, entry in metrics.items():
+        before, after = entry.get("classes_predicted", (0, 0))
+        if after == 1 < before:
+            notes.append(f"output '{name}': the pruned model predicts one class for every held-out sample (the "
+                         f"original predicts {before}): pruned too far; try a smaller ratio or target, recovery (on "
+                         "by default with --calib), another criterion (with --calib: mean_act, hrank, blend), or "
+                         "fine-tuning")
+        elif entry.get("top1_agreement", 1.0) < 0.5:
+            notes.append(f"output '{name}': the pruned model agrees with the original on only "
+                         f"{entry['top1_agreement']:.0%} of the held-out samples; try a smaller ratio or target")
+    return notes
 
 
 def evaluate_files(original: str, pruned: str, data: str, samples: int = 100000, batch_size: int = 64,

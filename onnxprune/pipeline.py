@@ -16,7 +16,7 @@ import onnx
 from . import activations, criteria, graph, io, metrics, recover as recovery, rewrite
 from .calib import CalibConfig, CalibData, input_specs
 from .errors import OnnxPruneError
-from .evaluate import compare
+from .evaluate import compare, warnings_for
 from .groups import Analysis, analyse as analyse_groups
 from .masking import MaskRunner
 from .reconstruct import reconstruct
@@ -201,6 +201,9 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
 
     before = metrics.stats(prep.original, an.shapes)
     after = metrics.stats(pruned, graph.infer_shapes(pruned, prep.input_shapes))
+    holdout_metrics = _holdout_metrics(pruned, data, reference) if reference is not None else None
+    if holdout_metrics:
+        ctx.notes.extend(warnings_for(holdout_metrics))
     report = {
         "schema_version": REPORT_SCHEMA,
         "model": prep.source,
@@ -224,7 +227,7 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
         "allocation": allocation,
         "latency_search": latency_search,
         "recovery": steps,
-        "holdout": _holdout_metrics(pruned, data, reference) if reference is not None else None,
+        "holdout": holdout_metrics,
         "calibration": {"path": calib, "samples": data.size("all"), "holdout": data.size("holdout"),
                         "mean": list(mean), "std": list(std), "scale": scale} if data else None,
         "notes": ctx.notes,
