@@ -163,8 +163,12 @@ def render_metrics(outputs: dict, console: Console, title: str) -> None:
 
 def render_eval(metrics: dict, console: Console) -> None:
     """The table of `onnxprune eval`."""
+    from .evaluate import warnings_for
+
     render_metrics(metrics["outputs"], console, f"{os.path.basename(metrics['pruned'])} vs "
                    f"{os.path.basename(metrics['original'])} on {metrics['samples']} samples")
+    for note in warnings_for(metrics["outputs"]):
+        console.print(f"note: {note.replace('held-out sample', 'sample')}", markup=False)
 
 
 def render_sweep(rows: list[dict], console: Console) -> None:

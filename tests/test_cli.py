@@ -274,6 +274,9 @@ def test_a_collapsed_classifier_is_called_out(tmp_path):
     report = json.loads(rep.read_text())
     assert report["holdout"]["logits"]["classes_predicted"] == [10, 1]
     assert any("predicts one class for every held-out sample (the original predicts 10)" in n for n in report["notes"])
+    evaluated = invoke("eval", "models/fmnist_resnet.onnx", tmp_path / "p.onnx", "--data", "calib_data/fmnist_test.npz",
+                       "--samples", "200")
+    assert evaluated.exit_code == 0 and "predicts one class for every sample" in " ".join(evaluated.output.split())
     # with recovery the same pruning is usable and nothing is said
     result = invoke("models/fmnist_resnet.onnx", "--criterion", "l1", "--target-macs", "0.5", "--calib",
                     "calib_data/fmnist_calib.npz", "--calib-samples", "128", "-o", tmp_path / "q.onnx", "--report", rep)
