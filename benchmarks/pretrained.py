@@ -32,9 +32,10 @@ Metrics against the original model on the evaluation set:
 Runs, every one at `target_macs=0.5` with calibration and recovery: each criterion of
 `onnxprune.criteria.names()` with its default allocation (`blend`: sensitivity + variety, i.e.
 `preset="default"`; the others uniform), `blend` with the uniform/utilization/redundancy
-allocators, and `preset="fast"`; each with the prune seeds of `--seeds` (calibration subset,
-random choices): metrics are averaged over seeds. Calibration samples: 512 of 640 crops for cls,
-64 of 160 inputs for det and rec (a 320-wide sample costs 50-70 ms on 2 cores). `ensemble`,
+allocators, `preset="fast"` and `preset="thorough"` (ensemble + searched weights: a mask game, so
+cls only); each with the prune seeds of `--seeds` (calibration subset, random choices): metrics
+are averaged over seeds. Calibration samples: 512 of 640 crops for cls, 64 of 160 inputs for det
+and rec (a 320-wide sample costs 50-70 ms on 2 cores). `ensemble`,
 `interactions` and `--allocate utilization` score random channel masks on a batch of scoring
 samples: 8 here instead of onnxprune's 64 (`--mask-samples`), and only on cls (`--mask-models`):
 on det and rec they would take hours. Parameters kept are counted on both models after
@@ -69,7 +70,7 @@ CALIB_SAMPLES = {"cls": 512, "det": 64, "rec": 64}
 # 25,120 / 24,660), each on a batch of scoring samples (64 in onnxprune). The benchmark lowers
 # that batch to MASK_SAMPLES, leaving calibration statistics and recovery on all samples; on det
 # and rec they stay out even so (hours on 2 cores), unless --mask-models names them.
-MASK_RUNS = ("ensemble", "interactions", "blend+utilization")
+MASK_RUNS = ("ensemble", "interactions", "blend+utilization", "preset thorough")
 MASK_SAMPLES = 8
 MASK_MODELS = "cls"
 DATA_SEED = 0     # the crops and their augmentation; --seeds varies the pruning only
@@ -431,6 +432,7 @@ def run_list(only: list[str] | None) -> list[tuple[str, dict]]:
     for alloc in ("uniform", "utilization", "redundancy"):
         runs.append((f"blend+{alloc}", {"criterion": "blend", "allocate": alloc}))
     runs.append(("preset fast", {"criterion": "blend", "preset": "fast"}))
+    runs.append(("preset thorough", {"criterion": "blend", "preset": "thorough"}))   # + ensemble, searched weights
     if only:
         runs = [r for r in runs if r[0].split(" ")[0] in only or r[0] in only]
     return runs
