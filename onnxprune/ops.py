@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from .graph import attr, set_attr
-from .shapes import _count_escapes, _shape_entry, _shape_follows_input, map_reshape, shape_evaluator
+from .shapes import (_count_escapes, _shape_entry, _shape_follows_input, follows_channel_count, map_reshape,
+                     shape_evaluator)
 
 
 def _norm_axis(axis: int, rank: int) -> int:
@@ -829,6 +830,8 @@ class Resize(Rule):
         pos = self._position(node, x.axis, rank)
         for slot in self._scale_slots(node, an):
             v = an.index.const(node.input[slot])
+            if v is None and slot == 3 and pos is not None and follows_channel_count(node.input[3], pos, an, x):
+                continue   # sizes like Concat(Shape(x)[:2], Shape(skip)[2:]): the count follows x's pruning
             if v is None:
                 an.block(x.name, f"{node.op_type} '{node.name}' has run-time scales or sizes")
                 return
@@ -868,7 +871,7 @@ class Resize(Rule):
         if len(node.input) > 3 and node.input[3]:
             sizes = rw.const(node.input[3])
             pos = self._position(node, rw.channels(node.input[0]).axis, len(rw.shape(node.input[0])))
-            if sizes.size and pos is not None:
+            if sizes is not None and sizes.size and pos is not None:   # run-time sizes follow by themselves
                 sizes = sizes.copy()
                 sizes[pos] = len(keep)
                 rw.set_const(node, 3, sizes)

@@ -38,6 +38,8 @@ def _count_escapes(tensor, pos, x, an, depth) -> str | None:
             found = _count_escapes(user.output[0], pos if op in ("Cast", "Identity") else None, x, an, depth + 1)
         elif (op == "Reshape" and slot == 1 or op == "Slice" and slot in (1, 2)) and an.channels(user.input[0]):
             continue  # the Reshape/Slice rules check that these values follow the channel count
+        elif op == "Resize" and slot == 3 and user.input[0] == x.name:
+            continue  # sizes of x's own resize: the Resize rule checks that they follow x's channel count
         else:
             return f"{op} '{user.name}'"
         if found:
@@ -190,6 +192,72 @@ def shape_evaluator(targets: list[str], an, x):
         return [np.asarray(v).reshape(-1) for v in ReferenceEvaluator(m).run(None, {})]
 
     return evaluate
+
+
+def follows_channel_count(target: str, pos: int, an, x) -> bool:
+    """True when element `pos` of the run-time shape vector `target` is always `x`'s channel count.
+
+    `target` must be computed from Shape reads of statically shaped tensors and constants only
+    (e.g. ``Concat(Shape(x)[:2], Shape(skip)[2:])``, the sizes of ``F.interpolate(x,
+    size=skip.shape[2:])``). The shape subgraph is evaluated with onnx.reference as it is, with
+    one channel fewer in `x` (element `pos` must follow it and no other element may move), and
+    with one channel fewer in every other channel tensor whose shape is read (nothing may move).
+    """
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    if x.split:
+        return False
+    nodes, shape_nodes, stack, seen = [], [], [target], set()
+    while stack:
+        name = stack.pop()
+        if name in seen or not name:
+            continue
+        seen.add(name)
+        if an.index.is_const(name):
+            continue
+        producer = an.index.producer.get(name)
+        if producer is None or producer.op_type not in SHAPE_OPS or producer.domain not in ("", "ai.onnx"):
+            return False
+        if producer.op_type == "Shape":
+            shape = an.shape(producer.input[0])
+            if shape is None or None in shape:
+                return False
+            shape_nodes.append(producer)
+            continue
+        nodes.append(producer)
+        stack.extend(producer.input)
+    order = {id(n): i for i, n in enumerate(an.index.model.graph.node)}
+    nodes.sort(key=lambda n: order[id(n)])
+    consts = [numpy_helper.from_array(an.index.const(c), c) for c in {i for n in nodes for i in n.input
+                                                                     if i and an.index.is_const(i)}]
+
+    def evaluate(fewer: str | None) -> np.ndarray:
+        feeds = []
+        for sn in shape_nodes:
+            shape = list(an.shape(sn.input[0]))
+            t = an.channels(sn.input[0])
+            if sn.input[0] == fewer and t is not None:
+                shape[t.axis] -= 1
+            start, end = attr(sn, "start", 0), attr(sn, "end", None)
+            feeds.append(numpy_helper.from_array(np.array(shape[start:end], dtype=np.int64), sn.output[0]))
+        if not nodes:   # the target is a Shape output itself
+            return numpy_helper.to_array(next(f for f in feeds if f.name == target)).reshape(-1)
+        g = helper.make_graph(nodes, "shape", [], [onnx_value(target)], initializer=feeds + consts)
+        m = helper.make_model(g, opset_imports=list(an.index.model.opset_import),
+                              ir_version=max(an.index.model.ir_version, 4))
+        return np.asarray(ReferenceEvaluator(m).run(None, {})[0]).reshape(-1)
+
+    try:
+        now, smaller = evaluate(None), evaluate(x.name)
+        others = [evaluate(sn.input[0]) for sn in shape_nodes
+                  if sn.input[0] != x.name and an.channels(sn.input[0]) is not None]
+    except Exception:
+        return False
+    if pos >= now.size or now[pos] != x.size or smaller.size != now.size or smaller[pos] != x.size - 1:
+        return False
+    return (np.array_equal(np.delete(now, pos), np.delete(smaller, pos))
+            and all(np.array_equal(o, now) for o in others))
 
 
 def _shape_follows_input(node, an, x, in_shape, pos, repeat, split) -> bool:

@@ -1308,16 +1308,49 @@ def fpn_interpolate_to_size():
     return b.model(X, [b.conv(b.op("Add", [l3, up], "p3"), 8, 4, "head")])
 
 
-def test_fpn_interpolate_to_size_is_safe():
+def test_fpn_interpolate_to_size_prunes_the_laterals():
+    # sizes = Concat(Shape(l4)[:2], Shape(l3)[2:]): the channel entry is l4's own count, so it
+    # follows l4's pruning at run time and the laterals (tied by the Add) can lose channels
     model = fpn_interpolate_to_size()
     g = groups(model)
     assert_prunable(g["c3"], 8)
     assert_prunable(g["c4"], 16)
-    assert_blocked(g["l4"], "Resize", "run-time")
+    assert_prunable(g["l3"], 8)
+    assert set(g["l3"].sources) == {"l3", "l4"}
+    pruned, an, removed = oracle(model, ratios=(0.5, 0.25))
+    assert in_channels(pruned, "head") == kept(an, removed, "p3")
+
+
+def unet_upsample_to_skip(own_count: bool = True):
+    """`torch.cat([F.interpolate(d, size=skip.shape[2:]), skip], 1)` as exported: sizes =
+    Concat(Shape(d)[:2], Shape(skip)[2:]). With `own_count=False` the sizes take the channel
+    count from `skip` instead (a model bug, but the rewrite must not follow it blindly)."""
+    b = B(18)
+    skip = b.relu(b.conv("x", 3, 8, "e1"), "re1")
+    d = b.relu(b.conv(skip, 8, 12, "e2", stride=2), "re2")
+    nc = b.op("Slice", [b.op("Shape", [d if own_count else skip], "shp_d"), b.i64("z", [0]), b.i64("two", [2])], "nc")
+    hw = b.op("Slice", [b.op("Shape", [skip], "shp_s"), b.i64("two2", [2]), b.i64("four", [4])], "hw")
+    if not own_count:   # Shape(skip)[:2] has 8 channels; upsample a tensor with 8 channels too
+        d = b.relu(b.conv(d, 12, 8, "e3", k=1), "re3")
+    up = b.op("Resize", [d, "", "", b.op("Concat", [nc, hw], "sizes", axis=0)], "up", mode="nearest")
+    cat = b.op("Concat", [up, skip], "cat", axis=1)
+    return b.model(X, [b.conv(b.relu(b.conv(cat, 20 if own_count else 16, 8, "d1"), "rd1"), 8, 4, "head")])
+
+
+def test_unet_upsample_to_skip_size_is_prunable():
+    model = unet_upsample_to_skip()
+    g = groups(model)
+    assert_prunable(g["e1"], 8)
+    assert_prunable(g["e2"], 12)     # the resized tensor: its count flows through Shape(d)[:2] only
+    pruned, an, removed = oracle(model, ratios=(0.5, 0.3))
+    assert in_channels(pruned, "d1") == kept(an, removed, "cat")
+
+
+def test_resize_sizes_with_another_tensors_count_stay_blocked():
+    # sizes[1] = skip's channel count, the resized tensor is e3's output: pruning either would
+    # break the Resize, so both stay as they are
+    model = unet_upsample_to_skip(own_count=False)
+    g = groups(model)
+    assert_blocked(g["e3"], "Resize", "run-time")
+    assert not g["e1"].prunable
     oracle(model)
-
-
-@pytest.mark.xfail(strict=True, reason="GAP: Resize sizes computed from Shape(x)[:2] carry x's own channel count, "
-                                       "so they stay right after pruning; the FPN laterals could be pruned")
-def test_fpn_interpolate_to_size_prunable():
-    assert_prunable(groups(fpn_interpolate_to_size())["l3"], 8)
