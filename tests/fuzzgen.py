@@ -9,7 +9,8 @@ bias; BatchNormalization; activations (Relu, LeakyRelu, Sigmoid, HardSigmoid, Ha
 Add/Sub/Max (also x+x, Sum/Mean of three); Concat on channels (also one tensor twice); Split
 (opset-13 split input, opset-11 attribute, equal split; sometimes an unread output); Slice on
 channels (negative/INT64_MAX bounds, with or without axes/steps, sometimes step 2); SE gates;
-Max/AveragePool; nearest Resize by scales (or sizes when the batch is static); channel-wise
+Max/AveragePool; nearest Resize by scales, constant sizes (static batch) or run-time sizes
+(Concat(Shape(x)[:2], [H, W]), sometimes the Shape of another tensor); channel-wise
 constants; Flatten/GlobalAveragePool + Gemm (or MatMul+Add) heads; convs sharing a weight (and
 bias); and, beyond the issue's list, ConvTranspose, channel shuffle, Pad, InstanceNormalization,
 ReduceMean/Max gates and channels-last MatMul. Constants are initializers or, in some graphs,
@@ -463,7 +464,15 @@ def resize(g: _Gen) -> T | None:
     fh, fw = int(rng.choice([1, 2, 2])), int(rng.choice([2, 2, 1]))
     use_sizes = isinstance(g.batch, int) and rng.random() < 0.3
     roi = g.f32(np.zeros(0, dtype=np.float32), "roi") if g.opset < 13 else ""
-    if use_sizes:
+    # run-time sizes as F.interpolate(x, size=...) exports them: Concat(Shape(x)[:2], [H, W]);
+    # sometimes Shape(y)[:2] of another tensor with as many channels (valid, but not x's own count)
+    runtime = not use_sizes and g.opset >= 13 and rng.random() < 0.3
+    if runtime:
+        other = g.pick(lambda t: t.c == x.c and t is not x) if rng.random() < 0.3 else None
+        nc = g.node("Slice", [g.node("Shape", [(other or x).name], "shp"), g.i64([0], "z"), g.i64([2], "two")], "nc")
+        sizes = g.node("Concat", [nc, g.i64([x.h * fh, x.w * fw], "hw")], "sizes", axis=0)
+        ins = [x.name, "", "", sizes]
+    elif use_sizes:
         sizes = g.i64([g.batch, x.c, x.h * fh, x.w * fw], "sizes")
         scales = g.f32(np.zeros(0, dtype=np.float32), "scales") if g.opset < 13 else ""
         ins = [x.name, roi, scales, sizes]
