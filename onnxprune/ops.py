@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from .graph import attr, set_attr
-from .shapes import (_count_escapes, _shape_entry, _shape_follows_input, follows_channel_count, map_reshape,
-                     shape_evaluator)
+from .shapes import (_count_escapes, _shape_entry, _shape_follows_input, follows_channel_count, map_interleaved,
+                     map_reshape, shape_evaluator)
 
 
 def _norm_axis(axis: int, rank: int) -> int:
@@ -729,7 +729,8 @@ class Reshape(Rule):
     """Reshape/Flatten/Squeeze/Unsqueeze, decided from the static shapes.
 
     The channel axis either survives as an axis of the output (same channels), is merged with
-    the axes after it (channel c owns features ``c*R .. c*R+R-1``, as in Flatten -> Gemm), or is
+    the axes after it (channel c owns features ``c*R .. c*R+R-1``, as in Flatten -> Gemm) or,
+    channels last, with the axes before it (features ``p*C + c``, an NHWC flatten), or is
     split into (outer, inner) axes, as the first Reshape of a channel shuffle does. A split keeps
     every outer slice: channel (a, b) is tied to (0, b), so pruning removes the same inner index
     from every outer slice and the shape stays a product. A Reshape's shape constant is rewritten
@@ -748,6 +749,9 @@ class Reshape(Rule):
         if x.split:  # view the split channel axes as one
             in_shape = in_shape[:x.axis] + [x.size] + in_shape[x.axis + 2:]
         mapping = map_reshape(in_shape, x.axis, out_shape)
+        interleaved = mapping is None and not x.split and map_interleaved(in_shape, x.axis, out_shape)
+        if interleaved:   # channels last, merged with the axes before them: channel c owns p*C + c
+            mapping = (interleaved[0], interleaved[1], None)
         if mapping is None:
             an.block(x.name, f"{node.op_type} '{node.name}' mixes the channel axis with others "
                              f"({in_shape} -> {out_shape})")
@@ -769,7 +773,7 @@ class Reshape(Rule):
             an.block(x.name, f"{node.op_type} '{node.name}': output shape unknown")
             return
         idx = np.arange(x.size * repeat)
-        an.tie(x.name, idx // repeat, out, idx)
+        an.tie(x.name, idx % x.size if interleaved else idx // repeat, out, idx)
         if split and split != x.split:
             _, inner = split
             an.tie(out, idx, out, idx % inner)

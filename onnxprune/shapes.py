@@ -101,6 +101,28 @@ def map_reshape(in_shape, axis, out_shape):
     return None
 
 
+def map_interleaved(in_shape, axis, out_shape):
+    """Where channel axis `axis` lands when it is merged with the axes *before* it, as an NHWC
+    flatten ``[N, H, W, C] -> [N, H*W*C]`` does: channel c then owns features ``p*C + c``.
+
+    Returns:
+        ``(out_axis, repeat)`` (p < repeat), or None when the channel axis is not the fastest
+        varying part of one output axis (nothing but size-1 axes after it on either side).
+    """
+    c = in_shape[axis]
+    if int(np.prod(in_shape[axis + 1:], dtype=np.int64)) != 1:
+        return None
+    acc = 1
+    for k, d in enumerate(out_shape):
+        if int(np.prod(out_shape[k + 1:], dtype=np.int64)) == 1:
+            for j in range(axis):
+                merged = int(np.prod(in_shape[j:axis + 1], dtype=np.int64))
+                if int(np.prod(in_shape[:j], dtype=np.int64)) == acc and d == merged and merged > c:
+                    return k, merged // c
+        acc *= d
+    return None
+
+
 def _shape_entry(node, ctx, out_axis):
     """Locate the element of a Reshape's shape input that sets dimension `out_axis`.
 

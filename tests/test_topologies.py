@@ -613,11 +613,34 @@ def test_nhwc_flatten_is_safe():
     oracle(model)
 
 
-@pytest.mark.xfail(strict=True, reason="GAP: an NHWC flatten [1,H,W,C] -> [1,H*W*C] interleaves channels "
-                                       "(channel c owns features p*C + c); map_reshape only knows c*R + s and blocks")
 def test_nhwc_flatten_prunable():
-    g = groups(nhwc(flatten=True))
+    # [1,H,W,C] -> [1,H*W*C] interleaves channels: channel c owns features p*C + c (tf2onnx's
+    # Flatten of a Keras model); the MatMul rows of the removed channels go, every H*W-th row
+    model = nhwc(flatten=True)
+    g = groups(model)
     assert_prunable(g["c1"], 8)
+    pruned, an, removed = oracle(model, ratios=(0.5, 0.25))
+    k = kept(an, removed, "to_nhwc")
+    assert k < 8
+    assert list(weight(pruned, "rs")) == [1, 16 * 16 * k]
+    assert weight(pruned, "fc").shape == (16 * 16 * k, 10)
+    kept_features = an.kept_channels(np.asarray(removed, dtype=np.int64))["rs"]
+    kept_channels = an.kept_channels(np.asarray(removed, dtype=np.int64))["to_nhwc"]
+    assert list(kept_features[:k]) == list(kept_channels)       # pixel 0: the kept channels
+    assert list(kept_features[k:2 * k]) == list(kept_channels + 8)   # pixel 1: the same, one C later
+
+
+@pytest.mark.parametrize("target", [[1, 16, 16 * 8], [16 * 16 * 8]], ids=["merge_w", "merge_all"])
+def test_nhwc_partial_merges(target):
+    b = B(13)
+    h = b.op("Transpose", ["x"], "to_nchw", perm=[0, 3, 1, 2])
+    h = b.relu(b.conv(h, 3, 8, "c0"), "r0")
+    h = b.op("Transpose", [h], "to_nhwc", perm=[0, 2, 3, 1])
+    h = b.op("Reshape", [h, b.i64("shape", target)], "rs")
+    h = b.op("Reshape", [h, b.i64("shape2", [1, 16 * 16 * 8])], "rs2")
+    model = b.model({"x": [1, 16, 16, 3]}, [b.matmul(h, 16 * 16 * 8, 10, "fc")])
+    assert_prunable(groups(model)["c0"], 8)
+    oracle(model, ratios=(0.5, 0.25))
 
 
 # ---- 14. channel shuffle ----------------------------------------------------------------------
