@@ -18,6 +18,7 @@ from .graph import (GraphIndex, copy_without_large, remove_dead, restore_large, 
                     sync_initializer_inputs, unique_name)
 from .groups import Analysis
 from .ops import rule_for
+from .shapes import PASS_THROUGH, pass_through_producer
 
 
 class Rewriter:
@@ -79,6 +80,11 @@ class Rewriter:
                 return self.set_const(node, slot, value)
         for i, inp in enumerate(node.input):
             producer = self.index.producer.get(inp)
+            if producer is not None and name not in producer.input and producer.op_type in PASS_THROUGH:
+                # behind Casts read only along the chain (shapes._shape_entry checked it): change it in place
+                deeper = pass_through_producer(self.index, inp)
+                if deeper is not None and name in deeper.input:
+                    return self.set_const(deeper, list(deeper.input).index(name), value)
             if producer is None or name not in producer.input:
                 continue
             if len(self.index.consumers.get(inp, [])) > 1 or inp in self.index.outputs:

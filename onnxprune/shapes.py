@@ -123,6 +123,28 @@ def map_interleaved(in_shape, axis, out_shape):
     return None
 
 
+PASS_THROUGH = ("Cast", "Identity")   # tf2onnx casts a Reshape's shape to int32 and back
+
+
+def pass_through_producer(index, name):
+    """The producer of `name`, looking through Cast/Identity nodes that nothing else reads."""
+    producer = index.producer.get(name)
+    while (producer is not None and producer.op_type in PASS_THROUGH and producer.input[0]
+           and len(index.consumers.get(producer.input[0], [])) == 1 and producer.input[0] not in index.outputs
+           and not index.is_const(producer.input[0])):
+        producer = index.producer.get(producer.input[0])
+    return producer
+
+
+def _only_read_by_chain(index, name) -> bool:
+    """True when `name` and every Cast/Identity output behind it up to a non-pass-through producer
+    are read once (so a constant changed there changes nothing else), or no Cast is in between."""
+    producer = index.producer.get(name)
+    if producer is None or producer.op_type not in PASS_THROUGH:
+        return True   # no chain: set_const_by_name copies a shared producer itself
+    return len(index.consumers.get(name, [])) == 1 and name not in index.outputs
+
+
 def _shape_entry(node, ctx, out_axis):
     """Locate the element of a Reshape's shape input that sets dimension `out_axis`.
 
@@ -135,8 +157,8 @@ def _shape_entry(node, ctx, out_axis):
     value = ctx.index.const(shape_name)
     if value is not None:
         return (shape_name, out_axis, int(value[out_axis])) if out_axis < value.size else None
-    producer = ctx.index.producer.get(shape_name)
-    if producer is None or producer.op_type != "Concat":
+    producer = pass_through_producer(ctx.index, shape_name)
+    if producer is None or producer.op_type != "Concat" or not _only_read_by_chain(ctx.index, shape_name):
         return None
     offset = 0
     for piece in producer.input:

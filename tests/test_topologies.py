@@ -630,6 +630,40 @@ def test_nhwc_flatten_prunable():
     assert list(kept_features[k:2 * k]) == list(kept_channels + 8)   # pixel 1: the same, one C later
 
 
+def tf2onnx_flatten(shared: bool):
+    """tf2onnx's channels-last Flatten: the target is Cast(Concat(Slice(Cast(Gather(Shape(x),
+    perm))), [H*W*C])); with `shared`, a second Reshape reads the same target."""
+    b = B(19)
+    h = b.relu(b.conv("x", 3, 8, "c0"), "r0")
+    t = b.op("Transpose", [h], "to_nhwc", perm=[0, 2, 3, 1])
+    g = b.op("Gather", [b.op("Shape", [h], "shp"), b.i64("perm", [0, 2, 3, 1])], "g", axis=0)
+    sl = b.op("Slice", [b.op("Cast", [g], "c32", to=6), b.i64("s0", [0]), b.i64("s1", [1]), b.i64("ax", [0])], "sl")
+    cat = b.op("Concat", [sl, b.const("hwc", np.array([16 * 16 * 8], dtype=np.int32))], "cat", axis=0)
+    target = b.op("Cast", [cat], "c64", to=7)
+    out = b.matmul(b.op("Reshape", [t, target], "rs"), 16 * 16 * 8, 10, "fc")
+    outs = [out]
+    if shared:
+        t2 = b.op("Transpose", [b.relu(b.conv("x", 3, 8, "c1"), "r1")], "to_nhwc2", perm=[0, 2, 3, 1])
+        outs.append(b.matmul(b.op("Reshape", [t2, target], "rs2"), 16 * 16 * 8, 10, "fc2"))
+    return b.model(X, outs, out_shapes=[[1, 10]] * len(outs))
+
+
+def test_tf2onnx_flatten_target_behind_casts():
+    model = tf2onnx_flatten(shared=False)
+    assert_prunable(groups(model)["c0"], 8)
+    pruned, an, removed = oracle(model, ratios=(0.5, 0.25))
+    cat = next(n for n in pruned.graph.node if n.op_type == "Concat")
+    assert int(weight(pruned, cat.name, 1)[0]) == 16 * 16 * kept(an, removed, "to_nhwc")
+
+
+def test_tf2onnx_flatten_target_shared_by_two_reshapes_stays_safe():
+    model = tf2onnx_flatten(shared=True)
+    g = groups(model)
+    # one constant sets both targets: pruning one tensor would break the other Reshape
+    assert_blocked(g["c0"], "Reshape 'rs'", "does not follow the channel count")
+    assert_blocked(g["c1"], "Reshape 'rs2'", "does not follow the channel count")
+
+
 @pytest.mark.parametrize("target", [[1, 16, 16 * 8], [16 * 16 * 8]], ids=["merge_w", "merge_all"])
 def test_nhwc_partial_merges(target):
     b = B(13)
