@@ -137,8 +137,9 @@ def pass_through_producer(index, name):
 
 
 def _only_read_by_chain(index, name) -> bool:
-    """True when `name` and every Cast/Identity output behind it up to a non-pass-through producer
-    are read once (so a constant changed there changes nothing else), or no Cast is in between."""
+    """True when no Cast/Identity produces `name`, or when `name` has a single reader: a constant
+    changed behind such a chain then changes nothing else (`pass_through_producer` checks the
+    links further up)."""
     producer = index.producer.get(name)
     if producer is None or producer.op_type not in PASS_THROUGH:
         return True   # no chain: set_const_by_name copies a shared producer itself
@@ -178,16 +179,9 @@ SHAPE_OPS = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Div", "Mul", 
              "Slice", "Identity", "Floor", "Ceil"}
 
 
-def shape_evaluator(targets: list[str], an, x):
-    """A function channels -> values of `targets`, when they are computed only from Shape(x) and constants.
-
-    The small shape subgraph (Shape -> Gather/Div/Concat/... of constants) is evaluated with
-    onnx.reference for a hypothetical channel count of `x`. Returns None when the targets
-    depend on anything else (another tensor's shape, run-time data).
-    """
-    from onnx import helper, numpy_helper
-    from onnx.reference import ReferenceEvaluator
-
+def shape_subgraph(targets: list[str], an, shape_read) -> tuple[list, list] | None:
+    """The nodes computing `targets` from Shape reads and constants, in graph order, and the Shape
+    nodes themselves; None when anything else feeds them or `shape_read(shape_node)` refuses one."""
     nodes, shape_nodes, stack, seen = [], [], list(targets), set()
     while stack:
         name = stack.pop()
@@ -200,20 +194,41 @@ def shape_evaluator(targets: list[str], an, x):
         if producer is None or producer.op_type not in SHAPE_OPS or producer.domain not in ("", "ai.onnx"):
             return None
         if producer.op_type == "Shape":
-            other = an.channels(producer.input[0])
-            if producer.input[0] != x.name:
-                # the shape of another tensor with as many channels: fine if pruning keeps them equal
-                if other is None or other.split or other.size != x.size:
-                    return None
-                an.same_count(other.name, x.name)
+            if not shape_read(producer):
+                return None
             shape_nodes.append(producer)
             continue
         nodes.append(producer)
         stack.extend(producer.input)
-    if not shape_nodes:
-        return None
     order = {id(n): i for i, n in enumerate(an.index.model.graph.node)}
     nodes.sort(key=lambda n: order[id(n)])
+    return nodes, shape_nodes
+
+
+def shape_evaluator(targets: list[str], an, x):
+    """A function channels -> values of `targets`, when they are computed only from Shape(x) and constants.
+
+    The small shape subgraph (Shape -> Gather/Div/Concat/... of constants) is evaluated with
+    onnx.reference for a hypothetical channel count of `x`. Returns None when the targets
+    depend on anything else (another tensor's shape, run-time data).
+    """
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    def shape_read(shape_node) -> bool:
+        if shape_node.input[0] == x.name:
+            return True
+        # the shape of another tensor with as many channels: fine if pruning keeps them equal
+        other = an.channels(shape_node.input[0])
+        if other is None or other.split or other.size != x.size:
+            return False
+        an.same_count(other.name, x.name)
+        return True
+
+    found = shape_subgraph(targets, an, shape_read)
+    if found is None or not found[1]:
+        return None
+    nodes, shape_nodes = found
     outer = x.split[0] if x.split else 1
 
     def evaluate(channels: int) -> list[np.ndarray]:
@@ -252,27 +267,11 @@ def follows_channel_count(target: str, pos: int, an, x) -> bool:
 
     if x.split:
         return False
-    nodes, shape_nodes, stack, seen = [], [], [target], set()
-    while stack:
-        name = stack.pop()
-        if name in seen or not name:
-            continue
-        seen.add(name)
-        if an.index.is_const(name):
-            continue
-        producer = an.index.producer.get(name)
-        if producer is None or producer.op_type not in SHAPE_OPS or producer.domain not in ("", "ai.onnx"):
-            return False
-        if producer.op_type == "Shape":
-            shape = an.shape(producer.input[0])
-            if shape is None or None in shape:
-                return False
-            shape_nodes.append(producer)
-            continue
-        nodes.append(producer)
-        stack.extend(producer.input)
-    order = {id(n): i for i, n in enumerate(an.index.model.graph.node)}
-    nodes.sort(key=lambda n: order[id(n)])
+    found = shape_subgraph([target], an, lambda sn: an.shape(sn.input[0]) is not None
+                           and None not in an.shape(sn.input[0]))
+    if found is None:
+        return False
+    nodes, shape_nodes = found
     consts = [numpy_helper.from_array(an.index.const(c), c) for c in {i for n in nodes for i in n.input
                                                                      if i and an.index.is_const(i)}]
 
