@@ -30,8 +30,8 @@ Metrics against the original model on the evaluation set:
        included); on crops of the printed page only
 
 Runs, every one at `target_macs=0.5` with calibration and recovery: each criterion of
-`onnxprune.criteria.names()` with its default allocation (`blend`: sensitivity + variety, i.e.
-`preset="default"`; the others uniform), `blend` with the uniform/utilization/redundancy
+`onnxprune.criteria.names()` with uniform allocation (`blend`: its defaults, sensitivity +
+variety, i.e. `preset="default"`), `blend` with the uniform/utilization/redundancy
 allocators, `preset="fast"` and `preset="thorough"` (ensemble + searched weights: a mask game, so
 cls only); each with the prune seeds of `--seeds` (calibration subset, random choices): metrics
 are averaged over seeds. Calibration samples: 512 of 640 crops for cls, 64 of 160 inputs for det
@@ -427,14 +427,18 @@ def run_list(only: list[str] | None) -> list[tuple[str, dict]]:
     for name in criteria.names():
         if name == "blend":
             runs.append(("blend (sensitivity) = preset default", {"criterion": "blend", "preset": "default"}))
-        else:
-            runs.append((name, {"criterion": name}))
+        else:   # uniform ratios: the criteria's order alone (with --calib the default is now sensitivity)
+            runs.append((name, {"criterion": name, "allocate": "uniform"}))
     for alloc in ("uniform", "utilization", "redundancy"):
         runs.append((f"blend+{alloc}", {"criterion": "blend", "allocate": alloc}))
     runs.append(("preset fast", {"criterion": "blend", "preset": "fast"}))
     runs.append(("preset thorough", {"criterion": "blend", "preset": "thorough"}))   # + ensemble, searched weights
     if only:
-        runs = [r for r in runs if r[0].split(" ")[0] in only or r[0] in only]
+        known = {r[0] for r in runs}
+        # any other CRITERION+ALLOCATOR label, e.g. mean_act+sensitivity
+        extra = [(label, {"criterion": label.split("+")[0], "allocate": label.split("+")[1]}) for label in only
+                 if "+" in label and label not in known and label.split("+")[0] in criteria.names()]
+        runs = [r for r in runs if r[0].split(" ")[0] in only or r[0] in only] + extra
     return runs
 
 
@@ -501,7 +505,8 @@ def main() -> int:
     ap.add_argument("--models", default="cls,det,rec")
     ap.add_argument("--wheel", help=f"path to {WHEEL} (default: pip download into the cache)")
     ap.add_argument("--cache", default=os.path.join(os.path.expanduser("~"), ".cache", "onnxprune-benchmarks"))
-    ap.add_argument("--runs", help="comma-separated run labels (criterion names, blend+ALLOC, preset); default all")
+    ap.add_argument("--runs", help="comma-separated run labels (criterion names, blend+ALLOC, preset, or any "
+                                   "CRITERION+ALLOC); default all")
     ap.add_argument("--calib-samples", type=int, help="override the per-model calibration sample counts")
     ap.add_argument("--mask-samples", type=int, default=MASK_SAMPLES,
                     help="scoring samples for the mask games of ensemble/interactions/utilization (onnxprune: 64)")

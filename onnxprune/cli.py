@@ -119,7 +119,7 @@ def main():
               help="Fraction of calibration samples held out for accept/reject decisions.")
 @click.option("--recover/--no-recover", default=None, help="Training-free recovery [default: on with --calib].")
 @click.option("--allocate", type=click.Choice(["uniform", "global", "sensitivity", "utilization", "redundancy"]),
-              help="Per-group ratios [default: sensitivity for blend with --calib, else uniform].")
+              help="Per-group ratios [default: sensitivity with --calib, else uniform].")
 @click.option("--target-macs", type=float, help="Fraction of MACs to remove (instead of --ratio), e.g. 0.5.")
 @click.option("--preset", type=click.Choice(["fast", "default", "thorough"]), default="default", show_default=True,
               help="fast: data-free, uniform; default: blend + sensitivity + variety; thorough: + ensemble, searched blend.")

@@ -267,9 +267,9 @@ def test_prune_then_bench(tmp_path):
 def test_a_collapsed_classifier_is_called_out(tmp_path):
     # l1 at half the MACs without recovery: the demo classifier answers one class for everything
     rep = tmp_path / "r.json"
-    result = invoke("models/fmnist_resnet.onnx", "--criterion", "l1", "--target-macs", "0.5", "--calib",
-                    "calib_data/fmnist_calib.npz", "--calib-samples", "128", "--no-recover", "-o", tmp_path / "p.onnx",
-                    "--report", rep)
+    result = invoke("models/fmnist_resnet.onnx", "--criterion", "l1", "--allocate", "uniform", "--target-macs", "0.5",
+                    "--calib", "calib_data/fmnist_calib.npz", "--calib-samples", "128", "--no-recover",
+                    "-o", tmp_path / "p.onnx", "--report", rep)
     assert result.exit_code == 0, result.output
     report = json.loads(rep.read_text())
     assert report["holdout"]["logits"]["classes_predicted"] == [10, 1]
@@ -278,8 +278,9 @@ def test_a_collapsed_classifier_is_called_out(tmp_path):
                        "--samples", "200")
     assert evaluated.exit_code == 0 and "predicts one class for every sample" in " ".join(evaluated.output.split())
     # with recovery the same pruning is usable and nothing is said
-    result = invoke("models/fmnist_resnet.onnx", "--criterion", "l1", "--target-macs", "0.5", "--calib",
-                    "calib_data/fmnist_calib.npz", "--calib-samples", "128", "-o", tmp_path / "q.onnx", "--report", rep)
+    result = invoke("models/fmnist_resnet.onnx", "--criterion", "l1", "--allocate", "uniform", "--target-macs", "0.5",
+                    "--calib", "calib_data/fmnist_calib.npz", "--calib-samples", "128", "-o", tmp_path / "q.onnx",
+                    "--report", rep)
     report = json.loads(rep.read_text())
     assert report["holdout"]["logits"]["classes_predicted"][1] > 1
     assert not any("held-out" in n for n in report["notes"])
