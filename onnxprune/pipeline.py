@@ -104,7 +104,7 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
         holdout: fraction of calibration samples kept apart for accept/reject decisions.
         recover: training-free recovery (default: on when `calib` is given).
         allocate: per-group ratios: "uniform" (or "global" = `global_pruning`), or with `calib`:
-            "sensitivity" (the default for `blend`), "utilization" (SNPFI: groups with weakly
+            "sensitivity" (the default with `calib`), "utilization" (SNPFI: groups with weakly
             interacting filters lose more) or "redundancy" (groups with functional duplicates lose more).
         target_macs: fraction of MACs to remove, instead of `ratio`.
         variety: "cluster", "gate", "soft" or "off" (default: cluster for blend, else off).
