@@ -284,3 +284,16 @@ def test_a_collapsed_classifier_is_called_out(tmp_path):
     report = json.loads(rep.read_text())
     assert report["holdout"]["logits"]["classes_predicted"][1] > 1
     assert not any("held-out" in n for n in report["notes"])
+
+
+@pytest.mark.parametrize("criterion", ["l1", "mean_act"])
+def test_calibration_data_turns_on_sensitivity_allocation_for_every_criterion(tmp_path, criterion):
+    import onnxprune
+
+    with_data = onnxprune.prune("models/fmnist_resnet.onnx", criterion=criterion, target_macs=0.5,
+                                calib="calib_data/fmnist_calib.npz", calib_samples=64, recover=False)
+    assert with_data.report["allocation"]["method"] == "sensitivity"
+    assert with_data.report["allocation"]["curves"]
+    if criterion == "l1":   # data-free criterion without data: uniform ratios
+        without = onnxprune.prune("models/fmnist_resnet.onnx", criterion=criterion, target_macs=0.5)
+        assert without.report["allocation"]["method"] == "uniform"
