@@ -87,7 +87,7 @@ def sensitivity_curves(analysis: Analysis, scores, group_ids, feeds: dict[str, n
     base = float(fidelity_loss(reference, reference, labels))
     cost = {"sample_rows": rows, "full_model_passes": float(rows)}   # the reference run
     curves = {}
-    for gid, runner, cut_feeds in suffix_runners(analysis, group_ids, feeds):
+    for gid, runner, cut_feeds in suffix_runners(analysis, group_ids, feeds, start):
         size = analysis.groups[gid].size
         units = analysis.group_units[gid]
         order = np.argsort(np.where(analysis.unit_blocked[units], np.inf, scores[gid]), kind="stable")

@@ -69,19 +69,19 @@ def compare(reference: list[np.ndarray], outputs: list[np.ndarray], names: list[
     return result
 
 
-def warnings_for(metrics: dict) -> list[str]:
-    """Plain-language warnings about a pruned classifier's held-out metrics (`compare`'s result)."""
+def warnings_for(metrics: dict, samples: str = "held-out samples") -> list[str]:
+    """Plain-language warnings about a pruned classifier's metrics (`compare`'s result) on `samples`."""
     notes = []
     for name, entry in metrics.items():
         before, after = entry.get("classes_predicted", (0, 0))
         if after == 1 < before:
-            notes.append(f"output '{name}': the pruned model predicts one class for every held-out sample (the "
+            notes.append(f"output '{name}': the pruned model predicts one class for every {samples[:-1]} (the "
                          f"original predicts {before}): pruned too far; try a smaller ratio or target, recovery (on "
                          "by default with --calib), another criterion (with --calib: mean_act, hrank, blend), or "
                          "fine-tuning")
         elif entry.get("top1_agreement", 1.0) < 0.5:
             notes.append(f"output '{name}': the pruned model agrees with the original on only "
-                         f"{entry['top1_agreement']:.0%} of the held-out samples; try a smaller ratio or target")
+                         f"{entry['top1_agreement']:.0%} of the {samples}; try a smaller ratio or target")
     return notes
 
 

@@ -266,19 +266,7 @@ def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> 
     Uses onnx shape inference with data propagation; tensors it cannot resolve are filled in by
     one onnxruntime run on zeros when possible.
     """
-    m = skeleton(model)
-    for vi in m.graph.input:
-        if vi.name in input_shapes:
-            dims = vi.type.tensor_type.shape.dim
-            del dims[:]
-            for s in input_shapes[vi.name]:
-                dims.add().dim_value = int(s)
-    for vi in m.graph.output:
-        vi.type.tensor_type.ClearField("shape")
-    try:
-        m = run_shape_inference(m, data_prop=True)
-    except Exception:
-        m = run_shape_inference(m, data_prop=False)
+    m = inferred_skeleton(model, input_shapes)
     shapes: dict[str, list[int | None]] = {}
     for vi in list(m.graph.input) + list(m.graph.value_info) + list(m.graph.output):
         t = vi.type.tensor_type
@@ -292,6 +280,27 @@ def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> 
     if missing:
         shapes.update(_shapes_from_run(model, input_shapes, missing))
     return shapes
+
+
+def inferred_skeleton(model: onnx.ModelProto, input_shapes: dict[str, list[int | str]]) -> onnx.ModelProto:
+    """`skeleton(model)` with the inputs in `input_shapes` given those dims (an int is a size, a
+    str a symbolic dim), after shape inference with data propagation (without, if that fails)."""
+    m = skeleton(model)
+    for vi in m.graph.input:
+        if vi.name in input_shapes:
+            dims = vi.type.tensor_type.shape.dim
+            del dims[:]
+            for s in input_shapes[vi.name]:
+                if isinstance(s, str):
+                    dims.add().dim_param = s
+                else:
+                    dims.add().dim_value = int(s)
+    for vi in m.graph.output:
+        vi.type.tensor_type.ClearField("shape")
+    try:
+        return run_shape_inference(m, data_prop=True)
+    except Exception:
+        return run_shape_inference(m, data_prop=False)
 
 
 def run_shape_inference(model: onnx.ModelProto, data_prop: bool = False) -> onnx.ModelProto:

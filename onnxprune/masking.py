@@ -151,14 +151,14 @@ def group_starts(analysis: Analysis, group_ids) -> dict[int, int]:
     return starts
 
 
-def suffix_runners(analysis: Analysis, group_ids, feeds: dict[str, np.ndarray]):
+def suffix_runners(analysis: Analysis, group_ids, feeds: dict[str, np.ndarray], starts: dict[int, int] | None = None):
     """Yield ``(gid, runner, cut_feeds)`` for each group in node order, for probing one group at a time.
 
     Each runner masks only its group on the suffix sub-model that starts at the cut before the
     group's first producer; `cut_feeds` are the unmasked tensors live at that cut, carried
     forward once through the network (onnxprune/segments.py), so no probe re-runs the prefix.
     """
-    starts = group_starts(analysis, group_ids)
+    starts = starts or group_starts(analysis, group_ids)
     walker = Walker(analysis.model, split_batch(feeds, fixed_batch(analysis.model)))
     for gid in sorted(group_ids, key=lambda g: (starts[g], g)):
         walker.advance(analysis.model, starts[gid])

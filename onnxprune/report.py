@@ -167,8 +167,8 @@ def render_eval(metrics: dict, console: Console) -> None:
 
     render_metrics(metrics["outputs"], console, f"{os.path.basename(metrics['pruned'])} vs "
                    f"{os.path.basename(metrics['original'])} on {metrics['samples']} samples")
-    for note in warnings_for(metrics["outputs"]):
-        console.print(f"note: {note.replace('held-out sample', 'sample')}", markup=False)
+    for note in warnings_for(metrics["outputs"], samples="samples"):
+        console.print(f"note: {note}", markup=False)
 
 
 def render_sweep(rows: list[dict], console: Console) -> None:

@@ -64,25 +64,16 @@ def batch_major(model: onnx.ModelProto) -> set[str]:
     first dim. Tensors it cannot resolve are left out: callers treat them as not batch-major,
     which is the safe side.
     """
-    from .graph import real_inputs, run_shape_inference, skeleton
+    from .graph import inferred_skeleton, real_inputs
 
-    m = skeleton(model)
-    real = {vi.name for vi in real_inputs(model)}
-    for vi in m.graph.input:
-        dims = vi.type.tensor_type.shape.dim
-        if vi.name in real and len(dims):
-            dims[0].Clear()
-            dims[0].dim_param = BATCH
-    for vi in m.graph.output:
-        vi.type.tensor_type.ClearField("shape")
-    del m.graph.value_info[:]
+    # every real input's first dim becomes the symbol; its other dims stay as declared
+    dims = {vi.name: [BATCH] + [d.dim_value if d.HasField("dim_value") else (d.dim_param or f"{vi.name}_{k}")
+                                for k, d in enumerate(vi.type.tensor_type.shape.dim) if k]
+            for vi in real_inputs(model) if len(vi.type.tensor_type.shape.dim)}
     try:
-        m = run_shape_inference(m, data_prop=True)
+        m = inferred_skeleton(model, dims)
     except Exception:
-        try:
-            m = run_shape_inference(m, data_prop=False)
-        except Exception:
-            return set()
+        return set()
     result = set()
     for vi in list(m.graph.input) + list(m.graph.value_info) + list(m.graph.output):
         dims = vi.type.tensor_type.shape.dim

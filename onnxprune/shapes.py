@@ -127,23 +127,17 @@ PASS_THROUGH = ("Cast", "Identity")   # tf2onnx casts a Reshape's shape to int32
 
 
 def pass_through_producer(index, name):
-    """The producer of `name`, looking through Cast/Identity nodes that nothing else reads."""
+    """The producer of `name`, looking through Cast/Identity nodes whose outputs (`name` included)
+    nothing else reads, so a constant changed behind them changes nothing else."""
     producer = index.producer.get(name)
+    if producer is None or producer.op_type not in PASS_THROUGH or len(index.consumers.get(name, [])) != 1 \
+            or name in index.outputs:
+        return producer
     while (producer is not None and producer.op_type in PASS_THROUGH and producer.input[0]
            and len(index.consumers.get(producer.input[0], [])) == 1 and producer.input[0] not in index.outputs
            and not index.is_const(producer.input[0])):
         producer = index.producer.get(producer.input[0])
     return producer
-
-
-def _only_read_by_chain(index, name) -> bool:
-    """True when no Cast/Identity produces `name`, or when `name` has a single reader: a constant
-    changed behind such a chain then changes nothing else (`pass_through_producer` checks the
-    links further up)."""
-    producer = index.producer.get(name)
-    if producer is None or producer.op_type not in PASS_THROUGH:
-        return True   # no chain: set_const_by_name copies a shared producer itself
-    return len(index.consumers.get(name, [])) == 1 and name not in index.outputs
 
 
 def _shape_entry(node, ctx, out_axis):
@@ -159,7 +153,7 @@ def _shape_entry(node, ctx, out_axis):
     if value is not None:
         return (shape_name, out_axis, int(value[out_axis])) if out_axis < value.size else None
     producer = pass_through_producer(ctx.index, shape_name)
-    if producer is None or producer.op_type != "Concat" or not _only_read_by_chain(ctx.index, shape_name):
+    if producer is None or producer.op_type != "Concat":
         return None
     offset = 0
     for piece in producer.input:

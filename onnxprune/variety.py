@@ -105,13 +105,12 @@ def choose(mode: str, sim: np.ndarray, scores: np.ndarray, n_remove: int, blocke
             removed.append(j)
         return np.array(removed, dtype=int)
     if mode == "soft":
-        from scipy.stats import rankdata   # imported here: scipy.stats costs ~0.4 s to import
+        from .criteria.blend import percentile_ranks
 
         off = sim.copy()
         np.fill_diagonal(off, 0.0)
         rarity = 1.0 - off.max(axis=1)
-        r = (rankdata(scores) - 1) / max(size - 1, 1)
-        q = (rankdata(rarity) - 1) / max(size - 1, 1)
+        r, q = percentile_ranks(scores), percentile_ranks(rarity)
         blended = np.where(blocked, np.inf, (1 - SOFT_LAMBDA) * r + SOFT_LAMBDA * q)
         return np.argsort(blended, kind="stable")[:n_remove]
     raise ValueError(mode)
