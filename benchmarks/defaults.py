@@ -2,6 +2,7 @@
 
     python benchmarks/defaults.py               # criteria rows
     python benchmarks/defaults.py --allocators  # blend with every allocator instead
+    python benchmarks/defaults.py --single      # single criteria, uniform vs sensitivity allocation
     python benchmarks/defaults.py --thorough    # also the default blend under --preset thorough
     python benchmarks/defaults.py --full-test   # score on all 10k test images (needs apt's dataset-fashion-mnist)
 
@@ -52,6 +53,9 @@ CONFIGS = [("l1", "uniform", "off", False), ("l1", "uniform", "off", True), ("th
 if "--allocators" in sys.argv:
     CONFIGS = [("blend", alloc, "cluster", True)
                for alloc in ("uniform", "global", "sensitivity", "utilization", "redundancy")]
+if "--single" in sys.argv:   # single criteria, uniform ratios against sensitivity allocation
+    CONFIGS = [(crit, alloc, "off", True) for crit in ("l1", "fpgm", "mean_act", "apoz", "entropy", "hrank", "thinet")
+               for alloc in ("uniform", "sensitivity")]
 PRESETS = ["default"] + (["thorough"] if "--thorough" in sys.argv else [])
 for preset in PRESETS:
     for crit, alloc, var, rec in CONFIGS if preset == "default" else [("blend", "sensitivity", "cluster", True)]:
