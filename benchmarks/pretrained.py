@@ -431,6 +431,8 @@ def run_list(only: list[str] | None) -> list[tuple[str, dict]]:
             runs.append((name, {"criterion": name, "allocate": "uniform"}))
     for alloc in ("uniform", "utilization", "redundancy"):
         runs.append((f"blend+{alloc}", {"criterion": "blend", "allocate": alloc}))
+    # the default without the order check: the uniform blend
+    runs.append(("blend no-order-check", {"criterion": "blend", "preset": "default", "order_check": False}))
     runs.append(("preset fast", {"criterion": "blend", "preset": "fast"}))
     runs.append(("preset thorough", {"criterion": "blend", "preset": "thorough"}))   # + ensemble, searched weights
     if only:
@@ -459,7 +461,8 @@ def one_run(onnxprune, path, key, task, calib, samples, seed, target, kwargs, ba
     out.update(macs_kept=rep["macs_kept"],
                params_kept=metrics.count_params(graph.normalise(result.model)) / base_params,
                valid=bool(rep["verification"] and rep["verification"].get("valid")),
-               recovery=[s["step"] for s in rep["recovery"] if s.get("kept")], notes=rep.get("notes"))
+               recovery=[s["step"] for s in rep["recovery"] if s.get("kept")], notes=rep.get("notes"),
+               holdout=rep.get("holdout"), order_check=(rep.get("allocation") or {}).get("order_check"))
     try:
         out.update(task.metrics(result.model))
     except Exception as exc:   # noqa: BLE001

@@ -125,6 +125,9 @@ def main():
               help="fast: data-free, uniform; default: blend + sensitivity + variety; thorough: + ensemble, searched blend.")
 @click.option("--variety", type=click.Choice(["cluster", "gate", "soft", "off"]),
               help="Keep filter variety when choosing within a group [default: cluster for blend, else off].")
+@click.option("--order-check/--no-order-check", default=None,
+              help="blend with --calib: prune by whichever of the blend and its representative criteria alone "
+                   "loses least on held-out data after cheap recovery [default: on, off with --preset fast].")
 @click.option("--ensemble-mode", type=click.Choice(["group", "joint"]), default="group", show_default=True,
               help="--criterion ensemble: one mask game per group, or one over all units (scores comparable "
                    "across groups; pair with --allocate global).")
@@ -147,7 +150,7 @@ def main():
 def prune(model, output, criterion, ratio, global_pruning, max_ratio, min_channels, round_to, ignore, plan,
           save_plan, input_shape, report_path, show, seed, no_verify, calib, calib_samples, batch_size, mean, std,
           scale, holdout, recover, allocate, target_macs, preset, variety, target_latency, latency_provider,
-          latency_batch, latency_threads, then_bench, plot_groups, ensemble_mode, debug):
+          latency_batch, latency_threads, then_bench, plot_groups, ensemble_mode, order_check, debug):
     """Prune MODEL and write the smaller model."""
     shapes = parse_input_shapes(input_shape)
     mean, std = parse_floats(mean, "--mean"), parse_floats(std, "--std")
@@ -180,7 +183,7 @@ def prune(model, output, criterion, ratio, global_pruning, max_ratio, min_channe
             holdout=holdout, recover=recover, allocate=allocate, target_macs=target_macs, variety=variety,
             preset=preset, target_latency=target_latency, latency_provider=latency_provider.lower(),
             latency_batch=latency_batch, latency_threads=latency_threads, for_speed=then_bench,
-            ensemble_mode=ensemble_mode)
+            ensemble_mode=ensemble_mode, order_check=order_check)
         console = Console()
         report.render_prune(result.report, console, show_groups="groups" in show)
         if result.verification is not None and not result.verification.valid:

@@ -82,7 +82,7 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
           allocate: str | None = None, target_macs: float | None = None, variety: str | None = None,
           preset: str = "default", target_latency: float | None = None, latency_provider: str = "cpu",
           latency_batch: int | None = None, latency_threads: int = 0, for_speed: bool = False,
-          ensemble_mode: str = "group") -> PruneResult:
+          ensemble_mode: str = "group", order_check: bool | None = None) -> PruneResult:
     """Prune a model's channels (the Python form of the `onnxprune` command).
 
     Args:
@@ -119,6 +119,9 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
             budget is an error (nothing is returned), not a best effort.
         ensemble_mode: the `ensemble` criterion's games: "group" (one per group) or "joint" (one
             over every unit; scores share loss units, so global allocation compares them as they are).
+        order_check: with `blend` and calibration data, prune by whichever of the blend and its
+            representatives alone loses least on held-out data at the allocated counts
+            (default: on, except preset "fast").
         for_speed: the result is meant to be faster (the CLI's `--bench`): only makes `round_to`
             default to 8; `target_latency` implies it.
     Returns:
@@ -160,7 +163,8 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
         passes["calibration"] = (data.size("score") if stats else 0) + (data.size("holdout") if reference else 0)
     t = time.perf_counter()
     ctx = criteria.ScoreContext(an, seed=seed, stats=stats, data=data,
-                                options={"ratio": ratio, "preset": preset, "ensemble_mode": ensemble_mode})
+                                options={"ratio": ratio, "preset": preset, "ensemble_mode": ensemble_mode,
+                                         "order_check": preset != "fast" if order_check is None else order_check})
     if data is not None:
         ctx.notes.extend(data.notes)
     if plan is not None:
@@ -406,12 +410,56 @@ class Allocation:
         return plan, skipped, info
 
 
+def _candidate_orders(criterion: str, scores, ctx) -> dict[str, dict]:
+    """The orders the order check compares: the criterion's own first, then, for `blend` with the
+    check on (ctx.options["order_check"]), each representative criterion's ranks alone."""
+    orders = {criterion: scores}
+    summary = ctx.extras.get("blend")
+    if criterion == "blend" and summary and ctx.options.get("order_check"):
+        for name in summary["representatives"]:
+            orders.setdefault(name, ctx.extras["ranks"][name])
+    return orders
+
+
+def _check_orders(allocator: "Allocation", orders: dict[str, dict], target_macs, data: CalibData,
+                  stats: dict) -> dict:
+    """Which order to prune by: the blend or one of its representatives alone (the vertices of the
+    blend's simplex), whichever gives the lowest held-out loss after cheap recovery (criteria.md
+    §5's fitness: the plan at the allocated counts, then mean compensation and least squares).
+    Masked losses without recovery cannot tell the orders apart where recovery does most of the
+    work (PaddleOCR's direction classifier: all within 10%). Switches `allocator.scores` to the
+    best (the blend wins ties) and returns the report entry, with the image passes it cost."""
+    an = allocator.an
+    config, counts, reasons, _ = allocator.counts_for(target_macs)
+    reference = activations.outputs(an.model, data, "holdout")
+    means = {t: st.mean for t, st in stats.items()}
+    losses, passes = {}, data.size("holdout")
+    for name, order in orders.items():
+        plan, _ = select(an, {**allocator.scores, **order}, config, counts=counts, notes=reasons,
+                         chooser=allocator.chooser)
+        removed = plan.removed_units(an)
+        pruned = rewrite.apply(an, removed, means=means)
+        repaired, _ = reconstruct(an.model, pruned, an.kept_channels(removed), data)
+        losses[name] = float(recovery.held_out_loss(repaired, data, reference))
+        passes += 2 * data.size("score") + data.size("holdout")
+    best = min(orders, key=lambda n: (losses[n], n != next(iter(orders))))
+    allocator.scores = {**allocator.scores, **orders[best]}
+    return {"losses": {n: round(v, 6) for n, v in losses.items()}, "chosen": best, "passes": passes}
+
+
 def _allocate(an: Analysis, scores, config: SelectConfig, method, target_macs, criterion, data, ctx,
               chooser=None) -> tuple:
     """Per-group removal counts from the chosen allocator, then the plan."""
     if target_macs is not None and not 0.0 < target_macs < 1.0:
         raise OnnxPruneError(f"--target-macs must be in (0, 1), got {target_macs}")
-    return Allocation(an, scores, config, method, criterion, data, ctx, chooser).plan_for(target_macs)
+    allocator = Allocation(an, scores, config, method, criterion, data, ctx, chooser)
+    orders = _candidate_orders(criterion, scores, ctx)
+    check = (_check_orders(allocator, orders, target_macs, data, ctx.stats)
+             if len(orders) > 1 and data is not None and data.size("holdout") else None)
+    plan, skipped, info = allocator.plan_for(target_macs)
+    if check:
+        info["order_check"] = check
+    return plan, skipped, info
 
 
 def resolve_round_to(round_to: int | None, for_speed: bool) -> tuple[int, str]:
@@ -530,6 +578,8 @@ def _scoring_passes(ctx, criterion: str, allocation: dict) -> dict:
     cost = allocation.get("cost")
     if cost:
         passes["sensitivity"] = cost["full_model_passes"]
+    if allocation.get("order_check"):
+        passes["order_check"] = allocation["order_check"]["passes"]
     return passes
 
 

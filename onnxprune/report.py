@@ -71,6 +71,11 @@ def render_prune(report: dict, console: Console, show_groups: bool = False) -> N
         console.print(f"blend: pool {', '.join(blend['pool'])}; clusters "
                       + " | ".join(", ".join(c) for c in blend["clusters"])
                       + "; weights " + ", ".join(f"{k} {v:.2f}" for k, v in blend["weights"].items()), markup=False)
+    check = (report.get("allocation") or {}).get("order_check")
+    if check:
+        console.print(f"order check (held-out loss after cheap recovery): "
+                      + ", ".join(f"{k} {v:.4g}" for k, v in check["losses"].items())
+                      + f"; pruned by {check['chosen']}", markup=False)
     for step in report.get("recovery") or []:
         if "loss_before" not in step:
             console.print(f"recovery {step['step']}: " + "; ".join(step.get("layers", [])[:3]), markup=False)

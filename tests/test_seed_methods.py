@@ -421,3 +421,42 @@ def test_report_counts_forward_passes_per_stage():
     assert passes["calibration"] == 32                       # statistics on 24 + reference on 8
     assert passes["total"] == pytest.approx(sum(v for k, v in passes.items() if k != "total"), abs=0.5)
     assert 0 < passes["sensitivity"] < len(result.report["allocation"]["curves"]) * 9 * 8
+
+
+def dead_large_model():
+    """convA(3->8) -> Relu -> convB(8->4): channels 0..3 have large weights but a bias of -1000, so
+    they never fire (dead: removing them is exact); channels 4..7 are small and carry the signal."""
+    rng = np.random.default_rng(3)
+    wa = np.concatenate([3.0 * rng.standard_normal((4, 3, 3, 3)),
+                         0.3 * rng.standard_normal((4, 3, 3, 3))]).astype(np.float32)
+    ba = np.array([-1000.0] * 4 + [0.0] * 4, dtype=np.float32)
+    wb = rng.standard_normal((4, 8, 1, 1)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="convA", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["ra"]),
+             helper.make_node("Conv", ["ra", "wb"], ["y"], name="convB")]
+    return make_model(nodes, [tensor("x", ["N", 3, 8, 8])], [tensor("y", ["N", 4, 8, 8])],
+                      {"wa": wa, "ba": ba, "wb": wb})
+
+
+def test_order_check_prunes_by_the_representative_that_loses_least(tmp_path, monkeypatch):
+    import onnxprune
+    from onnxprune.criteria import blend
+
+    # a pool of two opposed criteria: l1 keeps the dead large filters, mean_act removes them, and
+    # their uniform blend ranks the two halves alike
+    monkeypatch.setattr(blend, "pool", lambda ctx: ["l1", "mean_act"])
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.random.default_rng(0).standard_normal((64, 3, 8, 8)).astype(np.float32))
+    rep = onnxprune.prune(dead_large_model(), criterion="blend", ratio=0.5, calib=str(path),
+                          allocate="uniform", variety="off").report
+    check = rep["allocation"]["order_check"]
+    assert set(check["losses"]) == {"blend", "l1", "mean_act"}
+    assert check["chosen"] == min(check["losses"], key=check["losses"].get) == "mean_act"
+    assert check["losses"]["mean_act"] < 1e-6 < check["losses"]["l1"]
+    assert rep["holdout"]["y"]["rel_sq_error"] < 1e-6          # the dead filters went
+    assert rep["forward_passes"]["order_check"] == check["passes"] > 0
+    off = onnxprune.prune(dead_large_model(), criterion="blend", ratio=0.5, calib=str(path),
+                          allocate="uniform", variety="off", order_check=False).report
+    assert "order_check" not in off["allocation"]
+    fast = onnxprune.prune(dead_large_model(), criterion="blend", ratio=0.5, calib=str(path), preset="fast").report
+    assert "order_check" not in fast["allocation"]
