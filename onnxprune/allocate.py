@@ -126,19 +126,33 @@ def sensitivity_counts(analysis: Analysis, scores, config: SelectConfig, macs: M
     cap = {gid: min(config.max_ratio, 1.0 - min(config.min_channels, analysis.groups[gid].size)
                     / analysis.groups[gid].size) for gid in gids}
 
+    def count_at(gid, lvl):
+        return int(math.floor(steps[lvl] * analysis.groups[gid].size + 1e-9))
+
     def counts_now():
-        return {gid: int(math.floor(steps[level[gid]] * analysis.groups[gid].size + 1e-9)) for gid in gids}
+        return {gid: count_at(gid, level[gid]) for gid in gids}
 
     def removed_fraction(counts):
         return 1.0 - macs.macs(removed_by(analysis, scores, counts)) / macs.total
 
+    def step_up(gid):
+        """The next grid level that removes more of `gid` (None when none is allowed): in a group
+        of fewer than 10 channels some steps remove no more channels than the one before."""
+        lvl = level[gid] + 1
+        while lvl < len(steps) and steps[lvl] <= cap[gid] + 1e-9:
+            if count_at(gid, lvl) > count_at(gid, level[gid]):
+                return lvl
+            lvl += 1
+        return None
+
     def gained(gid):
         """Extra fraction of MACs removed if `gid` went one step up (None when it cannot)."""
-        if level[gid] + 1 >= len(steps) or steps[level[gid] + 1] > cap[gid] + 1e-9:
+        up = step_up(gid)
+        if up is None:
             return None
-        level[gid] += 1
+        old, level[gid] = level[gid], up
         frac = removed_fraction(counts_now())
-        level[gid] -= 1
+        level[gid] = old
         return frac - current
 
     # what raising a group gains changes only when a group sharing a counted node with it moves,
@@ -152,13 +166,13 @@ def sensitivity_counts(analysis: Analysis, scores, config: SelectConfig, macs: M
             d_macs = gain_of[gid]
             if d_macs is None:
                 continue
-            d_loss = max(curves[gid][steps[level[gid] + 1]] - curves[gid][steps[level[gid]]], 0.0)
+            d_loss = max(curves[gid][steps[step_up(gid)]] - curves[gid][steps[level[gid]]], 0.0)
             gain = d_macs / (d_loss + 1e-8)
             if d_macs > 0 and gain > best_gain:
                 best, best_gain = gid, gain
         if best is None:
             break
-        level[best] += 1
+        level[best] = step_up(best)
         current = removed_fraction(counts_now())
         for gid in neighbours[best]:
             gain_of[gid] = gained(gid)

@@ -29,18 +29,23 @@ def plain_greedy(an, scores, config, macs, target, curves):
     current = removed(counts())
     while current < target:
         best, best_gain = None, -1.0
+        up = {}
         for g in gids:
-            if level[g] + 1 >= len(steps) or steps[level[g] + 1] > cap[g] + 1e-9:
+            now = counts()[g]
+            # the next grid step that removes more channels (small groups skip steps that do not)
+            up[g] = next((lv for lv in range(level[g] + 1, len(steps)) if steps[lv] <= cap[g] + 1e-9
+                          and math.floor(steps[lv] * an.groups[g].size + 1e-9) > now), None)
+            if up[g] is None:
                 continue
-            level[g] += 1
+            old, level[g] = level[g], up[g]
             frac = removed(counts())
-            level[g] -= 1
-            d_loss = max(curves[g][steps[level[g] + 1]] - curves[g][steps[level[g]]], 0.0)
+            level[g] = old
+            d_loss = max(curves[g][steps[up[g]]] - curves[g][steps[level[g]]], 0.0)
             if frac > current and (frac - current) / (d_loss + 1e-8) > best_gain:
                 best, best_gain = g, (frac - current) / (d_loss + 1e-8)
         if best is None:
             break
-        level[best] += 1
+        level[best] = up[best]
         current = removed(counts())
     return counts()
 
@@ -57,3 +62,17 @@ def test_incremental_greedy_equals_the_plain_one(name, target):
     config = SelectConfig(max_ratio=0.8)
     counts, _ = al.sensitivity_counts(an, scores, config, macs, target, curves)
     assert counts == plain_greedy(an, scores, config, macs, target, curves)
+
+
+def test_groups_of_fewer_than_ten_channels_reach_the_budget():
+    """A grid step of 0.1 removes no channel of an 8-channel group: the greedy must step over it
+    (it used to stop there and remove nothing at all)."""
+    from test_seed_methods import dead_large_half_model
+
+    an = prepare(dead_large_half_model()).analysis
+    scores = criteria.score("l1", criteria.ScoreContext(an))
+    curves = {g.id: {r: r for r in (0.0,) + al.GRID} for g in an.groups if g.prunable}
+    assert [an.groups[g].size for g in curves] == [8]
+    counts, reasons = al.sensitivity_counts(an, scores, SelectConfig(), MacModel(an), 0.5, curves)
+    assert list(counts.values()) == [4]
+    assert counts == plain_greedy(an, scores, SelectConfig(), MacModel(an), 0.5, curves)

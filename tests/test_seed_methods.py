@@ -423,7 +423,7 @@ def test_report_counts_forward_passes_per_stage():
     assert 0 < passes["sensitivity"] < len(result.report["allocation"]["curves"]) * 9 * 8
 
 
-def dead_large_model():
+def dead_large_half_model():
     """convA(3->8) -> Relu -> convB(8->4): channels 0..3 have large weights but a bias of -1000, so
     they never fire (dead: removing them is exact); channels 4..7 are small and carry the signal."""
     rng = np.random.default_rng(3)
@@ -447,7 +447,7 @@ def test_order_check_prunes_by_the_representative_that_loses_least(tmp_path, mon
     monkeypatch.setattr(blend, "pool", lambda ctx: ["l1", "mean_act"])
     path = tmp_path / "d.npz"
     np.savez(path, x=np.random.default_rng(0).standard_normal((64, 3, 8, 8)).astype(np.float32))
-    rep = onnxprune.prune(dead_large_model(), criterion="blend", ratio=0.5, calib=str(path),
+    rep = onnxprune.prune(dead_large_half_model(), criterion="blend", ratio=0.5, calib=str(path),
                           allocate="uniform", variety="off").report
     check = rep["allocation"]["order_check"]
     assert set(check["losses"]) == {"blend", "l1", "mean_act"}
@@ -455,8 +455,15 @@ def test_order_check_prunes_by_the_representative_that_loses_least(tmp_path, mon
     assert check["losses"]["mean_act"] < 1e-6 < check["losses"]["l1"]
     assert rep["holdout"]["y"]["rel_sq_error"] < 1e-6          # the dead filters went
     assert rep["forward_passes"]["order_check"] == check["passes"] > 0
-    off = onnxprune.prune(dead_large_model(), criterion="blend", ratio=0.5, calib=str(path),
+    # with the sensitivity allocator the winner is probed again for counts of its own
+    sens = onnxprune.prune(dead_large_half_model(), criterion="blend", ratio=0.5, calib=str(path),
+                           variety="off").report
+    check = sens["allocation"]["order_check"]
+    assert check["chosen"] == "mean_act" and "own_counts" in check
+    assert sens["holdout"]["y"]["rel_sq_error"] < 1e-6
+    assert sens["forward_passes"]["order_check"] == check["passes"] > rep["forward_passes"]["order_check"]
+    off = onnxprune.prune(dead_large_half_model(), criterion="blend", ratio=0.5, calib=str(path),
                           allocate="uniform", variety="off", order_check=False).report
     assert "order_check" not in off["allocation"]
-    fast = onnxprune.prune(dead_large_model(), criterion="blend", ratio=0.5, calib=str(path), preset="fast").report
+    fast = onnxprune.prune(dead_large_half_model(), criterion="blend", ratio=0.5, calib=str(path), preset="fast").report
     assert "order_check" not in fast["allocation"]
