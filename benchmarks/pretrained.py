@@ -31,10 +31,13 @@ Metrics against the original model on the evaluation set:
 
 Runs, every one at `target_macs=0.5` with calibration and recovery: each criterion of
 `onnxprune.criteria.names()` with uniform allocation (`blend`: its defaults, sensitivity +
-variety, i.e. `preset="default"`), `blend` with the uniform/utilization/redundancy
-allocators, `preset="fast"` and `preset="thorough"` (ensemble + searched weights: a mask game, so
-cls only); each with the prune seeds of `--seeds` (calibration subset, random choices): metrics
-are averaged over seeds. Calibration samples: 512 of 640 crops for cls, 64 of 160 inputs for det
+variety + order check, i.e. `preset="default"`), `blend no-order-check` (the default without
+the order check), `blend` with the uniform/utilization/redundancy allocators, `preset="fast"` and
+`preset="thorough"` (ensemble + searched weights: a mask game, so cls only); each with the prune
+seeds of `--seeds`: metrics are averaged over seeds. A seed changes the random choices only
+(`random`, thinet's image sample, variety's clustering, verification inputs), not the
+calibration set: onnxprune takes the first rows of a .npz, so deterministic criteria give the
+same result for every seed. Calibration samples: 512 of 640 crops for cls, 64 of 160 inputs for det
 and rec (a 320-wide sample costs 50-70 ms on 2 cores). `ensemble`,
 `interactions` and `--allocate utilization` score random channel masks on a batch of scoring
 samples: 8 here instead of onnxprune's 64 (`--mask-samples`), and only on cls (`--mask-models`):
@@ -516,7 +519,8 @@ def main() -> int:
     ap.add_argument("--mask-models", default=MASK_MODELS,
                     help="models on which the mask-game runs (%s) are run at all" % ", ".join(MASK_RUNS))
     ap.add_argument("--seeds", default="0,1,2",
-                    help="prune seeds (calibration subset, random criteria, verification inputs); metrics are "
+                    help="prune seeds (random criteria, thinet's sample, variety, verification inputs; not the "
+                         "calibration set); metrics are "
                          "averaged, the first column shows min-max")
     ap.add_argument("--target", type=float, default=0.5, help="fraction of MACs removed (target_macs)")
     ap.add_argument("--json")

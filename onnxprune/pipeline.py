@@ -120,8 +120,9 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
         ensemble_mode: the `ensemble` criterion's games: "group" (one per group) or "joint" (one
             over every unit; scores share loss units, so global allocation compares them as they are).
         order_check: with `blend` and calibration data, prune by whichever of the blend and its
-            representatives alone loses least on held-out data at the allocated counts
-            (default: on, except preset "fast").
+            representatives alone loses least on held-out data after cheap recovery at the
+            allocated counts (default: on, except preset "fast"; not with `target_latency`,
+            whose search would repeat it for every budget).
         for_speed: the result is meant to be faster (the CLI's `--bench`): only makes `round_to`
             default to 8; `target_latency` implies it.
     Returns:

@@ -20,6 +20,8 @@ data), and units are compared by ``R_ij = |Pearson(d_i, d_j)|``.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from .graph import GraphIndex
@@ -60,7 +62,8 @@ def _to_units(analysis, gid, tensor, per_channel, size):
 
 def similarity(desc: np.ndarray) -> np.ndarray:
     """|Pearson| between rows; constant rows are similar to nothing."""
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # one sample: "degrees of freedom <= 0"
         r = np.abs(np.corrcoef(desc))
     r = np.nan_to_num(r, nan=0.0)
     np.fill_diagonal(r, 1.0)
