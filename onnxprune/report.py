@@ -73,7 +73,8 @@ def render_prune(report: dict, console: Console, show_groups: bool = False) -> N
                       + "; weights " + ", ".join(f"{k} {v:.2f}" for k, v in blend["weights"].items()), markup=False)
     check = (report.get("allocation") or {}).get("order_check")
     if check:
-        console.print(f"order check (held-out loss after cheap recovery): "
+        after = " after cheap recovery" if check.get("recovery") != "none" else ", no recovery"
+        console.print(f"order check (held-out loss{after}): "
                       + ", ".join(f"{k} {v:.4g}" for k, v in check["losses"].items())
                       + f"; pruned by {check['chosen']}", markup=False)
     for step in report.get("recovery") or []:

@@ -460,6 +460,12 @@ def test_order_check_prunes_by_the_representative_that_loses_least(tmp_path, mon
                            variety="off").report
     assert sens["allocation"]["order_check"]["chosen"] == "mean_act"
     assert sens["holdout"]["y"]["rel_sq_error"] < 1e-6 and sens["macs_kept"] <= 0.5 + 1e-6
+    # without recovery the check compares the pruned models as they are
+    bare = onnxprune.prune(dead_large_half_model(), criterion="blend", ratio=0.5, calib=str(path),
+                           allocate="uniform", variety="off", recover=False).report
+    check = bare["allocation"]["order_check"]
+    assert check["recovery"] == "none" and check["chosen"] == "mean_act"
+    assert check["passes"] < rep["allocation"]["order_check"]["passes"]
     off = onnxprune.prune(dead_large_half_model(), criterion="blend", ratio=0.5, calib=str(path),
                           allocate="uniform", variety="off", order_check=False).report
     assert "order_check" not in off["allocation"]
