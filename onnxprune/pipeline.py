@@ -439,10 +439,10 @@ def _check_orders(allocator: "Allocation", orders: dict[str, dict], target_macs,
     reference = activations.outputs(an.model, data, "holdout")
     means = {t: st.mean for t, st in stats.items()}
     passes = data.size("holdout")
+    config, counts, reasons, _ = allocator.counts_for(target_macs)   # the same counts for every order
 
     def loss_of(scores) -> float:
         nonlocal passes
-        config, counts, reasons, _ = allocator.counts_for(target_macs)
         plan, _ = select(an, scores, config, counts=counts, notes=reasons, chooser=allocator.chooser)
         removed = plan.removed_units(an)
         passes += data.size("holdout")
