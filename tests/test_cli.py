@@ -297,3 +297,16 @@ def test_calibration_data_turns_on_sensitivity_allocation_for_every_criterion(tm
     if criterion == "l1":   # data-free criterion without data: uniform ratios
         without = onnxprune.prune("models/fmnist_resnet.onnx", criterion=criterion, target_macs=0.5)
         assert without.report["allocation"]["method"] == "uniform"
+
+
+def test_order_check_line_and_no_order_check_flag(tmp_path):
+    rep = tmp_path / "r.json"
+    common = ("models/fmnist_resnet.onnx", "--target-macs", "0.5", "--calib", "calib_data/fmnist_calib.npz",
+              "--calib-samples", "64")
+    result = invoke(*common, "-o", tmp_path / "a.onnx", "--report", rep)
+    assert result.exit_code == 0, result.output
+    check = json.loads(rep.read_text())["allocation"]["order_check"]
+    assert check["chosen"] in check["losses"] and "blend" in check["losses"]
+    assert "order check (held-out loss after cheap recovery)" in " ".join(result.output.split())
+    assert invoke(*common, "--no-order-check", "-o", tmp_path / "b.onnx", "--report", rep).exit_code == 0
+    assert "order_check" not in json.loads(rep.read_text())["allocation"]
