@@ -5,7 +5,8 @@
   grid 0.1..0.9, mask the group's lowest-scored units only and record the held-out loss
   increase ``dL_l(rho)``. Starting from nothing removed, repeatedly raise by one grid step the
   group with the largest ``dMACs / (max(dL_l(next) - dL_l(now), 0) + 1e-8)`` until the MACs
-  removed reach the target. A step that lowers the loss is free.
+  removed reach the target. A step that lowers the loss is free; a step that removes no more
+  channels (0.1 of a group of fewer than 10) is stepped over.
 The MAC target is `target_macs` (fraction of MACs to remove), or else the MACs a uniform `ratio`
 would remove, so `--ratio` and the sensitivity allocator spend the same budget differently.
 """
