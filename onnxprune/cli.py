@@ -122,7 +122,8 @@ def main():
               help="Per-group ratios [default: sensitivity with --calib, else uniform].")
 @click.option("--target-macs", type=float, help="Fraction of MACs to remove (instead of --ratio), e.g. 0.5.")
 @click.option("--preset", type=click.Choice(["fast", "default", "thorough"]), default="default", show_default=True,
-              help="fast: data-free, uniform; default: blend + sensitivity + variety; thorough: + ensemble, searched blend.")
+              help="fast: data-free, uniform; default: blend + sensitivity + variety + order check; thorough: + ensemble, "
+                   "searched blend.")
 @click.option("--variety", type=click.Choice(["cluster", "gate", "soft", "off"]),
               help="Keep filter variety when choosing within a group [default: cluster for blend, else off].")
 @click.option("--order-check/--no-order-check", default=None,

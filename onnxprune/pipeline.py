@@ -109,8 +109,8 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
         target_macs: fraction of MACs to remove, instead of `ratio`.
         variety: "cluster", "gate", "soft" or "off" (default: cluster for blend, else off).
         preset: "fast" (data-free blend, uniform ratios, no variety), "default" (criteria.md §10:
-            blend with activation criteria, sensitivity allocation, variety) or "thorough" (adds
-            the ensemble criterion to the pool and searches the blend weights).
+            blend with activation criteria, sensitivity allocation, variety, order check) or
+            "thorough" (adds the ensemble criterion to the pool and searches the blend weights).
         target_latency: a latency ratio in (0, 1) to reach instead of `ratio`/`target_macs`: the
             smallest MAC budget whose pruned model runs in at most this fraction of the original's
             latency, measured on `latency_provider` ("cpu", "cuda") at `latency_batch` (None: the
