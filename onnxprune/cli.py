@@ -99,8 +99,9 @@ def main():
 @click.option("--min-channels", type=click.IntRange(min=1), default=1, show_default=True,
               help="Channels every group keeps at least.")
 @click.option("--round-to", type=click.IntRange(min=1), default=None,
-              help="Round kept channel counts up to a multiple of N [default: 8 with --target-latency or --bench "
-                   "(widths that are multiples of 8 run faster on CPU), else 1].")
+              help="Round kept channel counts up to a multiple of N [default with --target-latency or --bench: 16 "
+                   "on the CPU provider of an AVX-512 CPU, else 8 (multiples of onnxruntime's channel blocks run "
+                   "faster); else 1].")
 @click.option("--ignore", multiple=True, metavar="PATTERN", help="Leave groups of matching node names alone (fnmatch).")
 @click.option("--plan", "plan", type=click.Path(path_type=Path), help="Apply a saved plan instead of scoring.")
 @click.option("--save-plan", type=click.Path(path_type=Path), help="Write the plan (kept channels per group) as JSON.")

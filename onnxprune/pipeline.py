@@ -26,7 +26,8 @@ from .verify import Verification, verify as verify_model
 
 REPORT_SCHEMA = 1
 BLEND_FITNESS_SAMPLES = 128   # held-out images behind each fitness evaluation of the blend search
-SPEED_ROUND_TO = 8   # the --round-to default when pruning for speed (resolve_round_to)
+SPEED_ROUND_TO = 8        # the --round-to default when pruning for speed (resolve_round_to) ...
+SPEED_ROUND_TO_AVX512 = 16   # ... on the CPU provider of a CPU with AVX-512 (onnxruntime's NCHWc blocks of 16)
 
 
 @dataclass
@@ -90,8 +91,9 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
         criterion: a name from `onnxprune.criteria.names()`.
         ratio: fraction of channels removed in each prunable group, in [0, 1).
         global_pruning: one threshold across groups on group-normalised scores.
-        max_ratio, min_channels, round_to: per-group limits (see `select`); `round_to` None means
-            8 when pruning for speed (`target_latency` or `for_speed`), else 1 (`resolve_round_to`).
+        max_ratio, min_channels, round_to: per-group limits (see `select`); `round_to` None means,
+            when pruning for speed (`target_latency` or `for_speed`), 16 on the CPU provider of an
+            AVX-512 CPU and 8 elsewhere, else 1 (`resolve_round_to`).
         ignore: fnmatch patterns of node names whose groups are left alone.
         plan: a plan JSON to apply instead of scoring and selecting.
         save_plan: write the plan used to this JSON file.
@@ -131,8 +133,8 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
         OnnxPruneError: bad input, nothing to prune, or a latency target that cannot be measured
             (provider missing) or reached.
     """
-    round_to, round_to_source = resolve_round_to(round_to, for_speed or target_latency is not None)
     latency_provider = str(latency_provider).lower()
+    round_to, round_to_source = resolve_round_to(round_to, for_speed or target_latency is not None, latency_provider)
     if target_latency is not None:
         _check_latency_options(target_latency, target_macs, plan, latency_provider, latency_batch, latency_threads)
     timings = {}
@@ -476,20 +478,37 @@ def _allocate(an: Analysis, scores, config: SelectConfig, method, target_macs, c
     return plan, skipped, info
 
 
-def resolve_round_to(round_to: int | None, for_speed: bool) -> tuple[int, str]:
-    """The `round_to` in effect and where it comes from: as given, else 8 when pruning for speed
-    (a latency target, or the result is benchmarked), else 1.
+def resolve_round_to(round_to: int | None, for_speed: bool, provider: str = "cpu") -> tuple[int, str]:
+    """The `round_to` in effect and where it comes from: as given, else, when pruning for speed (a
+    latency target, or the result is benchmarked), 16 on the CPU provider of a CPU with AVX-512
+    and 8 elsewhere, else 1.
 
-    Why 8: on onnxruntime's CPU provider, convs whose channel counts are not multiples of 8 fall
-    off the blocked NCHWc kernels (FusedConv plus layout reorders): MobileNetV2 at ratio 0.3 kept
-    52% of the MACs with odd widths and was no faster (0.89-0.98x), 1.25-1.5x faster with 8
-    (docs/bench.md). When speed is not the goal, exact ratios (1) are the better default.
+    Why: onnxruntime's CPU provider runs convs in a blocked NCHWc layout whose block is 8 channels
+    with AVX2 and 16 with AVX-512; convs whose channel counts are not multiples of the block fall
+    off those kernels. MobileNetV2 at ratio 0.3 kept 52% of the MACs with odd widths and was no
+    faster (0.89-0.98x), 1.25-1.5x faster with 8; on this AVX-512 machine 16 beat 8 outright at
+    ratio 0.7 (MobileNetV2 12.1 vs 13.6 ms, ResNet-18 45.5 vs 47.6 ms at batch 8, one thread)
+    while keeping more channels (docs/bench.md). GPUs: multiples of 8 suit fp16 tensor cores.
+    When speed is not the goal, exact ratios (1) are the better default.
     """
     if round_to is not None:
         if round_to < 1:
             raise OnnxPruneError(f"--round-to must be at least 1, got {round_to}")
         return int(round_to), "given"
-    return (SPEED_ROUND_TO, "default when pruning for speed") if for_speed else (1, "default")
+    if not for_speed:
+        return 1, "default"
+    if provider == "cpu" and cpu_has_avx512():
+        return SPEED_ROUND_TO_AVX512, "default when pruning for speed on an AVX-512 CPU"
+    return SPEED_ROUND_TO, "default when pruning for speed"
+
+
+def cpu_has_avx512() -> bool:
+    """Whether this CPU has AVX-512F (read from /proc/cpuinfo; False where that file is missing)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " avx512f" in line for line in f)
+    except OSError:
+        return False
 
 
 def _check_latency_options(target, target_macs, plan, provider, batch, threads) -> None:

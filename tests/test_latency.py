@@ -251,11 +251,32 @@ def test_cuda_without_onnxruntime_gpu_is_one_line():
 
 # --- --round-to default ----------------------------------------------------------------------------
 
-def test_round_to_default_resolution():
+REAL_CPU_HAS_AVX512 = pipeline.cpu_has_avx512
+
+
+@pytest.fixture(autouse=True)
+def no_avx512(monkeypatch):
+    """The speed default of --round-to depends on the CPU (16 with AVX-512, else 8): the tests
+    here assume a CPU without AVX-512 unless they say otherwise."""
+    monkeypatch.setattr(pipeline, "cpu_has_avx512", lambda: False)
+
+
+def test_round_to_default_resolution(monkeypatch):
     assert pipeline.resolve_round_to(None, for_speed=False) == (1, "default")
     assert pipeline.resolve_round_to(None, for_speed=True) == (8, "default when pruning for speed")
     assert pipeline.resolve_round_to(4, for_speed=True) == (4, "given")
     assert pipeline.resolve_round_to(1, for_speed=True) == (1, "given")
+    # AVX-512: onnxruntime's CPU kernels block channels by 16; other providers keep 8
+    monkeypatch.setattr(pipeline, "cpu_has_avx512", lambda: True)
+    assert pipeline.resolve_round_to(None, for_speed=True) == (16, "default when pruning for speed on an AVX-512 CPU")
+    assert pipeline.resolve_round_to(None, for_speed=True, provider="cuda") == (8, "default when pruning for speed")
+    assert pipeline.resolve_round_to(None, for_speed=False) == (1, "default")
+    assert pipeline.resolve_round_to(1, for_speed=True) == (1, "given")
+
+
+def test_cpu_has_avx512_reads_the_cpu_flags():
+    flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "")
+    assert REAL_CPU_HAS_AVX512() == (" avx512f" in flags)
 
 
 def test_round_to_default_in_reports(fake_meter, tmp_path):
