@@ -125,8 +125,8 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
             representatives alone loses least on held-out data after cheap recovery at the
             allocated counts (default: on, except preset "fast"; not with `target_latency`,
             whose search would repeat it for every budget).
-        for_speed: the result is meant to be faster (the CLI's `--bench`): only makes `round_to`
-            default to 8; `target_latency` implies it.
+        for_speed: the result is meant to be faster (the CLI's `--bench`): only changes the
+            `round_to` default (see `resolve_round_to`); `target_latency` implies it.
     Returns:
         A `PruneResult`; `report` holds the numbers shown by the CLI.
     Raises:
@@ -167,8 +167,7 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
     t = time.perf_counter()
     ctx = criteria.ScoreContext(an, seed=seed, stats=stats, data=data,
                                 options={"ratio": ratio, "preset": preset, "ensemble_mode": ensemble_mode,
-                                         "order_check": preset != "fast" if order_check is None else order_check,
-                                         "recover": recover})
+                                         "order_check": preset != "fast" if order_check is None else order_check})
     if data is not None:
         ctx.notes.extend(data.notes)
     if plan is not None:
@@ -183,7 +182,7 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
             meter = Meter(prep.source if isinstance(model_or_path, (str, os.PathLike)) else prep.original,
                           latency_provider, latency_batch, latency_threads, input_shape, log=ctx.notes.append)
         chosen, skipped, allocation = _score_and_select(ctx, criterion, config, allocate, target_macs, variety,
-                                                        target_latency, meter)
+                                                        target_latency, meter, reference, recover)
     latency_search = allocation.pop("latency_search", None)
     timings["score_select"] = time.perf_counter() - t
     passes.update(_scoring_passes(ctx, criterion, allocation))
@@ -246,8 +245,10 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
 
 
 def _score_and_select(ctx, criterion: str, config: SelectConfig, allocate, target_macs, variety: str,
-                      target_latency: float | None = None, meter=None) -> tuple:
+                      target_latency: float | None = None, meter=None, reference=None, recover: bool = True) -> tuple:
     """Score every prunable group with `criterion`, allocate per-group counts, choose the units.
+
+    `reference` (the original's held-out outputs) and `recover` are what the order check needs.
 
     With `target_latency`, the MAC budget is searched (`onnxprune.latency`), timing candidates with
     `meter`; the search is returned as ``allocation["latency_search"]``.
@@ -261,7 +262,7 @@ def _score_and_select(ctx, criterion: str, config: SelectConfig, allocate, targe
     chooser = _variety_chooser(an, ctx.stats, variety) if variety != "off" else None
     if target_latency is None:
         chosen, skipped, allocation = _allocate(an, scores, config, allocate, target_macs, criterion, data, ctx,
-                                                chooser)
+                                                chooser, reference, recover)
     else:
         allocator = Allocation(an, scores, config, allocate, criterion, data, ctx, chooser)
         chosen, skipped, allocation = _latency_select(an, allocator, target_latency, meter)
@@ -426,7 +427,7 @@ def _candidate_orders(criterion: str, scores, ctx) -> dict[str, dict]:
 
 
 def _check_orders(allocator: "Allocation", orders: dict[str, dict], target_macs, data: CalibData,
-                  stats: dict, recover: bool = True) -> dict:
+                  stats: dict, reference: list, recover: bool) -> dict:
     """Which order to prune by: the blend or one of its representatives alone (the vertices of the
     blend's simplex), whichever gives the lowest held-out loss after cheap recovery (criteria.md
     §5's fitness: the plan at the allocated counts, then mean compensation and least squares).
@@ -438,9 +439,8 @@ def _check_orders(allocator: "Allocation", orders: dict[str, dict], target_macs,
     Switches `allocator.scores` to the winner and returns the report entry, with the image passes
     it cost."""
     an = allocator.an
-    reference = activations.outputs(an.model, data, "holdout")
     means = {t: st.mean for t, st in stats.items()}
-    passes = data.size("holdout")
+    passes = 0
     config, counts, reasons, _ = allocator.counts_for(target_macs)   # the same counts for every order
 
     def loss_of(scores) -> float:
@@ -464,14 +464,14 @@ def _check_orders(allocator: "Allocation", orders: dict[str, dict], target_macs,
 
 
 def _allocate(an: Analysis, scores, config: SelectConfig, method, target_macs, criterion, data, ctx,
-              chooser=None) -> tuple:
-    """Per-group removal counts from the chosen allocator, then the plan."""
+              chooser=None, reference=None, recover: bool = True) -> tuple:
+    """Per-group removal counts from the chosen allocator (and the order check), then the plan."""
     if target_macs is not None and not 0.0 < target_macs < 1.0:
         raise OnnxPruneError(f"--target-macs must be in (0, 1), got {target_macs}")
     allocator = Allocation(an, scores, config, method, criterion, data, ctx, chooser)
     orders = _candidate_orders(criterion, scores, ctx)
-    check = (_check_orders(allocator, orders, target_macs, data, ctx.stats, ctx.options.get("recover", True))
-             if len(orders) > 1 and data is not None and data.size("holdout") else None)
+    check = (_check_orders(allocator, orders, target_macs, data, ctx.stats, reference, recover)
+             if len(orders) > 1 and reference is not None else None)
     plan, skipped, info = allocator.plan_for(target_macs)
     if check:
         info["order_check"] = check
