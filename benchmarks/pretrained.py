@@ -440,9 +440,10 @@ def run_list(only: list[str] | None) -> list[tuple[str, dict]]:
     runs.append(("preset thorough", {"criterion": "blend", "preset": "thorough"}))   # + ensemble, searched weights
     if only:
         known = {r[0] for r in runs}
-        # any other CRITERION+ALLOCATOR label, e.g. mean_act+sensitivity
-        extra = [(label, {"criterion": label.split("+")[0], "allocate": label.split("+")[1]}) for label in only
-                 if "+" in label and label not in known and label.split("+")[0] in criteria.names()]
+        # any other CRITERION+ALLOCATOR[+VARIETY] label, e.g. mean_act+sensitivity or blend+sensitivity+off
+        extra = [(label, {"criterion": parts[0], "allocate": parts[1], **({"variety": parts[2]} if len(parts) > 2 else {})})
+                 for label, parts in ((label, label.split("+")) for label in only)
+                 if len(parts) > 1 and label not in known and parts[0] in criteria.names()]
         runs = [r for r in runs if r[0].split(" ")[0] in only or r[0] in only] + extra
     return runs
 
@@ -512,7 +513,7 @@ def main() -> int:
     ap.add_argument("--wheel", help=f"path to {WHEEL} (default: pip download into the cache)")
     ap.add_argument("--cache", default=os.path.join(os.path.expanduser("~"), ".cache", "onnxprune-benchmarks"))
     ap.add_argument("--runs", help="comma-separated run labels (criterion names, blend+ALLOC, preset, or any "
-                                   "CRITERION+ALLOC); default all")
+                                   "CRITERION+ALLOC[+VARIETY]); default all")
     ap.add_argument("--calib-samples", type=int, help="override the per-model calibration sample counts")
     ap.add_argument("--mask-samples", type=int, default=MASK_SAMPLES,
                     help="scoring samples for the mask games of ensemble/interactions/utilization (onnxprune: 64)")

@@ -11,7 +11,8 @@ Steps, in order:
    ``c_o = mu_T - a_o mu_S``: ``W_o <- a_o W_o``, ``b_o <- a_o b_o + c_o`` (T: original network,
    S: pruned network, pre-activation statistics on the scoring split).
 The fidelity loss (evaluate.fidelity_loss) is measured on the held-out split after each step.
-Least-squares reconstruction of consumer weights (§9.3) is not implemented yet.
+Least-squares reconstruction of consumer weights (§9.3) lives in reconstruct.py; the pipeline
+(`pipeline._recover`) runs it between mean compensation and BN re-estimation.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from onnx import numpy_helper
 from . import activations
 from .calib import CalibData
 from .evaluate import fidelity_loss
-from .graph import GraphIndex, unique_name
+from .graph import GraphIndex, remove_dead, unique_name
 
 
 def held_out_loss(model: onnx.ModelProto, data: CalibData, reference: list[np.ndarray]) -> float:
@@ -67,6 +68,7 @@ def reestimate_bn(model: onnx.ModelProto, data: CalibData, sweeps: int = 2) -> o
             fits = np.isfinite(st.mean) & np.isfinite(st.var) & (np.abs(st.mean) < limit) & (st.var < limit)
             _set_initializer(result, node, 3, np.where(fits, st.mean, old_mean).astype(old_mean.dtype), names)
             _set_initializer(result, node, 4, np.where(fits, st.var, old_var).astype(old_var.dtype), names)
+    remove_dead(result)    # the replaced statistics would otherwise stay in the file, unread
     return result
 
 
@@ -123,6 +125,7 @@ def match_moments(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict
         else:
             new_bias = a * base + c
         _set_initializer(result, node, 2, new_bias.astype(w.dtype), names)
+    remove_dead(result)    # the replaced weights and biases would otherwise stay in the file, unread
     return result, teacher_stats
 
 

@@ -137,6 +137,23 @@ def test_bn_reestimation_keeps_statistics_that_overflow_the_dtype(tmp_path):
     np.testing.assert_allclose(inits[bn.input[4]][1:], st.var[1:], rtol=1e-4, atol=1e-6)
 
 
+def test_bn_reestimation_and_moment_matching_leave_no_stale_weights(tmp_path):
+    # each replaces initializers; the replaced ones must not stay in the file (PaddleOCR det after
+    # moment matching had 1.12x the original's parameters)
+    from onnxprune.metrics import count_params
+
+    prep, data = calib_for(conv_bn_relu_conv(), npz_data(tmp_path, n=48), holdout=0.25)
+    an = prep.analysis
+    gid = next(g.id for g in an.groups if g.prunable)
+    removed = an.group_units[gid][:3]
+    pruned = rewrite.apply(an, removed)
+    matched, _ = recover.match_moments(an.model, pruned, an.kept_channels(removed), data)
+    for before, after in ((an.model, recover.reestimate_bn(an.model, data)), (pruned, matched)):
+        read = {i for n in after.graph.node for i in n.input}
+        assert all(i.name in read for i in after.graph.initializer)
+        assert count_params(after) == count_params(before)
+
+
 def test_recovery_steps_never_make_holdout_worse(tmp_path):
     import onnxprune
 
