@@ -76,7 +76,9 @@ def render_prune(report: dict, console: Console, show_groups: bool = False) -> N
         after = " after cheap recovery" if check.get("recovery") != "none" else ", no recovery"
         console.print(f"order check (held-out loss{after}): "
                       + ", ".join(f"{k} {v:.4g}" for k, v in check["losses"].items())
-                      + f"; pruned by {check['chosen']}", markup=False)
+                      + f"; pruned by {check['chosen']}"
+                      + (", variety off" if check.get("variety") == "off" and any(
+                          k.endswith(" with variety") for k in check["losses"]) else ""), markup=False)
     for step in report.get("recovery") or []:
         if "loss_before" not in step:
             console.print(f"recovery {step['step']}: " + "; ".join(step.get("layers", [])[:3]), markup=False)

@@ -471,3 +471,29 @@ def test_order_check_prunes_by_the_representative_that_loses_least(tmp_path, mon
     assert "order_check" not in off["allocation"]
     fast = onnxprune.prune(dead_large_half_model(), criterion="blend", ratio=0.5, calib=str(path), preset="fast").report
     assert "order_check" not in fast["allocation"]
+
+
+def test_order_check_drops_a_defaulted_variety_that_hurts(tmp_path, monkeypatch):
+    import onnxprune
+    from onnxprune.criteria import blend
+
+    # the dead filters' activations are constant, so the cluster wrapper sees four singletons
+    # ("rare filters") and keeps them, removing live filters instead; without it mean_act removes
+    # exactly the dead ones
+    monkeypatch.setattr(blend, "pool", lambda ctx: ["l1", "mean_act"])
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.random.default_rng(0).standard_normal((64, 3, 8, 8)).astype(np.float32))
+    asked = onnxprune.prune(dead_large_half_model(), criterion="blend", ratio=0.5, calib=str(path),
+                            allocate="uniform", variety="cluster").report
+    assert asked["allocation"]["variety"] == "cluster"                 # asked for: kept, not questioned
+    assert asked["allocation"]["order_check"]["variety"] == "kept"
+    assert not any("with variety" in k for k in asked["allocation"]["order_check"]["losses"])
+    assert asked["holdout"]["y"]["rel_sq_error"] > 1e-2
+    default = onnxprune.prune(dead_large_half_model(), criterion="blend", ratio=0.5, calib=str(path),
+                              allocate="uniform").report
+    check = default["allocation"]["order_check"]
+    assert check["chosen"] == "mean_act" and check["losses"]["mean_act"] < 1e-6
+    assert check["variety"] == "off" and default["allocation"]["variety"] == "off (order check)"
+    assert check["losses"]["mean_act with variety"] > 1e-2
+    assert default["holdout"]["y"]["rel_sq_error"] < 1e-6
+    assert check["passes"] > asked["allocation"]["order_check"]["passes"]
