@@ -497,3 +497,36 @@ def test_order_check_drops_a_defaulted_variety_that_hurts(tmp_path, monkeypatch)
     assert check["losses"]["mean_act with variety"] > 1e-2
     assert default["holdout"]["y"]["rel_sq_error"] < 1e-6
     assert check["passes"] > asked["allocation"]["order_check"]["passes"]
+
+
+def duplicated_half_model():
+    """convA(3->8) -> Relu -> convB(8->4): channels 0..3 are one large filter four times over,
+    channels 4..7 smaller distinct filters; convB reads every channel."""
+    rng = np.random.default_rng(5)
+    big = rng.standard_normal((1, 3, 3, 3))
+    wa = np.concatenate([np.repeat(big, 4, axis=0), 0.5 * rng.standard_normal((4, 3, 3, 3))]).astype(np.float32)
+    wb = rng.standard_normal((4, 8, 1, 1)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["a"], name="convA", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["ra"]),
+             helper.make_node("Conv", ["ra", "wb"], ["y"], name="convB")]
+    return make_model(nodes, [tensor("x", ["N", 3, 8, 8])], [tensor("y", ["N", 4, 8, 8])], {"wa": wa, "wb": wb})
+
+
+def test_order_check_keeps_a_defaulted_variety_that_helps(tmp_path, monkeypatch):
+    import onnxprune
+    from onnxprune.criteria import blend
+
+    # every criterion keeps the four copies (large) and removes the distinct filters; the cluster
+    # wrapper removes copies instead, which recovery folds back into the one kept
+    monkeypatch.setattr(blend, "pool", lambda ctx: ["l1", "mean_act"])
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.random.default_rng(0).standard_normal((64, 3, 8, 8)).astype(np.float32))
+    rep = onnxprune.prune(duplicated_half_model(), criterion="blend", ratio=0.5, calib=str(path),
+                          allocate="uniform").report
+    check = rep["allocation"]["order_check"]
+    label = f"{check['chosen']} with variety"
+    assert check["losses"][label] < 0.5 * check["losses"][check["chosen"]]
+    assert check["variety"] == "kept" and rep["allocation"]["variety"] == "cluster"
+    off = onnxprune.prune(duplicated_half_model(), criterion="blend", ratio=0.5, calib=str(path),
+                          allocate="uniform", variety="off").report
+    assert rep["holdout"]["y"]["rel_sq_error"] < 0.5 * off["holdout"]["y"]["rel_sq_error"]
