@@ -109,7 +109,9 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
             "sensitivity" (the default with `calib`), "utilization" (SNPFI: groups with weakly
             interacting filters lose more) or "redundancy" (groups with functional duplicates lose more).
         target_macs: fraction of MACs to remove, instead of `ratio`.
-        variety: "cluster", "gate", "soft" or "off" (default: cluster for blend, else off).
+        variety: "cluster", "gate", "soft" or "off" (default: cluster for blend, else off; a
+            defaulted one is questioned by the order check, which turns it off where it does not
+            lower the held-out loss).
         preset: "fast" (data-free blend, uniform ratios, no variety), "default" (criteria.md §10:
             blend with activation criteria, sensitivity allocation, variety, order check) or
             "thorough" (adds the ensemble criterion to the pool and searches the blend weights).
@@ -155,7 +157,7 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
     if preset == "fast":
         allocate, variety = allocate or "uniform", variety or "off"
     # a defaulted variety is the order check's to question; one the user asked for is kept as given
-    ctx_variety_given = variety is not None
+    variety_given = variety is not None
     variety = variety or ("cluster" if criterion == "blend" else "off")
     if recover and not calib:
         raise OnnxPruneError("--recover needs calibration data: give --calib PATH")
@@ -170,7 +172,7 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
     ctx = criteria.ScoreContext(an, seed=seed, stats=stats, data=data,
                                 options={"ratio": ratio, "preset": preset, "ensemble_mode": ensemble_mode,
                                          "order_check": preset != "fast" if order_check is None else order_check,
-                                         "variety_given": ctx_variety_given})
+                                         "variety_given": variety_given})
     if data is not None:
         ctx.notes.extend(data.notes)
     if plan is not None:
