@@ -61,11 +61,20 @@ def _to_units(analysis, gid, tensor, per_channel, size):
 
 
 def similarity(desc: np.ndarray) -> np.ndarray:
-    """|Pearson| between rows; constant rows are similar to nothing."""
+    """|Pearson| between rows; constant rows are similar to each other (1) and to nothing else (0).
+
+    Constant rows are channels that never change on the data (dead after a ReLU, saturated): all
+    of them do the same thing, which mean compensation folds into the consumer's bias exactly.
+    Scored as similar to nothing they were "rare filters" to the cluster wrapper, each kept in a
+    cluster of its own while live channels went (PaddleOCR's recogniser has a group with 28 dead
+    channels of 60)."""
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)   # one sample: "degrees of freedom <= 0"
         r = np.abs(np.corrcoef(desc))
     r = np.nan_to_num(r, nan=0.0)
+    constant = np.ptp(desc, axis=1) <= 1e-7 * max(float(np.abs(desc).max(initial=0.0)), 1e-30) if desc.size else \
+        np.ones(len(desc), dtype=bool)
+    r[np.ix_(constant, constant)] = 1.0
     np.fill_diagonal(r, 1.0)
     return r
 

@@ -271,6 +271,21 @@ def test_t7_variety_cluster_keeps_singletons_and_one_member_per_cluster():
             assert survivors == [members[np.argmax(scores[members])]]
 
 
+def test_variety_treats_constant_channels_as_one_cluster():
+    from onnxprune.variety import choose, similarity
+
+    # three dead channels (constant signatures, one of them nonzero: a saturated unit) and three
+    # live, distinct ones: the dead ones are alike (one function: a constant, which mean
+    # compensation folds into the bias), so the wrapper removes them before any live channel
+    rng = np.random.default_rng(0)
+    desc = np.concatenate([np.zeros((2, 32)), np.full((1, 32), 0.7), rng.standard_normal((3, 32))])
+    sim = similarity(desc)
+    assert np.all(sim[:3, :3] == 1.0) and np.all(sim[:3, 3:] == 0.0)
+    scores = np.array([0.9, 0.8, 0.7, 0.1, 0.2, 0.3])     # even a criterion that ranks them high
+    removed = set(choose("cluster", sim, scores, 2, np.zeros(6, dtype=bool)).tolist())
+    assert removed <= {0, 1, 2} and len(removed) == 2
+
+
 def test_t8_searched_blend_is_never_worse_than_the_best_single_criterion():
     from onnxprune.criteria.blend import evolve
 
@@ -477,9 +492,8 @@ def test_order_check_drops_a_defaulted_variety_that_hurts(tmp_path, monkeypatch)
     import onnxprune
     from onnxprune.criteria import blend
 
-    # the dead filters' activations are constant, so the cluster wrapper sees four singletons
-    # ("rare filters") and keeps them, removing live filters instead; without it mean_act removes
-    # exactly the dead ones
+    # the dead filters' activations are constant: one cluster, of which the wrapper keeps one,
+    # so a live filter goes too; without it mean_act removes exactly the dead ones
     monkeypatch.setattr(blend, "pool", lambda ctx: ["l1", "mean_act"])
     path = tmp_path / "d.npz"
     np.savez(path, x=np.random.default_rng(0).standard_normal((64, 3, 8, 8)).astype(np.float32))
