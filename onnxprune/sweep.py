@@ -65,7 +65,7 @@ def sweep(model_path: str, ratios: list[float], criterion: str = "l1", calib: Ca
         removed = plan.removed_units(an)
         pruned = rewrite.apply(an, removed)
         if reference is not None and len(removed):
-            pruned, _ = _recover(an, removed, pruned, data, stats, reference)
+            pruned, _, _ = _recover(an, removed, pruned, data, stats, reference)
         macs = metrics.MacModel(an).macs(removed)
         kept = {gp.group: len(gp.keep) for gp in plan.groups}
         row = {"ratio": ratio, "macs_kept": macs / base.macs if base.macs else 1.0,
