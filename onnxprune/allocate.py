@@ -6,7 +6,9 @@
   increase ``dL_l(rho)``. Starting from nothing removed, repeatedly raise by one grid step the
   group with the largest ``dMACs / (max(dL_l(next) - dL_l(now), 0) + 1e-8)`` until the MACs
   removed reach the target. A step that lowers the loss is free; a step that removes no more
-  channels (0.1 of a group of fewer than 10) is stepped over.
+  channels (0.1 of a group of fewer than 10, or a step that `round_to` rounds away) is stepped over.
+Counts are taken as `select` applies them (`limit_removal`), so a `--round-to` does not leave the
+budget short.
 The MAC target is `target_macs` (fraction of MACs to remove), or else the MACs a uniform `ratio`
 would remove, so `--ratio` and the sensitivity allocator spend the same budget differently.
 """
@@ -21,7 +23,7 @@ from .evaluate import fidelity_loss
 from .groups import Analysis
 from .masking import fixed_batch, group_starts, outputs_of, suffix_runners
 from .metrics import MacModel
-from .select import SelectConfig, select
+from .select import SelectConfig, limit_removal, select
 
 GRID = tuple(round(0.1 * k, 1) for k in range(1, 10))
 PROBE_PASSES = 4096       # sensitivity budget, in full-network forward passes of one image ...
@@ -126,9 +128,11 @@ def sensitivity_counts(analysis: Analysis, scores, config: SelectConfig, macs: M
     steps = (0.0,) + GRID
     cap = {gid: min(config.max_ratio, 1.0 - min(config.min_channels, analysis.groups[gid].size)
                     / analysis.groups[gid].size) for gid in gids}
+    removable = {gid: int((~analysis.unit_blocked[analysis.group_units[gid]]).sum()) for gid in gids}
 
     def count_at(gid, lvl):
-        return int(math.floor(steps[lvl] * analysis.groups[gid].size + 1e-9))
+        size = analysis.groups[gid].size
+        return limit_removal(size, int(math.floor(steps[lvl] * size + 1e-9)), removable[gid], config)
 
     def counts_now():
         return {gid: count_at(gid, level[gid]) for gid in gids}
@@ -211,8 +215,11 @@ def scaled_counts(analysis: Analysis, scores, config: SelectConfig, macs: MacMod
     def ratios(kappa):
         return {gid: float(np.clip(kappa * s, 0.0, caps[gid])) for gid, s in signal.items()}
 
-    def counts(kappa):
-        return {gid: int(math.floor(r * analysis.groups[gid].size + 1e-9)) for gid, r in ratios(kappa).items()}
+    removable = {gid: int((~analysis.unit_blocked[analysis.group_units[gid]]).sum()) for gid in signal}
+
+    def counts(kappa):    # as `select` will apply them (round_to, min_channels), so the budget holds
+        return {gid: limit_removal(analysis.groups[gid].size, int(math.floor(r * analysis.groups[gid].size + 1e-9)),
+                                   removable[gid], config) for gid, r in ratios(kappa).items()}
 
     def removed(kappa):
         return 1.0 - macs.macs(removed_by(analysis, scores, counts(kappa))) / macs.total

@@ -154,7 +154,7 @@ def select(analysis: Analysis, scores: dict[int, np.ndarray], config: SelectConf
 
     plans = []
     for g in candidates:
-        n_remove = _limit(g.size, counts[g.id], int(removable[g.id].sum()), config)
+        n_remove = limit_removal(g.size, counts[g.id], int(removable[g.id].sum()), config)
         if n_remove <= 0:
             continue
         if chooser is not None:
@@ -169,7 +169,11 @@ def select(analysis: Analysis, scores: dict[int, np.ndarray], config: SelectConf
     return plan, skipped
 
 
-def _limit(size: int, n_remove: int, removable: int, config: SelectConfig) -> int:
+def limit_removal(size: int, n_remove: int, removable: int, config: SelectConfig) -> int:
+    """How many of a group's `size` units `select` really removes when asked for `n_remove`: at
+    most `removable` and `max_ratio`, at least `min_channels` kept, the kept count rounded up to
+    a multiple of `round_to` (a group no larger than `round_to` is left whole). Allocators count
+    MACs with it, so that a budget they reach is the one the plan removes."""
     n_remove = min(n_remove, removable, int(math.floor(config.max_ratio * size + 1e-9)))
     kept = max(size - n_remove, min(config.min_channels, size))
     if config.round_to > 1:
