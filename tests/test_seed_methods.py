@@ -453,15 +453,24 @@ def dead_large_half_model():
                       {"wa": wa, "ba": ba, "wb": wb})
 
 
-def test_order_check_prunes_by_the_representative_that_loses_least(tmp_path, monkeypatch):
-    import onnxprune
+@pytest.fixture
+def two_criteria_calib(tmp_path, monkeypatch):
+    """The blend's pool cut to l1 and mean_act (opposed on the planted models below), and the
+    path of 64 random calibration inputs for them."""
     from onnxprune.criteria import blend
 
-    # a pool of two opposed criteria: l1 keeps the dead large filters, mean_act removes them, and
-    # their uniform blend ranks the two halves alike
     monkeypatch.setattr(blend, "pool", lambda ctx: ["l1", "mean_act"])
     path = tmp_path / "d.npz"
     np.savez(path, x=np.random.default_rng(0).standard_normal((64, 3, 8, 8)).astype(np.float32))
+    return path
+
+
+def test_order_check_prunes_by_the_representative_that_loses_least(two_criteria_calib):
+    import onnxprune
+
+    # a pool of two opposed criteria: l1 keeps the dead large filters, mean_act removes them, and
+    # their uniform blend ranks the two halves alike
+    path = two_criteria_calib
     rep = onnxprune.prune(dead_large_half_model(), criterion="blend", ratio=0.5, calib=str(path),
                           allocate="uniform", variety="off").report
     check = rep["allocation"]["order_check"]
@@ -488,15 +497,12 @@ def test_order_check_prunes_by_the_representative_that_loses_least(tmp_path, mon
     assert "order_check" not in fast["allocation"]
 
 
-def test_order_check_drops_a_defaulted_variety_that_hurts(tmp_path, monkeypatch):
+def test_order_check_drops_a_defaulted_variety_that_hurts(two_criteria_calib):
     import onnxprune
-    from onnxprune.criteria import blend
 
     # the dead filters' activations are constant: one cluster, of which the wrapper keeps one,
     # so a live filter goes too; without it mean_act removes exactly the dead ones
-    monkeypatch.setattr(blend, "pool", lambda ctx: ["l1", "mean_act"])
-    path = tmp_path / "d.npz"
-    np.savez(path, x=np.random.default_rng(0).standard_normal((64, 3, 8, 8)).astype(np.float32))
+    path = two_criteria_calib
     asked = onnxprune.prune(dead_large_half_model(), criterion="blend", ratio=0.5, calib=str(path),
                             allocate="uniform", variety="cluster").report
     assert asked["allocation"]["variety"] == "cluster"                 # asked for: kept, not questioned
@@ -526,15 +532,12 @@ def duplicated_half_model():
     return make_model(nodes, [tensor("x", ["N", 3, 8, 8])], [tensor("y", ["N", 4, 8, 8])], {"wa": wa, "wb": wb})
 
 
-def test_order_check_keeps_a_defaulted_variety_that_helps(tmp_path, monkeypatch):
+def test_order_check_keeps_a_defaulted_variety_that_helps(two_criteria_calib):
     import onnxprune
-    from onnxprune.criteria import blend
 
     # every criterion keeps the four copies (large) and removes the distinct filters; the cluster
     # wrapper removes copies instead, which recovery folds back into the one kept
-    monkeypatch.setattr(blend, "pool", lambda ctx: ["l1", "mean_act"])
-    path = tmp_path / "d.npz"
-    np.savez(path, x=np.random.default_rng(0).standard_normal((64, 3, 8, 8)).astype(np.float32))
+    path = two_criteria_calib
     rep = onnxprune.prune(duplicated_half_model(), criterion="blend", ratio=0.5, calib=str(path),
                           allocate="uniform").report
     check = rep["allocation"]["order_check"]
