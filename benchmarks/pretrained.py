@@ -444,7 +444,11 @@ def run_list(only: list[str] | None) -> list[tuple[str, dict]]:
         extra = [(label, {"criterion": parts[0], "allocate": parts[1], **({"variety": parts[2]} if len(parts) > 2 else {})})
                  for label, parts in ((label, label.split("+")) for label in only)
                  if len(parts) > 1 and label not in known and parts[0] in criteria.names()]
-        runs = [r for r in runs if r[0].split(" ")[0] in only or r[0] in only] + extra
+        # a label, or the first word of one with spaces ("preset" runs both presets); "blend" is
+        # the default preset's run only, not every blend row
+        runs = [r for r in runs if r[0] in only or (" " in r[0] and r[0].split(" ")[0] in only
+                                                     and r[0].split(" ")[0] != "blend")
+                or (r[0].startswith("blend (") and "blend" in only)] + extra
     return runs
 
 
