@@ -181,8 +181,9 @@ def sensitivity_counts(analysis: Analysis, scores, config: SelectConfig, macs: M
         current = removed_fraction(counts_now())
         for gid in neighbours[best]:
             gain_of[gid] = gained(gid)
-    reasons = {gid: f"sensitivity: ratio {steps[level[gid]]:.1f} (held-out loss +{curves[gid][steps[level[gid]]]:.3g})"
-               for gid in gids}
+    # the loss is the probe's at the grid ratio; the count is what select removes (after round_to)
+    reasons = {gid: f"sensitivity: {count_at(gid, level[gid])} of {analysis.groups[gid].size} removed, grid ratio "
+                    f"{steps[level[gid]]:.1f} (held-out loss +{curves[gid][steps[level[gid]]]:.3g})" for gid in gids}
     return counts_now(), reasons
 
 
@@ -231,7 +232,9 @@ def scaled_counts(analysis: Analysis, scores, config: SelectConfig, macs: MacMod
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if removed(mid) >= target else (mid, hi)
     final = ratios(hi)
-    return counts(hi), {gid: f"{label}: ratio {final[gid]:.2f} (signal {signal[gid]:.3g})" for gid in signal}
+    final_counts = counts(hi)
+    return final_counts, {gid: f"{label}: {final_counts[gid]} of {analysis.groups[gid].size} removed, ratio "
+                               f"{final[gid]:.2f} before limits (signal {signal[gid]:.3g})" for gid in signal}
 
 
 def utilization_signal(utilization: dict[int, float]) -> dict[int, float]:

@@ -127,7 +127,8 @@ def main():
                    "searched blend.")
 @click.option("--variety", type=click.Choice(["cluster", "gate", "soft", "off"]),
               help="Keep filter variety when choosing within a group [default: cluster for blend, else off; "
-                   "with --calib the order check keeps the default cluster only where it lowers the held-out loss].")
+                   "where the order check runs (blend, --calib, no --target-latency) it keeps the default cluster "
+                   "only if that lowers the held-out loss].")
 @click.option("--order-check/--no-order-check", default=None,
               help="blend with --calib: prune by whichever of the blend and its representative criteria alone "
                    "loses least on held-out data after cheap recovery [default: on, off with --preset fast].")

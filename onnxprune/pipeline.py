@@ -110,8 +110,8 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
             interacting filters lose more) or "redundancy" (groups with functional duplicates lose more).
         target_macs: fraction of MACs to remove, instead of `ratio`.
         variety: "cluster", "gate", "soft" or "off" (default: cluster for blend, else off; a
-            defaulted one is questioned by the order check, which turns it off where it does not
-            lower the held-out loss).
+            defaulted one is questioned by the order check, when that runs, which turns it off
+            where it does not lower the held-out loss).
         preset: "fast" (data-free blend, uniform ratios, no variety), "default" (criteria.md §10:
             blend with activation criteria, sensitivity allocation, variety, order check) or
             "thorough" (adds the ensemble criterion to the pool and searches the blend weights).
@@ -474,16 +474,20 @@ def _check_orders(allocator: "Allocation", orders: dict[str, dict], target_macs,
         passes += held + 2 * score + held
         return min(best, float(recovery.held_out_loss(repaired, data, reference)))
 
+    def finite_loss_of(scores, chooser) -> float:
+        loss = loss_of(scores, chooser)
+        return loss if np.isfinite(loss) else float("inf")     # a NaN must not win min()
+
     # variety questioned: compare the orders without it (its forced keepers are the same for every
     # order and would blur the comparison), then try it on the winner
     stage_one = None if question_variety else allocator.chooser
     first = next(iter(orders))
-    losses = {name: loss_of({**allocator.scores, **order}, stage_one) for name, order in orders.items()}
+    losses = {name: finite_loss_of({**allocator.scores, **order}, stage_one) for name, order in orders.items()}
     best = min(orders, key=lambda n: (losses[n], n != first))
     variety = "kept" if allocator.chooser is not None else "off"
     if question_variety and allocator.chooser is not None:
         label = f"{best} with variety"
-        losses[label] = loss_of({**allocator.scores, **orders[best]}, allocator.chooser)
+        losses[label] = finite_loss_of({**allocator.scores, **orders[best]}, allocator.chooser)
         if losses[label] >= losses[best]:
             allocator.chooser, variety = None, "off"
     allocator.scores = {**allocator.scores, **orders[best]}
@@ -504,6 +508,10 @@ def _allocate(an: Analysis, scores, config: SelectConfig, method, target_macs, c
     plan, skipped, info = allocator.plan_for(target_macs)
     if check:
         info["order_check"] = check
+    if "target" in info and info["macs_removed"] < info["target"] - 0.005:
+        ctx.notes.append(f"the MAC budget was not reached: {info['macs_removed']:.1%} of the MACs removed, "
+                         f"{info['target']:.1%} asked; the limits (--round-to, --min-channels, --max-ratio, "
+                         f"blocked groups) allow no more")
     return plan, skipped, info
 
 

@@ -71,10 +71,15 @@ def similarity(desc: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)   # one sample: "degrees of freedom <= 0"
         r = np.abs(np.corrcoef(desc))
-    r = np.nan_to_num(r, nan=0.0)
-    constant = np.ptp(desc, axis=1) <= 1e-7 * max(float(np.abs(desc).max(initial=0.0)), 1e-30) if desc.size else \
-        np.ones(len(desc), dtype=bool)
-    r[np.ix_(constant, constant)] = 1.0
+    r = np.nan_to_num(r, nan=0.0, posinf=0.0)
+    if desc.size:
+        finite = np.abs(desc[np.isfinite(desc)])
+        scale = max(float(finite.max(initial=0.0)), 1e-30)      # an inf elsewhere must not set it
+        with np.errstate(invalid="ignore"):
+            constant = np.ptp(desc, axis=1) <= 1e-7 * scale
+        r[np.ix_(constant, ~constant)] = 0.0
+        r[np.ix_(~constant, constant)] = 0.0
+        r[np.ix_(constant, constant)] = 1.0
     np.fill_diagonal(r, 1.0)
     return r
 

@@ -98,3 +98,14 @@ def test_rounded_widths_still_reach_the_mac_budget(allocate, round_to):
     for g in result.report["groups"]:
         if g["kept"] < g["size"]:
             assert g["kept"] % round_to == 0
+
+
+def test_an_unreachable_budget_is_said(tmp_path):
+    """Widths rounded to 128 leave every group of the demo model whole: the report says the
+    budget was not reached instead of returning the model unpruned in silence."""
+    import onnxprune
+
+    result = onnxprune.prune("models/fmnist_resnet.onnx", criterion="l1", target_macs=0.5, round_to=128,
+                             calib="calib_data/fmnist_calib.npz", calib_samples=64, recover=False, verify=False)
+    assert result.report["macs_kept"] > 0.5
+    assert any("MAC budget was not reached" in n for n in result.report["notes"])

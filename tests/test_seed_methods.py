@@ -516,7 +516,24 @@ def test_order_check_drops_a_defaulted_variety_that_hurts(two_criteria_calib):
     assert check["variety"] == "off" and default["allocation"]["variety"] == "off (order check)"
     assert check["losses"]["mean_act with variety"] > 1e-2
     assert default["holdout"]["y"]["rel_sq_error"] < 1e-6
-    assert check["passes"] > asked["allocation"]["order_check"]["passes"]
+    # each candidate: plain and mean-compensated held-out runs, least squares (two passes over the
+    # scoring split), the repaired held-out run; 64 samples = 48 scoring + 16 held out
+    assert check["passes"] == len(check["losses"]) * (3 * 16 + 2 * 48)
+    assert asked["allocation"]["order_check"]["passes"] == 3 * (3 * 16 + 2 * 48)
+
+
+def test_cli_says_when_the_order_check_turned_the_variety_off(tmp_path, two_criteria_calib):
+    from click.testing import CliRunner
+
+    from onnxprune.cli import main
+
+    model = tmp_path / "m.onnx"
+    onnx.save(dead_large_half_model(), str(model))
+    result = CliRunner().invoke(main, [str(model), "--criterion", "blend", "--ratio", "0.5", "--allocate", "uniform",
+                                       "--calib", str(two_criteria_calib), "-o", str(tmp_path / "p.onnx")])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "mean_act with variety" in text and "pruned by mean_act, variety off" in text
 
 
 def duplicated_half_model():
