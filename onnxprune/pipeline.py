@@ -452,31 +452,15 @@ def _check_orders(allocator: "Allocation", orders: dict[str, dict], target_macs,
     entry, with the image passes it cost."""
     an = allocator.an
     means = {t: st.mean for t, st in stats.items()}
-    held, score = data.size("holdout"), data.size("score")
     passes = 0
     config, counts, reasons, _ = allocator.counts_for(target_macs)   # the same counts for every order
 
-    def loss_of(scores, chooser) -> float:
+    def finite_loss_of(scores, chooser) -> float:
         nonlocal passes
         plan, _ = select(an, scores, config, counts=counts, notes=reasons, chooser=chooser)
-        removed = plan.removed_units(an)
-        plain = rewrite.apply(an, removed)
-        best = float(recovery.held_out_loss(plain, data, reference))
-        passes += held
-        if not recover:
-            return best
-        start = plain
-        compensated = rewrite.apply(an, removed, means=means)
-        loss = float(recovery.held_out_loss(compensated, data, reference))
-        if loss < best:
-            start, best = compensated, loss
-        repaired, _ = reconstruct(an.model, start, an.kept_channels(removed), data)
-        passes += held + 2 * score + held
-        return min(best, float(recovery.held_out_loss(repaired, data, reference)))
-
-    def finite_loss_of(scores, chooser) -> float:
-        loss = loss_of(scores, chooser)
-        return loss if np.isfinite(loss) else float("inf")     # a NaN must not win min()
+        loss, cost = _repaired_loss(an, plan.removed_units(an), data, means, reference, recover)
+        passes += cost
+        return loss
 
     # variety questioned: compare the orders without it (its forced keepers are the same for every
     # order and would blur the comparison), then try it on the winner
@@ -493,6 +477,27 @@ def _check_orders(allocator: "Allocation", orders: dict[str, dict], target_macs,
     allocator.scores = {**allocator.scores, **orders[best]}
     return {"losses": {n: round(v, 6) for n, v in losses.items()}, "chosen": best, "variety": variety,
             "passes": passes, "recovery": "best of none / mean compensation, then least squares" if recover else "none"}
+
+
+def _repaired_loss(an: Analysis, removed, data: CalibData, means: dict, reference: list,
+                   recover: bool) -> tuple[float, int]:
+    """Held-out loss of the network without `removed`, repaired as `_recover` starts (the better of
+    plain and mean compensation, then least squares; the best of the three counts), or as it is
+    without `recover`; NaN counts as inf. Returns (loss, image passes spent)."""
+    held, score = data.size("holdout"), data.size("score")
+    plain = rewrite.apply(an, removed)
+    best = float(recovery.held_out_loss(plain, data, reference))
+    passes = held
+    if recover:
+        start = plain
+        compensated = rewrite.apply(an, removed, means=means)
+        loss = float(recovery.held_out_loss(compensated, data, reference))
+        if loss < best:
+            start, best = compensated, loss
+        repaired, _ = reconstruct(an.model, start, an.kept_channels(removed), data)
+        passes += held + 2 * score + held
+        best = min(best, float(recovery.held_out_loss(repaired, data, reference)))
+    return (best if np.isfinite(best) else float("inf")), passes    # a NaN must not win min()
 
 
 def _allocate(an: Analysis, scores, config: SelectConfig, method, target_macs, criterion, data, ctx,
