@@ -120,6 +120,19 @@ def _node_mac_shares(analysis: Analysis) -> np.ndarray:
     return macs / macs.sum() if macs.sum() > 0 else np.full(len(macs), 1.0 / max(len(macs), 1))
 
 
+def _applied_counts(analysis: Analysis, gids, config: SelectConfig):
+    """function(group id, ratio) -> the units `select` removes for that ratio of the group (after
+    round_to, min_channels, max_ratio and blocked units), so that a budget the allocators reach
+    is the one the plan removes."""
+    removable = {gid: int((~analysis.unit_blocked[analysis.group_units[gid]]).sum()) for gid in gids}
+
+    def applied(gid: int, ratio: float) -> int:
+        size = analysis.groups[gid].size
+        return limit_removal(size, int(math.floor(ratio * size + 1e-9)), removable[gid], config)
+
+    return applied
+
+
 def sensitivity_counts(analysis: Analysis, scores, config: SelectConfig, macs: MacModel, target: float,
                        curves: dict[int, dict[float, float]]) -> tuple[dict[int, int], dict[int, str]]:
     """Greedy per-group removal counts that reach `target` MACs removed; with a reason per group."""
@@ -128,11 +141,10 @@ def sensitivity_counts(analysis: Analysis, scores, config: SelectConfig, macs: M
     steps = (0.0,) + GRID
     cap = {gid: min(config.max_ratio, 1.0 - min(config.min_channels, analysis.groups[gid].size)
                     / analysis.groups[gid].size) for gid in gids}
-    removable = {gid: int((~analysis.unit_blocked[analysis.group_units[gid]]).sum()) for gid in gids}
+    applied = _applied_counts(analysis, gids, config)
 
     def count_at(gid, lvl):
-        size = analysis.groups[gid].size
-        return limit_removal(size, int(math.floor(steps[lvl] * size + 1e-9)), removable[gid], config)
+        return applied(gid, steps[lvl])
 
     def counts_now():
         return {gid: count_at(gid, level[gid]) for gid in gids}
@@ -216,11 +228,10 @@ def scaled_counts(analysis: Analysis, scores, config: SelectConfig, macs: MacMod
     def ratios(kappa):
         return {gid: float(np.clip(kappa * s, 0.0, caps[gid])) for gid, s in signal.items()}
 
-    removable = {gid: int((~analysis.unit_blocked[analysis.group_units[gid]]).sum()) for gid in signal}
+    applied = _applied_counts(analysis, list(signal), config)
 
-    def counts(kappa):    # as `select` will apply them (round_to, min_channels), so the budget holds
-        return {gid: limit_removal(analysis.groups[gid].size, int(math.floor(r * analysis.groups[gid].size + 1e-9)),
-                                   removable[gid], config) for gid, r in ratios(kappa).items()}
+    def counts(kappa):
+        return {gid: applied(gid, r) for gid, r in ratios(kappa).items()}
 
     def removed(kappa):
         return 1.0 - macs.macs(removed_by(analysis, scores, counts(kappa))) / macs.total

@@ -171,8 +171,7 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
     t = time.perf_counter()
     ctx = criteria.ScoreContext(an, seed=seed, stats=stats, data=data,
                                 options={"ratio": ratio, "preset": preset, "ensemble_mode": ensemble_mode,
-                                         "order_check": preset != "fast" if order_check is None else order_check,
-                                         "variety_given": variety_given})
+                                         "order_check": preset != "fast" if order_check is None else order_check})
     if data is not None:
         ctx.notes.extend(data.notes)
     if plan is not None:
@@ -187,7 +186,8 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
             meter = Meter(prep.source if isinstance(model_or_path, (str, os.PathLike)) else prep.original,
                           latency_provider, latency_batch, latency_threads, input_shape, log=ctx.notes.append)
         chosen, skipped, allocation = _score_and_select(ctx, criterion, config, allocate, target_macs, variety,
-                                                        target_latency, meter, reference, recover)
+                                                        target_latency, meter, reference, recover,
+                                                        question_variety=not variety_given)
     latency_search = allocation.pop("latency_search", None)
     timings["score_select"] = time.perf_counter() - t
     passes.update(_scoring_passes(ctx, criterion, allocation))
@@ -250,10 +250,12 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
 
 
 def _score_and_select(ctx, criterion: str, config: SelectConfig, allocate, target_macs, variety: str,
-                      target_latency: float | None = None, meter=None, reference=None, recover: bool = True) -> tuple:
+                      target_latency: float | None = None, meter=None, reference=None, recover: bool = True,
+                      question_variety: bool = False) -> tuple:
     """Score every prunable group with `criterion`, allocate per-group counts, choose the units.
 
-    `reference` (the original's held-out outputs) and `recover` are what the order check needs.
+    `reference` (the original's held-out outputs), `recover` and `question_variety` (the variety
+    was defaulted: the order check may turn it off) are what the order check needs.
 
     With `target_latency`, the MAC budget is searched (`onnxprune.latency`), timing candidates with
     `meter`; the search is returned as ``allocation["latency_search"]``.
@@ -267,7 +269,7 @@ def _score_and_select(ctx, criterion: str, config: SelectConfig, allocate, targe
     chooser = _variety_chooser(an, ctx.stats, variety) if variety != "off" else None
     if target_latency is None:
         chosen, skipped, allocation = _allocate(an, scores, config, allocate, target_macs, criterion, data, ctx,
-                                                chooser, reference, recover)
+                                                chooser, reference, recover, question_variety)
     else:
         allocator = Allocation(an, scores, config, allocate, criterion, data, ctx, chooser)
         chosen, skipped, allocation = _latency_select(an, allocator, target_latency, meter)
@@ -455,7 +457,7 @@ def _check_orders(allocator: "Allocation", orders: dict[str, dict], target_macs,
     passes = 0
     config, counts, reasons, _ = allocator.counts_for(target_macs)   # the same counts for every order
 
-    def finite_loss_of(scores, chooser) -> float:
+    def loss_of(scores, chooser) -> float:
         nonlocal passes
         plan, _ = select(an, scores, config, counts=counts, notes=reasons, chooser=chooser)
         loss, cost = _repaired_loss(an, plan.removed_units(an), data, means, reference, recover)
@@ -466,12 +468,12 @@ def _check_orders(allocator: "Allocation", orders: dict[str, dict], target_macs,
     # order and would blur the comparison), then try it on the winner
     stage_one = None if question_variety else allocator.chooser
     first = next(iter(orders))
-    losses = {name: finite_loss_of({**allocator.scores, **order}, stage_one) for name, order in orders.items()}
+    losses = {name: loss_of({**allocator.scores, **order}, stage_one) for name, order in orders.items()}
     best = min(orders, key=lambda n: (losses[n], n != first))
     variety = "kept" if allocator.chooser is not None else "off"
     if question_variety and allocator.chooser is not None:
         label = f"{best} with variety"
-        losses[label] = finite_loss_of({**allocator.scores, **orders[best]}, allocator.chooser)
+        losses[label] = loss_of({**allocator.scores, **orders[best]}, allocator.chooser)
         if losses[label] >= losses[best]:
             allocator.chooser, variety = None, "off"
     allocator.scores = {**allocator.scores, **orders[best]}
@@ -501,14 +503,13 @@ def _repaired_loss(an: Analysis, removed, data: CalibData, means: dict, referenc
 
 
 def _allocate(an: Analysis, scores, config: SelectConfig, method, target_macs, criterion, data, ctx,
-              chooser=None, reference=None, recover: bool = True) -> tuple:
+              chooser=None, reference=None, recover: bool = True, question_variety: bool = False) -> tuple:
     """Per-group removal counts from the chosen allocator (and the order check), then the plan."""
     if target_macs is not None and not 0.0 < target_macs < 1.0:
         raise OnnxPruneError(f"--target-macs must be in (0, 1), got {target_macs}")
     allocator = Allocation(an, scores, config, method, criterion, data, ctx, chooser)
     orders = _candidate_orders(criterion, scores, ctx)
-    check = (_check_orders(allocator, orders, target_macs, data, ctx.stats, reference, recover,
-                           question_variety=not ctx.options.get("variety_given", True))
+    check = (_check_orders(allocator, orders, target_macs, data, ctx.stats, reference, recover, question_variety)
              if len(orders) > 1 and reference is not None else None)
     plan, skipped, info = allocator.plan_for(target_macs)
     if check:
