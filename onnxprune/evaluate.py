@@ -1,7 +1,11 @@
 """Fidelity of a pruned model against its original on data: the numbers of `onnxprune eval`.
 
-- classifier-like outputs ([N, K], K > 1): KL(softmax(original) || softmax(pruned)), top-1 and
-  top-5 agreement, accuracy when labels exist;
+- classifier-like outputs: logits [N, K] (K > 1), or probabilities (values in [0, 1] that sum to 1
+  over the last axis or axis 1, any rank: a classifier ending in Softmax, a CTC recogniser's
+  [N, T, K], a segmenter's [N, K, H, W]): KL(original || pruned) per row or position, top-1 and
+  top-5 agreement, accuracy when labels exist. Probabilities are compared as they are: softmax
+  over them again (as if they were logits) squeezes [0.99, 0.01] to [0.73, 0.27] and hides most
+  of the damage;
 - every output: cosine similarity and the relative squared error ``||p - o||^2 / ||o||^2``.
 The *fidelity loss* used for accept/reject decisions is the sum over outputs of the KL (or the
 cross-entropy with labels, for a single classifier output) or the relative squared error.
@@ -19,8 +23,37 @@ def log_softmax(z: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
-def _is_classifier(a: np.ndarray) -> bool:
-    return a.ndim == 2 and a.shape[1] > 1
+PROBABILITY_TOLERANCE = 1e-3   # |sum - 1| allowed for an output to count as probabilities
+LOG_FLOOR = 1e-12              # probabilities are clipped here before the log (a pruned zero is not -inf)
+
+
+def class_axis(a: np.ndarray) -> tuple[int, bool] | None:
+    """How to read an output as class scores: (class axis, already probabilities?) or None.
+
+    Probabilities: every value in [0, 1] and sums of 1 over the last axis or axis 1 (of length > 1).
+    Logits: a 2-D [N, K] output (K > 1) that is not probabilities. Anything else is no classifier.
+    """
+    if not np.issubdtype(a.dtype, np.floating) or a.ndim < 2 or a.size == 0:
+        return None
+    if a.min() >= -PROBABILITY_TOLERANCE and a.max() <= 1 + PROBABILITY_TOLERANCE:
+        for axis in dict.fromkeys((a.ndim - 1, 1)):
+            if a.shape[axis] > 1 and np.abs(a.sum(axis=axis, dtype=np.float64) - 1).max() < PROBABILITY_TOLERANCE:
+                return axis, True
+    return (1, False) if a.ndim == 2 and a.shape[1] > 1 else None
+
+
+def class_log_probs(a: np.ndarray, axis: int, probabilities: bool) -> np.ndarray:
+    """[rows, K] log-probabilities: the class axis moved last, every other axis a row."""
+    rows = np.moveaxis(a.astype(np.float64), axis, -1).reshape(-1, a.shape[axis])
+    return np.log(np.clip(rows, LOG_FLOOR, None)) if probabilities else log_softmax(rows)
+
+
+def _classifier_rows(ref: np.ndarray, out: np.ndarray):
+    """(log p, log q) rows of the original's and the pruned model's class scores, or None."""
+    how = class_axis(ref)
+    if how is None or out.shape != ref.shape:
+        return None
+    return class_log_probs(ref, *how), class_log_probs(out, *how)
 
 
 def fidelity_loss(reference: list[np.ndarray], outputs: list[np.ndarray], labels: np.ndarray | None = None) -> float:
@@ -29,12 +62,12 @@ def fidelity_loss(reference: list[np.ndarray], outputs: list[np.ndarray], labels
     for ref, out in zip(reference, outputs):
         if not np.issubdtype(ref.dtype, np.floating):
             continue
-        if _is_classifier(ref):
-            lq = log_softmax(out)
-            if labels is not None and len(reference) == 1:
+        rows = _classifier_rows(ref, out)
+        if rows is not None:
+            lp, lq = rows
+            if labels is not None and len(reference) == 1 and len(lq) == len(labels):
                 total += float(-lq[np.arange(len(labels)), labels].mean())
             else:
-                lp = log_softmax(ref)
                 total += float((np.exp(lp) * (lp - lq)).sum(axis=1).mean())
         else:
             denom = float((ref.astype(np.float64) ** 2).sum()) or 1.0
@@ -53,18 +86,19 @@ def compare(reference: list[np.ndarray], outputs: list[np.ndarray], names: list[
             denom = np.linalg.norm(fr) * np.linalg.norm(fo)
             entry["cosine"] = float(fr @ fo / denom) if denom else float(np.array_equal(fr, fo))
             entry["rel_sq_error"] = float(((fo - fr) ** 2).sum() / max((fr ** 2).sum(), 1e-30))
-        if _is_classifier(ref):
-            lp, lq = log_softmax(ref), log_softmax(out)
+        rows = _classifier_rows(ref, out)
+        if rows is not None:     # per sample for [N, K]; per position (frame, pixel) for more axes
+            lp, lq = rows
             entry["kl"] = float((np.exp(lp) * (lp - lq)).sum(axis=1).mean())
-            top_ref = ref.argmax(1)
-            entry["top1_agreement"] = float((out.argmax(1) == top_ref).mean())
-            k = min(5, ref.shape[1])
-            top5 = np.argsort(-out, axis=1)[:, :k]
+            top_ref, top_out = lp.argmax(1), lq.argmax(1)
+            entry["top1_agreement"] = float((top_out == top_ref).mean())
+            k = min(5, lp.shape[1])
+            top5 = np.argsort(-lq, axis=1)[:, :k]
             entry["top5_agreement"] = float((top5 == top_ref[:, None]).any(axis=1).mean())
-            entry["classes_predicted"] = [int(len(np.unique(top_ref))), int(len(np.unique(out.argmax(1))))]
-            if labels is not None and len(labels) == len(ref):
+            entry["classes_predicted"] = [int(len(np.unique(top_ref))), int(len(np.unique(top_out)))]
+            if labels is not None and len(labels) == len(lp):
                 entry["accuracy_original"] = float((top_ref == labels).mean())
-                entry["accuracy"] = float((out.argmax(1) == labels).mean())
+                entry["accuracy"] = float((top_out == labels).mean())
         result[name] = entry
     return result
 
