@@ -77,6 +77,7 @@ def render_prune(report: dict, console: Console, show_groups: bool = False) -> N
         console.print(f"order check (held-out loss{after}): "
                       + ", ".join(f"{k} {v:.4g}" for k, v in check["losses"].items())
                       + f"; pruned by {check['chosen']}"
+                      + (" at its own counts" if check.get("own_counts") else "")
                       + (", variety off" if check.get("variety") == "off" and any(
                           k.endswith(" with variety") for k in check["losses"]) else ""), markup=False)
     for step in report.get("recovery") or []:

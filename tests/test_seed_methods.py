@@ -564,3 +564,52 @@ def test_order_check_keeps_a_defaulted_variety_that_helps(two_criteria_calib):
     off = onnxprune.prune(duplicated_half_model(), criterion="blend", ratio=0.5, calib=str(path),
                           allocate="uniform", variety="off").report
     assert rep["holdout"]["y"]["rel_sq_error"] < 0.5 * off["holdout"]["y"]["rel_sq_error"]
+
+
+def dead_large_then_live_model():
+    """convA(3->8) -> Relu -> convB(8->8) -> Relu -> convC(8->4): convA as in dead_large_half_model
+    (channels 0..3 large and dead), convB's channels all live."""
+    rng = np.random.default_rng(3)
+    wa = np.concatenate([3.0 * rng.standard_normal((4, 3, 3, 3)),
+                         0.3 * rng.standard_normal((4, 3, 3, 3))]).astype(np.float32)
+    ba = np.array([-1000.0] * 4 + [0.0] * 4, dtype=np.float32)
+    wb = (0.3 * rng.standard_normal((8, 8, 3, 3))).astype(np.float32)
+    wc = rng.standard_normal((4, 8, 1, 1)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="convA", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["ra"]),
+             helper.make_node("Conv", ["ra", "wb"], ["b"], name="convB", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["b"], ["rb"]),
+             helper.make_node("Conv", ["rb", "wc"], ["y"], name="convC")]
+    return make_model(nodes, [tensor("x", ["N", 3, 8, 8])], [tensor("y", ["N", 4, 8, 8])],
+                      {"wa": wa, "ba": ba, "wb": wb, "wc": wc})
+
+
+def test_order_check_gives_a_winner_its_own_counts(two_criteria_calib):
+    import onnxprune
+
+    # the blend's order mixes convA's dead and live halves, so its sensitivity curves call convA
+    # sensitive and the counts take convB channels too; mean_act wins the check at those counts,
+    # and its own curves see convA's dead half as free: only dead filters go, exactly
+    path = two_criteria_calib
+    rep = onnxprune.prune(dead_large_then_live_model(), criterion="blend", target_macs=0.3, calib=str(path),
+                          variety="off").report
+    check = rep["allocation"]["order_check"]
+    assert check["chosen"] == "mean_act" and check["own_counts"] is True
+    assert check["losses"]["mean_act at its own counts"] < 1e-6 < check["losses"]["mean_act"]
+    kept = {g["id"]: g["kept"] for g in rep["groups"]}
+    alone = onnxprune.prune(dead_large_then_live_model(), criterion="mean_act", target_macs=0.3, calib=str(path),
+                            variety="off").report
+    assert kept == {g["id"]: g["kept"] for g in alone["groups"]} and kept[1] == 8
+    assert rep["holdout"]["y"]["rel_sq_error"] < 1e-6
+    assert rep["allocation"]["curves"] == alone["allocation"]["curves"]      # the curves the counts came from
+    # four repairs (three orders and the own counts) and the winner's probe, counted by the check;
+    # the sensitivity entry stays the first probe's
+    repairs = 4 * (3 * 16 + 2 * 48)
+    assert check["passes"] == pytest.approx(repairs + alone["forward_passes"]["sensitivity"], abs=0.1)
+    assert rep["forward_passes"]["sensitivity"] == pytest.approx(alone["forward_passes"]["sensitivity"], abs=0.1)
+    # where the own counts do not lower the loss, the blend's counts stay
+    half = onnxprune.prune(dead_large_then_live_model(), criterion="blend", target_macs=0.5, calib=str(path),
+                           variety="off").report
+    assert half["allocation"]["order_check"]["own_counts"] is False
+    assert half["allocation"]["order_check"]["losses"]["mean_act at its own counts"] >= \
+        half["allocation"]["order_check"]["losses"]["mean_act"]
