@@ -94,3 +94,13 @@ def test_collapse_of_a_probability_output_is_warned():
     q = np.tile([[0.9, 0.05, 0.05]], (20, 1))
     notes = warnings_for(compare([p], [q], ["y"]))
     assert len(notes) == 1 and "predicts one class" in notes[0]
+
+
+def test_a_reference_refilled_in_place_is_read_again():
+    rng = np.random.default_rng(5)
+    p = _softmax(rng.normal(size=(8, 4)) * 3, 1)
+    q = _softmax(rng.normal(size=(8, 4)) * 3, 1)
+    first = fidelity_loss([p], [q])
+    p[:] = q                     # the same array, new contents: the loss must see them
+    assert first > 0 and fidelity_loss([p], [q]) == pytest.approx(0.0, abs=1e-12)
+    assert fidelity_loss([q], [q]) == pytest.approx(0.0, abs=1e-12)
