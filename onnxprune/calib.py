@@ -10,6 +10,8 @@ accept/reject decisions (the held-out split).
 
 from __future__ import annotations
 
+import copy
+
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +76,8 @@ def input_specs(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> l
 
 class CalibData:
     """A calibration set: `batches(split)` streams {input name: array} (and labels when known)."""
+
+    score_limit: int | None = None    # set on a view (with_score_limit): 'score' ends here
 
     def __init__(self, config: CalibConfig, specs: list[InputSpec]):
         self.config = config
@@ -166,7 +170,16 @@ class CalibData:
 
     def split_range(self, split: str) -> tuple[int, int]:
         """Sample index range of 'score' (the first part), 'holdout' (the rest) or 'all'."""
-        return {"score": (0, self.split_at), "holdout": (self.split_at, self.count), "all": (0, self.count)}[split]
+        score_end = self.split_at if self.score_limit is None else min(self.split_at, self.score_limit)
+        return {"score": (0, score_end), "holdout": (self.split_at, self.count), "all": (0, self.count)}[split]
+
+    def with_score_limit(self, samples: int) -> "CalibData":
+        """A view of the same data whose 'score' split is its first `samples` samples (a whole
+        number of fixed batches); 'holdout' is unchanged."""
+        view = copy.copy(self)
+        b = max(1, self.static_batch)
+        view.score_limit = max(b, samples - samples % b)
+        return view
 
     def size(self, split: str = "all") -> int:
         """Number of samples in `split`."""

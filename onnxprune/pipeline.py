@@ -26,6 +26,7 @@ from .verify import Verification, verify as verify_model
 
 REPORT_SCHEMA = 1
 BLEND_FITNESS_SAMPLES = 128   # held-out images behind each fitness evaluation of the blend search
+CHECK_FIT_SAMPLES = 64        # scoring images behind the order check's least-squares repair of a candidate
 SPEED_ROUND_TO = 8        # the --round-to default when pruning for speed (resolve_round_to) ...
 SPEED_ROUND_TO_AVX512 = 16   # ... on the CPU provider of a CPU with AVX-512 (onnxruntime's NCHWc blocks of 16)
 
@@ -385,17 +386,17 @@ class Allocation:
         if self.signal is not None:
             self.info["signal"] = {str(k): round(v, 4) for k, v in self.signal.items()}
 
-    def probe(self, scores) -> dict:
+    def probe(self, scores, coarse: bool = False) -> dict:
         """Sensitivity curves of every group pruned in the order of `scores` (masked forward passes
-        on the held-out split, or the scoring split without one); sets them as the curves the counts
-        come from and returns their cost."""
+        on the held-out split, or the scoring split without one; `coarse`: every other grid ratio,
+        the rest interpolated); sets them as the curves the counts come from and returns their cost."""
         from . import allocate as alloc
 
         an, config, data = self.an, self.config, self.data
         gids = [g.id for g in an.groups if g.prunable and not any(
             fnmatch.fnmatch(s, p) for p in config.ignore for s in g.sources)]
         feeds = next(data.batches("holdout", 256)) if data.size("holdout") else next(data.batches("score", 256))
-        self.curves, cost = alloc.sensitivity_curves(an, scores, gids, feeds)
+        self.curves, cost = alloc.sensitivity_curves(an, scores, gids, feeds, coarse=coarse)
         self.info.update(forward_samples=cost["sample_rows"], cost=cost,
                          curves={str(g): {str(k): round(v, 5) for k, v in c.items()} for g, c in self.curves.items()})
         return cost
@@ -509,7 +510,7 @@ def _try_own_counts(allocator: "Allocation", target_macs, losses: dict, best: st
     held = losses[f"{best} with variety"] if allocator.chooser is not None and f"{best} with variety" in losses \
         else losses[best]
     first_curves, first_info = allocator.curves, dict(allocator.info)
-    cost = allocator.probe(allocator.scores)
+    cost = allocator.probe(allocator.scores, coarse=True)     # 5 of the 9 ratios: a second probe costs less
     config, counts, reasons, _ = allocator.counts_for(target_macs)
     label = f"{best} at its own counts"
     losses[label] = loss_of(allocator.scores, allocator.chooser, config, counts, reasons)
@@ -524,9 +525,12 @@ def _try_own_counts(allocator: "Allocation", target_macs, losses: dict, best: st
 def _repaired_loss(an: Analysis, removed, data: CalibData, means: dict, reference: list,
                    recover: bool) -> tuple[float, int]:
     """Held-out loss of the network without `removed`, repaired as `_recover` starts (the better of
-    plain and mean compensation, then least squares; the best of the three counts), or as it is
-    without `recover`; NaN counts as inf. Returns (loss, image passes spent)."""
-    held, score = data.size("holdout"), data.size("score")
+    plain and mean compensation, then least squares fitted on the first CHECK_FIT_SAMPLES scoring
+    images; the best of the three counts), or as it is without `recover`; NaN counts as inf.
+    Returns (loss, image passes spent)."""
+    held = data.size("holdout")
+    fit = data.with_score_limit(CHECK_FIT_SAMPLES)    # a comparison, not the final repair
+    score = fit.size("score")
     plain = rewrite.apply(an, removed)
     best = float(recovery.held_out_loss(plain, data, reference))
     passes = held
@@ -536,7 +540,7 @@ def _repaired_loss(an: Analysis, removed, data: CalibData, means: dict, referenc
         loss = float(recovery.held_out_loss(compensated, data, reference))
         if loss < best:
             start, best = compensated, loss
-        repaired, _ = reconstruct(an.model, start, an.kept_channels(removed), data)
+        repaired, _ = reconstruct(an.model, start, an.kept_channels(removed), fit)
         passes += held + 2 * score + held
         best = min(best, float(recovery.held_out_loss(repaired, data, reference)))
     return (best if np.isfinite(best) else float("inf")), passes    # a NaN must not win min()

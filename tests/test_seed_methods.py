@@ -601,15 +601,52 @@ def test_order_check_gives_a_winner_its_own_counts(two_criteria_calib):
                             variety="off").report
     assert kept == {g["id"]: g["kept"] for g in alone["groups"]} and kept[1] == 8
     assert rep["holdout"]["y"]["rel_sq_error"] < 1e-6
-    assert rep["allocation"]["curves"] == alone["allocation"]["curves"]      # the curves the counts came from
-    # four repairs (three orders and the own counts) and the winner's probe, counted by the check;
-    # the sensitivity entry stays the first probe's
+    # the curves the counts came from: the winner's, probed at every other ratio, interpolated between
+    own, full = rep["allocation"]["curves"], alone["allocation"]["curves"]
+    for gid, curve in full.items():
+        for rho in ("0.1", "0.3", "0.5", "0.7", "0.9"):
+            assert own[gid][rho] == pytest.approx(curve[rho], abs=1e-5)
+        assert own[gid]["0.4"] == pytest.approx((own[gid]["0.3"] + own[gid]["0.5"]) / 2, abs=1e-5)
+    # four repairs (three orders and the own counts) and the winner's coarse probe (the reference
+    # run on the 16 held-out samples and 5 of the 9 ratios), counted by the check; the
+    # sensitivity entry stays the first probe's
     repairs = 4 * (3 * 16 + 2 * 48)
-    assert check["passes"] == pytest.approx(repairs + alone["forward_passes"]["sensitivity"], abs=0.1)
-    assert rep["forward_passes"]["sensitivity"] == pytest.approx(alone["forward_passes"]["sensitivity"], abs=0.1)
+    first = alone["forward_passes"]["sensitivity"]
+    assert check["passes"] == pytest.approx(repairs + 16 + (first - 16) * 5 / 9, abs=0.2)
+    assert rep["forward_passes"]["sensitivity"] == pytest.approx(first, abs=0.1)
     # where the own counts do not lower the loss, the blend's counts stay
     half = onnxprune.prune(dead_large_then_live_model(), criterion="blend", target_macs=0.5, calib=str(path),
                            variety="off").report
     assert half["allocation"]["order_check"]["own_counts"] is False
     assert half["allocation"]["order_check"]["losses"]["mean_act at its own counts"] >= \
         half["allocation"]["order_check"]["losses"]["mean_act"]
+
+
+def test_order_check_fits_its_repairs_on_at_most_64_scoring_images(tmp_path, two_criteria_calib):
+    import onnxprune
+    from onnxprune.pipeline import CHECK_FIT_SAMPLES
+
+    path = tmp_path / "d128.npz"
+    np.savez(path, x=np.random.default_rng(1).standard_normal((128, 3, 8, 8)).astype(np.float32))
+    rep = onnxprune.prune(dead_large_half_model(), criterion="blend", ratio=0.5, calib=str(path),
+                          allocate="uniform", variety="off").report
+    check = rep["allocation"]["order_check"]
+    # 128 samples = 96 scoring + 32 held out; least squares runs over the first 64 scoring images twice
+    assert CHECK_FIT_SAMPLES == 64
+    assert check["passes"] == len(check["losses"]) * (3 * 32 + 2 * 64)
+    assert check["chosen"] == "mean_act" and check["losses"]["mean_act"] < 1e-6
+
+
+def test_a_score_limit_view_shortens_the_scoring_split_only():
+    from onnxprune.calib import CalibConfig, CalibData, input_specs
+
+    model = dead_large_half_model()
+    data = CalibData(CalibConfig("random", 100, 8), input_specs(model, {"x": [1, 3, 8, 8]}))
+    view = data.with_score_limit(20)
+    assert (data.size("score"), data.size("holdout")) == (75, 25)
+    assert (view.size("score"), view.size("holdout"), view.size("all")) == (20, 25, 100)
+    assert sum(len(b["x"]) for b in view.batches("score")) == 20
+    first = next(data.batches("score"))["x"]
+    assert np.array_equal(next(view.batches("score"))["x"], first)
+    assert np.array_equal(next(view.batches("holdout"))["x"], next(data.batches("holdout"))["x"])
+    assert data.size("score") == 75            # the original is untouched
