@@ -510,7 +510,7 @@ def _try_own_counts(allocator: "Allocation", target_macs, losses: dict, best: st
     held = losses[f"{best} with variety"] if allocator.chooser is not None and f"{best} with variety" in losses \
         else losses[best]
     first_curves, first_info = allocator.curves, dict(allocator.info)
-    cost = allocator.probe(allocator.scores, coarse=True)     # 5 of the 9 ratios: a second probe costs less
+    cost = allocator.probe(allocator.scores, coarse=True)     # 5 of the 9 ratios, half the rows' budget
     config, counts, reasons, _ = allocator.counts_for(target_macs)
     label = f"{best} at its own counts"
     losses[label] = loss_of(allocator.scores, allocator.chooser, config, counts, reasons)
