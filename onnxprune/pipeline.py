@@ -386,17 +386,17 @@ class Allocation:
         if self.signal is not None:
             self.info["signal"] = {str(k): round(v, 4) for k, v in self.signal.items()}
 
-    def probe(self, scores, coarse: bool = False) -> dict:
+    def probe(self, scores, second: bool = False) -> dict:
         """Sensitivity curves of every group pruned in the order of `scores` (masked forward passes
-        on the held-out split, or the scoring split without one; `coarse`: every other grid ratio,
-        the rest interpolated); sets them as the curves the counts come from and returns their cost."""
+        on the held-out split, or the scoring split without one; `second`: on half the budget, see
+        allocate.sensitivity_curves); sets them as the curves the counts come from and returns their cost."""
         from . import allocate as alloc
 
         an, config, data = self.an, self.config, self.data
         gids = [g.id for g in an.groups if g.prunable and not any(
             fnmatch.fnmatch(s, p) for p in config.ignore for s in g.sources)]
         feeds = next(data.batches("holdout", 256)) if data.size("holdout") else next(data.batches("score", 256))
-        self.curves, cost = alloc.sensitivity_curves(an, scores, gids, feeds, coarse=coarse)
+        self.curves, cost = alloc.sensitivity_curves(an, scores, gids, feeds, second=second)
         self.info.update(forward_samples=cost["sample_rows"], cost=cost,
                          curves={str(g): {str(k): round(v, 5) for k, v in c.items()} for g, c in self.curves.items()})
         return cost
@@ -510,7 +510,7 @@ def _try_own_counts(allocator: "Allocation", target_macs, losses: dict, best: st
     held = losses[f"{best} with variety"] if allocator.chooser is not None and f"{best} with variety" in losses \
         else losses[best]
     first_curves, first_info = allocator.curves, dict(allocator.info)
-    cost = allocator.probe(allocator.scores, coarse=True)     # 5 of the 9 ratios, half the rows' budget
+    cost = allocator.probe(allocator.scores, second=True)     # on half the budget
     config, counts, reasons, _ = allocator.counts_for(target_macs)
     label = f"{best} at its own counts"
     losses[label] = loss_of(allocator.scores, allocator.chooser, config, counts, reasons)

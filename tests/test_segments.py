@@ -166,7 +166,7 @@ def test_default_pipeline_on_a_fixed_batch_model(tmp_path):
     assert set(scores) == {g.id for g in prep.analysis.groups if g.prunable}
 
 
-def test_a_coarse_probe_runs_every_other_ratio_on_half_the_budget(monkeypatch):
+def test_a_second_probe_spends_at_most_half_the_budget(monkeypatch):
     prep = prepare(onnx.load("tests/models/resnet_style.onnx"))
     an = prep.analysis
     feeds = feeds_for(prep, n=64)
@@ -174,12 +174,15 @@ def test_a_coarse_probe_runs_every_other_ratio_on_half_the_budget(monkeypatch):
     gids = [g.id for g in an.groups if g.prunable]
     monkeypatch.setattr(allocate, "MIN_PROBE_SAMPLES", 4)
     full, full_cost = allocate.sensitivity_curves(an, scores, gids, feeds)
+    # where the first probe's rows fit half the budget, the second probe repeats it
+    assert allocate.sensitivity_curves(an, scores, gids, feeds, second=True) == (full, full_cost)
     per_row = (full_cost["sample_rows"] - 64) / 64       # no binding budget: every row probed
     monkeypatch.setattr(allocate, "PROBE_PASSES", full_cost["full_model_passes"] / 4)   # binds at ~16 rows
     fine, fine_cost = allocate.sensitivity_curves(an, scores, gids, feeds)
-    coarse, coarse_cost = allocate.sensitivity_curves(an, scores, gids, feeds, coarse=True)
+    coarse, coarse_cost = allocate.sensitivity_curves(an, scores, gids, feeds, second=True)
     fine_rows = int(fine_cost["sample_rows"] / (1 + per_row))
     coarse_rows = int(coarse_cost["sample_rows"] / (1 + per_row * 5 / 9))
+    # else every other ratio on half the rows
     assert 14 <= fine_rows <= 18 and coarse_rows == fine_rows // 2
     for gid in gids:
         assert set(coarse[gid]) == set(fine[gid]) == {0.0, *allocate.GRID}
