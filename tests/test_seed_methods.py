@@ -645,3 +645,17 @@ def test_a_score_limit_view_shortens_the_scoring_split_only():
     assert np.array_equal(next(view.batches("score"))["x"], first)
     assert np.array_equal(next(view.batches("holdout"))["x"], next(data.batches("holdout"))["x"])
     assert data.size("score") == 75            # the original is untouched
+
+
+def test_cli_says_when_the_winner_kept_its_own_counts(tmp_path, two_criteria_calib):
+    from click.testing import CliRunner
+
+    from onnxprune.cli import main
+
+    model = tmp_path / "m.onnx"
+    onnx.save(dead_large_then_live_model(), str(model))
+    result = CliRunner().invoke(main, [str(model), "--target-macs", "0.3", "--variety", "off",
+                                       "--calib", str(two_criteria_calib), "-o", str(tmp_path / "p.onnx")])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "mean_act at its own counts 0" in text and "pruned by mean_act at its own counts" in text
