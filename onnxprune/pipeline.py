@@ -16,7 +16,7 @@ import onnx
 from . import activations, criteria, graph, io, metrics, recover as recovery, rewrite
 from .calib import CalibConfig, CalibData, input_specs
 from .errors import OnnxPruneError
-from .evaluate import compare, warnings_for
+from .evaluate import choice_loss, compare, warnings_for
 from .groups import Analysis, analyse as analyse_groups
 from .masking import MaskRunner
 from .reconstruct import reconstruct
@@ -524,7 +524,8 @@ def _try_own_counts(allocator: "Allocation", target_macs, losses: dict, best: st
 
 def _repaired_loss(an: Analysis, removed, data: CalibData, means: dict, reference: list,
                    recover: bool) -> tuple[float, int]:
-    """Held-out loss of the network without `removed`, repaired as `_recover` starts (the better of
+    """Held-out loss (evaluate.choice_loss: top-1 disagreement, then KL) of the network without
+    `removed`, repaired as `_recover` starts (the better of
     plain and mean compensation, then least squares fitted on the first CHECK_FIT_SAMPLES scoring
     images; the best of the three counts), or as it is without `recover`; NaN counts as inf.
     Returns (loss, image passes spent)."""
@@ -532,17 +533,17 @@ def _repaired_loss(an: Analysis, removed, data: CalibData, means: dict, referenc
     fit = data.with_score_limit(CHECK_FIT_SAMPLES)    # a comparison, not the final repair
     score = fit.size("score")
     plain = rewrite.apply(an, removed)
-    best = float(recovery.held_out_loss(plain, data, reference))
+    best = float(recovery.held_out_loss(plain, data, reference, choice_loss))
     passes = held
     if recover:
         start = plain
         compensated = rewrite.apply(an, removed, means=means)
-        loss = float(recovery.held_out_loss(compensated, data, reference))
+        loss = float(recovery.held_out_loss(compensated, data, reference, choice_loss))
         if loss < best:
             start, best = compensated, loss
         repaired, _ = reconstruct(an.model, start, an.kept_channels(removed), fit)
         passes += held + 2 * score + held
-        best = min(best, float(recovery.held_out_loss(repaired, data, reference)))
+        best = min(best, float(recovery.held_out_loss(repaired, data, reference, choice_loss)))
     return (best if np.isfinite(best) else float("inf")), passes    # a NaN must not win min()
 
 

@@ -27,9 +27,10 @@ from .evaluate import fidelity_loss
 from .graph import GraphIndex, remove_dead, unique_name
 
 
-def held_out_loss(model: onnx.ModelProto, data: CalibData, reference: list[np.ndarray]) -> float:
-    """Fidelity loss of `model` against the original's outputs on the held-out split."""
-    return fidelity_loss(reference, activations.outputs(model, data, "holdout"), data.split_labels("holdout"))
+def held_out_loss(model: onnx.ModelProto, data: CalibData, reference: list[np.ndarray], loss=fidelity_loss) -> float:
+    """Fidelity loss (or another `loss` of the same signature) of `model` against the original's
+    outputs on the held-out split."""
+    return loss(reference, activations.outputs(model, data, "holdout"), data.split_labels("holdout"))
 
 
 def _set_initializer(model: onnx.ModelProto, node: onnx.NodeProto, slot: int, value: np.ndarray, names: set) -> None:

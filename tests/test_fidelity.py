@@ -104,3 +104,20 @@ def test_a_reference_refilled_in_place_is_read_again():
     p[:] = q                     # the same array, new contents: the loss must see them
     assert first > 0 and fidelity_loss([p], [q]) == pytest.approx(0.0, abs=1e-12)
     assert fidelity_loss([q], [q]) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_choice_loss_ranks_by_top1_disagreement_then_kl():
+    from onnxprune.evaluate import CHECK_LOSS_WEIGHT, choice_loss
+
+    p = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.3, 0.7]])
+    hedged = np.array([[0.55, 0.45], [0.51, 0.49], [0.45, 0.55], [0.49, 0.51]])    # every answer kept
+    flipped = np.array([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8], [0.3, 0.7]])            # one answer flipped
+    assert fidelity_loss([p], [hedged]) > fidelity_loss([p], [flipped])             # KL prefers the flip
+    assert choice_loss([p], [hedged]) < choice_loss([p], [flipped])                 # the answers do not
+    assert choice_loss([p], [flipped]) == pytest.approx(0.25 + CHECK_LOSS_WEIGHT * fidelity_loss([p], [flipped]))
+    # per frame for a sequence output; a model without classifier outputs: its fidelity loss
+    seq = np.stack([p, p]).transpose(1, 0, 2)                                        # [4, 2, 2]
+    assert choice_loss([seq], [np.stack([flipped, p]).transpose(1, 0, 2)]) == pytest.approx(
+        0.125 + CHECK_LOSS_WEIGHT * fidelity_loss([seq], [np.stack([flipped, p]).transpose(1, 0, 2)]))
+    maps = np.full((1, 1, 4, 4), 0.3)
+    assert choice_loss([maps], [maps + 0.1]) == pytest.approx(fidelity_loss([maps], [maps + 0.1]))
