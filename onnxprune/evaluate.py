@@ -53,13 +53,15 @@ _REFERENCE_CACHE: dict[int, tuple] = {}   # id -> (reference array, shape, sampl
 
 class ClassRows:
     """A reference output read as class probabilities: `how` (class_axis), the rows' log-probs
-    `lp`, probabilities `p` and the mean of sum(p log p) over rows (KL's constant part)."""
+    `lp`, probabilities `p`, the mean of sum(p log p) over rows (KL's constant part) and the
+    top-1 class of every row `top`."""
 
     def __init__(self, ref: np.ndarray, how: tuple[int, bool]):
         self.how = how
         self.lp = class_log_probs(ref, *how)
         self.p = np.exp(self.lp)
         self.plogp = float((self.p * self.lp).sum(axis=1).mean())
+        self.top = self.lp.argmax(1)
 
     def log_probs(self, out: np.ndarray) -> np.ndarray:
         """`out` read the same way: [rows, K] log-probabilities."""
@@ -86,9 +88,10 @@ def reference_rows(ref: np.ndarray) -> ClassRows | None:
     return hit[3]
 
 
-def fidelity_loss(reference: list[np.ndarray], outputs: list[np.ndarray], labels: np.ndarray | None = None) -> float:
-    """Lower is better: KL (or CE with labels) for classifier outputs, relative squared error otherwise."""
-    total = 0.0
+def _losses(reference: list[np.ndarray], outputs: list[np.ndarray], labels, answers: bool) -> tuple[float, float | None]:
+    """(fidelity loss, top-1 disagreement summed over classifier outputs or None without any);
+    the disagreement only with `answers` (the fidelity loss alone is the hot path: every probe)."""
+    total, disagreement = 0.0, None
     for ref, out in zip(reference, outputs):
         if not np.issubdtype(ref.dtype, np.floating):
             continue
@@ -99,10 +102,17 @@ def fidelity_loss(reference: list[np.ndarray], outputs: list[np.ndarray], labels
                 total += float(-lq[np.arange(len(labels)), labels].mean())
             else:
                 total += rows.kl(lq)
+            if answers:
+                disagreement = (disagreement or 0.0) + float((lq.argmax(1) != rows.top).mean())
         else:
             denom = float((ref.astype(np.float64) ** 2).sum()) or 1.0
             total += float(((out.astype(np.float64) - ref) ** 2).sum()) / denom
-    return total
+    return total, disagreement
+
+
+def fidelity_loss(reference: list[np.ndarray], outputs: list[np.ndarray], labels: np.ndarray | None = None) -> float:
+    """Lower is better: KL (or CE with labels) for classifier outputs, relative squared error otherwise."""
+    return _losses(reference, outputs, labels, answers=False)[0]
 
 
 CHECK_LOSS_WEIGHT = 0.01   # the fidelity loss's weight behind the top-1 disagreement in `choice_loss`
@@ -119,14 +129,8 @@ def choice_loss(reference: list[np.ndarray], outputs: list[np.ndarray], labels: 
     user sees. PaddleOCR's direction classifier, 40 pruned variants: Kendall tau against
     agreement on new crops 0.12 for the held-out KL, 0.68 for the held-out disagreement.
     """
-    disagreement, classifier = 0.0, False
-    for ref, out in zip(reference, outputs):
-        rows = reference_rows(ref) if np.issubdtype(ref.dtype, np.floating) and out.shape == ref.shape else None
-        if rows is not None:
-            classifier = True
-            disagreement += float((rows.log_probs(out).argmax(1) != rows.lp.argmax(1)).mean())
-    fidelity = fidelity_loss(reference, outputs, labels)
-    return disagreement + CHECK_LOSS_WEIGHT * fidelity if classifier else fidelity
+    fidelity, disagreement = _losses(reference, outputs, labels, answers=True)
+    return fidelity if disagreement is None else disagreement + CHECK_LOSS_WEIGHT * fidelity
 
 
 def compare(reference: list[np.ndarray], outputs: list[np.ndarray], names: list[str],
@@ -144,7 +148,7 @@ def compare(reference: list[np.ndarray], outputs: list[np.ndarray], names: list[
         if rows is not None:     # per sample for [N, K]; per position (frame, pixel) for more axes
             lp, lq = rows.lp, rows.log_probs(out)
             entry["kl"] = rows.kl(lq)
-            top_ref, top_out = lp.argmax(1), lq.argmax(1)
+            top_ref, top_out = rows.top, lq.argmax(1)
             entry["top1_agreement"] = float((top_out == top_ref).mean())
             k = min(5, lp.shape[1])
             top5 = np.argsort(-lq, axis=1)[:, :k]

@@ -382,24 +382,22 @@ class Allocation:
                 / g.size for g in an.groups if g.prunable})
         elif method == "sensitivity":
             self.data = data
-            self.probe(scores)
+            self.curves, cost = self.probe(scores)
+            self.info.update(forward_samples=cost["sample_rows"], cost=cost)
         if self.signal is not None:
             self.info["signal"] = {str(k): round(v, 4) for k, v in self.signal.items()}
 
-    def probe(self, scores, second: bool = False) -> dict:
-        """Sensitivity curves of every group pruned in the order of `scores` (masked forward passes
-        on the held-out split, or the scoring split without one; `second`: on half the budget, see
-        allocate.sensitivity_curves); sets them as the curves the counts come from and returns their cost."""
+    def probe(self, scores, second: bool = False) -> tuple[dict, dict]:
+        """(curves, cost): the sensitivity curves of every group pruned in the order of `scores`
+        (masked forward passes on the held-out split, or the scoring split without one; `second`:
+        on half the budget, see allocate.sensitivity_curves). The counts come from `self.curves`."""
         from . import allocate as alloc
 
         an, config, data = self.an, self.config, self.data
         gids = [g.id for g in an.groups if g.prunable and not any(
             fnmatch.fnmatch(s, p) for p in config.ignore for s in g.sources)]
         feeds = next(data.batches("holdout", 256)) if data.size("holdout") else next(data.batches("score", 256))
-        self.curves, cost = alloc.sensitivity_curves(an, scores, gids, feeds, second=second)
-        self.info.update(forward_samples=cost["sample_rows"], cost=cost,
-                         curves={str(g): {str(k): round(v, 5) for k, v in c.items()} for g, c in self.curves.items()})
-        return cost
+        return alloc.sensitivity_curves(an, scores, gids, feeds, second=second)
 
     def counts_for(self, target_macs: float | None) -> tuple[SelectConfig, dict | None, dict | None, dict]:
         """Per-group removal counts for a MAC budget (the fraction of MACs to remove; None: what
@@ -429,6 +427,8 @@ class Allocation:
         config, counts, reasons, extra = self.counts_for(target_macs)
         plan, skipped = select(self.an, self.scores, config, counts=counts, notes=reasons, chooser=self.chooser)
         info = {**self.info, **extra}
+        if self.curves is not None:      # the curves the counts came from
+            info["curves"] = {str(g): {str(k): round(v, 5) for k, v in c.items()} for g, c in self.curves.items()}
         info["macs_removed"] = (round(1.0 - self.macs.macs(plan.removed_units(self.an)) / self.macs.total, 4)
                                 if self.macs.total else 0.0)
         return plan, skipped, info
@@ -509,14 +509,13 @@ def _try_own_counts(allocator: "Allocation", target_macs, losses: dict, best: st
     Returns {"kept": bool, "probe_passes": full-network passes the probe cost}."""
     held = losses[f"{best} with variety"] if allocator.chooser is not None and f"{best} with variety" in losses \
         else losses[best]
-    first_curves, first_info = allocator.curves, dict(allocator.info)
-    cost = allocator.probe(allocator.scores, second=True)     # on half the budget
+    first_curves = allocator.curves
+    # on half the budget; its cost is the check's (the report's sensitivity cost stays the first probe's)
+    allocator.curves, cost = allocator.probe(allocator.scores, second=True)
     config, counts, reasons, _ = allocator.counts_for(target_macs)
     label = f"{best} at its own counts"
     losses[label] = loss_of(allocator.scores, allocator.chooser, config, counts, reasons)
     kept = losses[label] < held
-    # the report's sensitivity cost stays the first probe's; this one is the check's
-    allocator.info = {**first_info, "curves": allocator.info["curves"]} if kept else first_info
     if not kept:
         allocator.curves = first_curves
     return {"kept": kept, "probe_passes": round(cost["full_model_passes"], 1)}
