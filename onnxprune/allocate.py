@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from .evaluate import fidelity_loss
+from .evaluate import Reference, fidelity_loss, output_parts
 from .groups import Analysis
 from .masking import fixed_batch, group_starts, outputs_of, suffix_runners
 from .metrics import MacModel
@@ -99,7 +99,7 @@ def sensitivity_curves(analysis: Analysis, scores, group_ids, feeds: dict[str, n
     rows = max(rows - rows % batch, batch) if batch else rows
     feeds = {k: v[:rows] for k, v in feeds.items()}
     labels = None if labels is None else labels[:rows]
-    reference = outputs_of(model, feeds)
+    reference = Reference(outputs_of(model, feeds), output_parts(model, analysis.shapes))
     base = float(fidelity_loss(reference, reference, labels))
     cost = {"sample_rows": rows, "full_model_passes": float(rows)}   # the reference run
     curves = {}

@@ -9,6 +9,11 @@
 - every output: cosine similarity and the relative squared error ``||p - o||^2 / ||o||^2``.
 The *fidelity loss* used for accept/reject decisions is the sum over outputs of the KL (or the
 cross-entropy with labels, for a single classifier output) or the relative squared error.
+
+An output that is a Concat of parts of different kinds (a YOLOv8 head: 4 box coordinates in
+pixels and the class scores of a Sigmoid, concatenated on axis 1) is compared part by part
+(`output_parts`, `Reference`): over the whole tensor the boxes' squared error, hundreds of times
+the scores', hides a detector whose scores all fell to zero (cosine 0.9998 for the whole output).
 """
 
 from __future__ import annotations
@@ -88,11 +93,74 @@ def reference_rows(ref: np.ndarray) -> ClassRows | None:
     return hit[3]
 
 
+def output_parts(model, shapes: dict) -> dict[int, tuple[int, list[int]]]:
+    """The graph outputs made by a Concat of several parts: {output index: (axis, part sizes)}.
+
+    Nested Concats on the same axis are flattened; axis 0 (the batch) and parts of unknown size
+    are not split. `shapes`: tensor name -> static shape (Analysis.shapes)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    result = {}
+    for index, output in enumerate(model.graph.output):
+        node = producer.get(output.name)
+        rank = len(shapes.get(output.name) or [])
+        if node is None or node.op_type != "Concat" or not rank:
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0) % rank
+        stack, sizes = list(reversed(node.input)), []
+        while stack:
+            name = stack.pop()
+            inner = producer.get(name)
+            if inner is not None and inner.op_type == "Concat" and \
+                    next((a.i for a in inner.attribute if a.name == "axis"), 0) % rank == axis:
+                stack.extend(reversed(inner.input))
+                continue
+            shape = shapes.get(name) or []
+            sizes.append(shape[axis] if len(shape) == rank and isinstance(shape[axis], int) else None)
+        if axis and len(sizes) > 1 and all(sizes):
+            result[index] = (axis, sizes)
+    return result
+
+
+class Reference(list):
+    """The original's outputs (a list, as `outputs` lists) with the `parts` of each output
+    (`output_parts`) that the losses and `compare` read one by one."""
+
+    def __init__(self, arrays, parts: dict[int, tuple[int, list[int]]] | None = None):
+        super().__init__(arrays)
+        self.parts = {i: p for i, p in (parts or {}).items()
+                      if i < len(self) and self[i].ndim > p[0] and self[i].shape[p[0]] == sum(p[1])}
+        # the reference's slices, made once: the loss caches read them by identity
+        self.slices = {i: [np.ascontiguousarray(self[i][_part(axis, start, size)])
+                           for start, size in _starts(sizes)] for i, (axis, sizes) in self.parts.items()}
+
+
+def _starts(sizes):
+    return list(zip(np.cumsum([0] + list(sizes[:-1])).tolist(), sizes))
+
+
+def _part(axis: int, start: int, size: int) -> tuple:
+    return (slice(None),) * axis + (slice(start, start + size),)
+
+
+def _pieces(reference: list[np.ndarray], outputs: list[np.ndarray]):
+    """(output index, part label or None, reference array, output array) for every output, or for
+    every part of an output with parts (whole outputs read as classifiers are not split)."""
+    parts = getattr(reference, "parts", {})
+    for i, (ref, out) in enumerate(zip(reference, outputs)):
+        if i in parts and out.shape == ref.shape and reference_rows(ref) is None:
+            axis, sizes = parts[i]
+            for (start, size), piece in zip(_starts(sizes), reference.slices[i]):
+                label = "[" + ":, " * axis + f"{start}:{start + size}]"
+                yield i, label, piece, out[_part(axis, start, size)]
+        else:
+            yield i, None, ref, out
+
+
 def _losses(reference: list[np.ndarray], outputs: list[np.ndarray], labels, answers: bool) -> tuple[float, float | None]:
     """(fidelity loss, top-1 disagreement summed over classifier outputs or None without any);
     the disagreement only with `answers` (the fidelity loss alone is the hot path: every probe)."""
     total, disagreement = 0.0, None
-    for ref, out in zip(reference, outputs):
+    for _, _, ref, out in _pieces(reference, outputs):
         if not np.issubdtype(ref.dtype, np.floating):
             continue
         rows = reference_rows(ref) if out.shape == ref.shape else None
@@ -137,7 +205,8 @@ def compare(reference: list[np.ndarray], outputs: list[np.ndarray], names: list[
             labels: np.ndarray | None = None) -> dict:
     """Per-output metrics of `outputs` against `reference` (see module docstring)."""
     result = {}
-    for name, ref, out in zip(names, reference, outputs):
+    for i, label, ref, out in _pieces(reference, outputs):
+        name = names[i] if label is None else f"{names[i]}{label}"
         entry = {}
         if np.issubdtype(ref.dtype, np.floating):
             fr, fo = ref.astype(np.float64).ravel(), out.astype(np.float64).ravel()
@@ -183,7 +252,7 @@ def evaluate_files(original: str, pruned: str, data: str, samples: int = 100000,
     from . import activations, io
     from .calib import CalibConfig, CalibData, input_specs
     from .errors import OnnxPruneError
-    from .graph import fixed_input_shapes, real_inputs
+    from .graph import fixed_input_shapes, infer_shapes, real_inputs
 
     ref_model, new_model = io.load(original), io.load(pruned)
     if [i.name for i in real_inputs(ref_model)] != [i.name for i in real_inputs(new_model)]:
@@ -191,7 +260,8 @@ def evaluate_files(original: str, pruned: str, data: str, samples: int = 100000,
     shapes = fixed_input_shapes(ref_model, input_shape)
     loaded = CalibData(CalibConfig(data, samples, batch_size, tuple(mean), tuple(std), scale, holdout=0.0),
                        input_specs(ref_model, shapes))
-    ref = activations.outputs(ref_model, loaded, "all")
+    ref = Reference(activations.outputs(ref_model, loaded, "all"),
+                    output_parts(ref_model, infer_shapes(ref_model, shapes)))
     out = activations.outputs(new_model, loaded, "all")
     names = [o.name for o in ref_model.graph.output]
     return {"original": original, "pruned": pruned, "data": data, "samples": loaded.size("all"),
