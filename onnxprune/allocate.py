@@ -69,14 +69,11 @@ def sensitivity_curves(analysis: Analysis, scores, group_ids, feeds: dict[str, n
 
     A `second` probe (the order check's winner, whose counts are kept only if they repair to a
     lower held-out loss) spends at most half the budget: the first probe's rows on the whole grid
-    where that fits (PaddleOCR's recogniser with 16 held-out rows: 1750 passes), else the whole
-    grid on the rows half the budget allows where those are at least `MIN_PROBE_SAMPLES` (the
-    recogniser with 40 held-out rows: 18 of the first probe's 37), else every other ratio (0.1,
-    0.3, ..., 0.9; those between interpolated linearly) on those rows, at least half the minimum
-    (ResNet-50: 8 rows, about a quarter of the first probe's cost). The whole grid matters:
-    interpolated curves lost the recogniser's gain (its own counts repaired to 0.49 instead of
-    0.39 with 16 rows; with 40 rows the coarse curves' counts were not kept: CER 0.29 against
-    0.20 for mean_act with sensitivity alone).
+    where that fits (PaddleOCR's recogniser: 16 rows, 1750 passes), else every other ratio (0.1,
+    0.3, ..., 0.9; those between interpolated linearly) on the rows half the budget allows, at
+    least half the minimum (ResNet-50: 8 rows, about a quarter of the first probe's cost). The
+    whole grid matters where it fits: interpolated curves lost the recogniser's gain (its own
+    counts repaired to 0.49 instead of 0.39).
 
     Groups are probed in node order on suffix sub-models (onnxprune/segments.py): the unmasked
     tensors at the cut before a group's first producer are carried forward once, and only the
@@ -95,12 +92,9 @@ def sensitivity_curves(analysis: Analysis, scores, group_ids, feeds: dict[str, n
     rows = min(available, max(MIN_PROBE_SAMPLES, int(PROBE_PASSES / max(per_image, 1e-9))))
     grid = GRID
     if second and rows * per_image > PROBE_PASSES / 2:
-        half_rows = int(PROBE_PASSES / 2 / max(per_image, 1e-9))
-        if half_rows >= MIN_PROBE_SAMPLES:        # the whole grid on fewer rows
-            rows = min(available, half_rows)
-        else:   # rows budgeted on the whole grid's cost: the coarse grid spends fewer passes, not more rows
-            grid = GRID[::2]
-            rows = min(available, max(MIN_PROBE_SAMPLES // 2, half_rows))
+        # rows budgeted on the whole grid's cost: the coarse grid spends fewer passes, not more rows
+        grid = GRID[::2]
+        rows = min(available, max(MIN_PROBE_SAMPLES // 2, int(PROBE_PASSES / 2 / max(per_image, 1e-9))))
     batch = fixed_batch(model)
     rows = max(rows - rows % batch, batch) if batch else rows
     feeds = {k: v[:rows] for k, v in feeds.items()}

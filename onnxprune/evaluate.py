@@ -132,6 +132,22 @@ class Reference(list):
         # the reference's slices, made once: the loss caches read them by identity
         self.slices = {i: [np.ascontiguousarray(self[i][_part(axis, start, size)])
                            for start, size in _starts(sizes)] for i, (axis, sizes) in self.parts.items()}
+        self.scales = {i: [_part_scale(piece) for piece in pieces] for i, pieces in self.slices.items()}
+
+
+PART_SCORE_FLOOR = 0.05   # a score part's error is relative to at least every score at this value
+
+
+def _part_scale(piece: np.ndarray) -> float:
+    """What a part's squared error is divided by: its energy, but for scores (values in [0, 1]: a
+    Sigmoid's) at least that of every score at PART_SCORE_FLOOR. Held-out images without objects
+    leave a detector's scores near zero everywhere; relative to that energy a change from 0.001
+    to 0.003 counted as much as losing every detection, and the decisions chased it (YOLOv8n:
+    the default preset kept no detection)."""
+    energy = float((piece.astype(np.float64) ** 2).sum())
+    if piece.size and piece.min() >= -PROBABILITY_TOLERANCE and piece.max() <= 1 + PROBABILITY_TOLERANCE:
+        energy = max(energy, piece.size * PART_SCORE_FLOOR ** 2)
+    return energy or 1.0
 
 
 def _starts(sizes):
@@ -143,24 +159,25 @@ def _part(axis: int, start: int, size: int) -> tuple:
 
 
 def _pieces(reference: list[np.ndarray], outputs: list[np.ndarray]):
-    """(output index, part label or None, reference array, output array) for every output, or for
-    every part of an output with parts (whole outputs read as classifiers are not split)."""
+    """(output index, part label or None, reference array, output array, the squared error's
+    divisor for a part or None) for every output, or for every part of an output with parts
+    (whole outputs read as classifiers are not split)."""
     parts = getattr(reference, "parts", {})
     for i, (ref, out) in enumerate(zip(reference, outputs)):
         if i in parts and out.shape == ref.shape and reference_rows(ref) is None:
             axis, sizes = parts[i]
-            for (start, size), piece in zip(_starts(sizes), reference.slices[i]):
+            for (start, size), piece, scale in zip(_starts(sizes), reference.slices[i], reference.scales[i]):
                 label = "[" + ":, " * axis + f"{start}:{start + size}]"
-                yield i, label, piece, out[_part(axis, start, size)]
+                yield i, label, piece, out[_part(axis, start, size)], scale
         else:
-            yield i, None, ref, out
+            yield i, None, ref, out, None
 
 
 def _losses(reference: list[np.ndarray], outputs: list[np.ndarray], labels, answers: bool) -> tuple[float, float | None]:
     """(fidelity loss, top-1 disagreement summed over classifier outputs or None without any);
     the disagreement only with `answers` (the fidelity loss alone is the hot path: every probe)."""
     total, disagreement = 0.0, None
-    for _, _, ref, out in _pieces(reference, outputs):
+    for _, _, ref, out, scale in _pieces(reference, outputs):
         if not np.issubdtype(ref.dtype, np.floating):
             continue
         rows = reference_rows(ref) if out.shape == ref.shape else None
@@ -173,7 +190,7 @@ def _losses(reference: list[np.ndarray], outputs: list[np.ndarray], labels, answ
             if answers:
                 disagreement = (disagreement or 0.0) + float((lq.argmax(1) != rows.top).mean())
         else:
-            denom = float((ref.astype(np.float64) ** 2).sum()) or 1.0
+            denom = scale or float((ref.astype(np.float64) ** 2).sum()) or 1.0
             total += float(((out.astype(np.float64) - ref) ** 2).sum()) / denom
     return total, disagreement
 
@@ -205,7 +222,7 @@ def compare(reference: list[np.ndarray], outputs: list[np.ndarray], names: list[
             labels: np.ndarray | None = None) -> dict:
     """Per-output metrics of `outputs` against `reference` (see module docstring)."""
     result = {}
-    for i, label, ref, out in _pieces(reference, outputs):
+    for i, label, ref, out, _ in _pieces(reference, outputs):
         name = names[i] if label is None else f"{names[i]}{label}"
         entry = {}
         if np.issubdtype(ref.dtype, np.floating):

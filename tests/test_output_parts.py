@@ -6,6 +6,7 @@ import pytest
 from onnx import helper
 
 from helpers import make_model, run, tensor
+from onnxprune import evaluate
 from onnxprune.evaluate import Reference, compare, fidelity_loss, output_parts
 from onnxprune.pipeline import prepare
 
@@ -108,3 +109,20 @@ def test_pruning_a_yolo_like_head_spares_the_class_branch(tmp_path, monkeypatch)
     assert "y[:, 4:7]" in parts_report["holdout"] and list(whole_report["holdout"]) == ["y"]
     assert parts_kept["convC"] > whole_kept["convC"]
     assert parts_error < 0.5 * whole_error
+
+
+def test_a_score_part_without_objects_is_not_judged_on_its_noise():
+    """Scores near zero everywhere (held-out images without objects): tripling them is noise and
+    must not weigh like losing every detection (the error is relative to at least every score
+    at PART_SCORE_FLOOR)."""
+    rng = np.random.default_rng(0)
+    boxes = rng.uniform(0, 320, size=(6, 4, 100))
+    quiet = np.full((6, 3, 100), 1e-3)
+    ref = np.concatenate([boxes, quiet], axis=1)
+    out = np.concatenate([boxes, 3 * quiet], axis=1)
+    reference = Reference([ref], {0: (1, [4, 3])})
+    floor = quiet.size * evaluate.PART_SCORE_FLOOR ** 2
+    assert fidelity_loss(reference, [out]) == pytest.approx((2e-3) ** 2 * quiet.size / floor, rel=1e-9)
+    assert fidelity_loss(reference, [out]) < 0.01
+    # the held-out table still gives the plain relative error (the scores tripled: 4)
+    assert compare(reference, [out], ["y"])["y[:, 4:7]"]["rel_sq_error"] == pytest.approx(4.0)
