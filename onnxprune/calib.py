@@ -101,7 +101,10 @@ class CalibData:
                 raise OnnxPruneError("an image folder can calibrate only a model with one image input; "
                                      "give a .npz with one array per input instead")
             self.count = min(len(self.files), config.samples)
-            self.files = self._subset(self.files)
+            # in a seeded random order: the held-out split is the last part, and a sorted listing of
+            # one sub-folder per class would hold out the last classes only
+            subset = self._subset(self.files)
+            self.files = [subset[i] for i in np.random.default_rng(config.seed).permutation(len(subset))]
             # one sub-folder per class gives labels (sorted class names -> 0, 1, ...)
             parents = [Path(f).parent for f in self.files]
             if all(p.parent == Path(path) for p in parents) and len(set(parents)) > 1:

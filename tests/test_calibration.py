@@ -343,3 +343,15 @@ def test_channel_stats_square_huge_activations_without_overflow():
     x = np.full((2, 3, 4, 4), 1e20, np.float32)
     st.update(x)
     assert np.all(np.isfinite(st.sumsq)) and np.allclose(st.sumsq, 32 * 1e40, rtol=1e-6)
+
+
+def test_an_image_folder_of_class_subfolders_is_held_out_across_classes(tmp_path):
+    """The held-out split is the last part of the samples: in sorted order it would be the
+    last class only; the files are taken in a seeded random order."""
+    for c in ("a_cat", "b_dog"):
+        write_images(tmp_path / "imgs" / c, 8)
+    _, data = calib_for(conv_bn_relu_conv(), str(tmp_path / "imgs"), holdout=0.25)
+    assert data.size("holdout") == 4 and sorted(data.labels.tolist()) == [0] * 8 + [1] * 8
+    assert set(data.split_labels("holdout").tolist()) == {0, 1}
+    _, again = calib_for(conv_bn_relu_conv(), str(tmp_path / "imgs"), holdout=0.25)
+    assert again.files == data.files          # the same order every run
