@@ -126,3 +126,16 @@ def test_a_score_part_without_objects_is_not_judged_on_its_noise():
     assert fidelity_loss(reference, [out]) < 0.01
     # the held-out table still gives the plain relative error (the scores tripled: 4)
     assert compare(reference, [out], ["y"])["y[:, 4:7]"]["rel_sq_error"] == pytest.approx(4.0)
+
+
+def test_onnxprune_eval_reports_each_part(tmp_path):
+    import onnx
+
+    from onnxprune.evaluate import evaluate_files
+
+    original, data = tmp_path / "m.onnx", tmp_path / "d.npz"
+    onnx.save(yolo_like_model(), original)
+    np.savez(data, x=np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32))
+    outputs = evaluate_files(str(original), str(original), str(data))["outputs"]
+    assert list(outputs) == ["y[:, 0:4]", "y[:, 4:7]"]
+    assert all(m["rel_sq_error"] == 0.0 for m in outputs.values())
