@@ -145,6 +145,12 @@ class CalibData:
         self.count -= self.count % b
         n_hold = b * int(round(self.count * config.holdout / b)) if self.count > b else 0
         self.split_at = self.count - n_hold
+        if self.labels is not None and n_hold:
+            held = set(self.labels[self.split_at:self.count].tolist())
+            classes = held | set(self.labels[:self.split_at].tolist())
+            if len(held) < len(classes) / 2:     # every decision is taken on the held-out split
+                self.notes.append(f"the held-out split (the last {n_hold} samples) holds {len(held)} of the "
+                                  f"{len(classes)} classes: the data looks sorted by class; shuffle it")
 
     def _subset(self, items):
         if len(items) <= self.config.samples:

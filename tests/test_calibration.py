@@ -355,3 +355,15 @@ def test_an_image_folder_of_class_subfolders_is_held_out_across_classes(tmp_path
     assert set(data.split_labels("holdout").tolist()) == {0, 1}
     _, again = calib_for(conv_bn_relu_conv(), str(tmp_path / "imgs"), holdout=0.25)
     assert again.files == data.files          # the same order every run
+
+
+def test_a_file_sorted_by_class_gets_a_note(tmp_path):
+    """An .npz is split in its order: sorted by label, the held-out quarter holds the last classes."""
+    x = np.random.default_rng(0).standard_normal((40, 3, 8, 8)).astype(np.float32)
+    labels = np.repeat(np.arange(4), 10)
+    np.savez(tmp_path / "sorted.npz", x=x, labels=labels)
+    np.savez(tmp_path / "mixed.npz", x=x, labels=np.random.default_rng(1).permutation(labels))
+    _, data = calib_for(conv_bn_relu_conv(), str(tmp_path / "sorted.npz"))
+    assert any("holds 1 of the 4 classes" in n for n in data.notes)
+    _, data = calib_for(conv_bn_relu_conv(), str(tmp_path / "mixed.npz"))
+    assert not any("classes" in n for n in data.notes)
