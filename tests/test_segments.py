@@ -179,6 +179,9 @@ def test_a_second_probe_spends_at_most_half_the_budget(monkeypatch):
     per_row = (full_cost["sample_rows"] - 64) / 64       # no binding budget: every row probed
     monkeypatch.setattr(allocate, "PROBE_PASSES", full_cost["full_model_passes"] / 4)   # binds at ~16 rows
     fine, fine_cost = allocate.sensitivity_curves(an, scores, gids, feeds)
+    # a probe under SECOND_PROBE_MACS of compute (this toy's) is repeated as it was
+    assert allocate.sensitivity_curves(an, scores, gids, feeds, second=True) == (fine, fine_cost)
+    monkeypatch.setattr(allocate, "SECOND_PROBE_MACS", 0)
     coarse, coarse_cost = allocate.sensitivity_curves(an, scores, gids, feeds, second=True)
     fine_rows = int(fine_cost["sample_rows"] / (1 + per_row))
     coarse_rows = int(coarse_cost["sample_rows"] / (1 + per_row * 5 / 9))
