@@ -391,7 +391,7 @@ class Allocation:
     def probe(self, scores, second: bool = False) -> tuple[dict, dict]:
         """(curves, cost): the sensitivity curves of every group pruned in the order of `scores`
         (masked forward passes on the held-out split, or the scoring split without one; `second`:
-        on half the budget, see allocate.sensitivity_curves). The counts come from `self.curves`."""
+        repeated or on half the budget, see allocate.sensitivity_curves). The counts come from `self.curves`."""
         from . import allocate as alloc
 
         an, config, data = self.an, self.config, self.data
@@ -511,7 +511,8 @@ def _try_own_counts(allocator: "Allocation", target_macs, losses: dict, best: st
     held = losses[f"{best} with variety"] if allocator.chooser is not None and f"{best} with variety" in losses \
         else losses[best]
     first_curves = allocator.curves
-    # on half the budget; its cost is the check's (the report's sensitivity cost stays the first probe's)
+    # the first probe again where cheap, else on half the budget; its cost is the check's (the
+    # report's sensitivity cost stays the first probe's)
     allocator.curves, cost = allocator.probe(allocator.scores, second=True)
     config, counts, reasons, _ = allocator.counts_for(target_macs)
     label = f"{best} at its own counts"
