@@ -186,8 +186,7 @@ def main() -> int:
     args = ap.parse_args()
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     import onnxprune
-    from onnxprune import allocate, evaluate, pipeline
-    from onnxprune.criteria import ensembles, interactions
+    from onnxprune import evaluate
 
     path = model_path(args.model)
     calib_x, eval_x = image_sets(np.random.default_rng(0))
@@ -204,18 +203,15 @@ def main() -> int:
     results = []
     for name in args.runs.split(","):
         for seed in [int(s) for s in args.seeds.split(",")]:
-            saved = {}
+            parts = evaluate.output_parts
             if name == "whole":     # every loss reads the output as one tensor (before part-by-part)
-                for module in (pipeline, allocate, evaluate, ensembles, interactions):
-                    saved[module] = module.output_parts
-                    module.output_parts = lambda model, shapes: {}
+                evaluate.output_parts = lambda model, shapes: {}
             t = time.perf_counter()
             try:
                 result = onnxprune.prune(path, target_macs=args.target, calib=calib, seed=seed,
                                          input_shape={"images": [1, 3, SIZE, SIZE]}, **RUNS[name])
             finally:
-                for module, fn in saved.items():
-                    module.output_parts = fn
+                evaluate.output_parts = parts
             seconds = time.perf_counter() - t
             out = run_model(result.model, eval_x)
             row = {"run": name, "seed": seed, "macs_kept": result.report["macs_kept"], **agreement(ref_dets, detections(out)),

@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from .evaluate import Reference, fidelity_loss, output_parts
+from .evaluate import Reference, fidelity_loss
 from .groups import Analysis
 from .masking import fixed_batch, group_starts, outputs_of, suffix_runners
 from .metrics import MacModel
@@ -88,14 +88,13 @@ def sensitivity_curves(analysis: Analysis, scores, group_ids, feeds: dict[str, n
     """
     model = analysis.model
     start = group_starts(analysis, group_ids)
-    node_macs = _node_mac_shares(analysis)
+    node_macs, total_macs = _node_mac_shares(analysis)
     # as many probe images as the budget allows (at least MIN_PROBE_SAMPLES)
     per_image = len(GRID) * sum(float(node_macs[start[gid]:].sum()) for gid in group_ids)
     available = len(next(iter(feeds.values())))
     rows = min(available, max(MIN_PROBE_SAMPLES, int(PROBE_PASSES / max(per_image, 1e-9))))
     grid = GRID
-    if second and rows * per_image > PROBE_PASSES / 2 and \
-            rows * per_image * MacModel(analysis).total > SECOND_PROBE_MACS:
+    if second and rows * per_image > PROBE_PASSES / 2 and rows * per_image * total_macs > SECOND_PROBE_MACS:
         # rows budgeted on the whole grid's cost: the coarse grid spends fewer passes, not more rows
         grid = GRID[::2]
         rows = min(available, max(MIN_PROBE_SAMPLES // 2, int(PROBE_PASSES / 2 / max(per_image, 1e-9))))
@@ -103,7 +102,7 @@ def sensitivity_curves(analysis: Analysis, scores, group_ids, feeds: dict[str, n
     rows = max(rows - rows % batch, batch) if batch else rows
     feeds = {k: v[:rows] for k, v in feeds.items()}
     labels = None if labels is None else labels[:rows]
-    reference = Reference(outputs_of(model, feeds), output_parts(model, analysis.shapes))
+    reference = Reference.of(analysis, outputs_of(model, feeds))
     base = float(fidelity_loss(reference, reference, labels))
     cost = {"sample_rows": rows, "full_model_passes": float(rows)}   # the reference run
     curves = {}
@@ -131,14 +130,15 @@ def sensitivity_curves(analysis: Analysis, scores, group_ids, feeds: dict[str, n
     return curves, cost
 
 
-def _node_mac_shares(analysis: Analysis) -> np.ndarray:
-    """Each node's share of the network's MACs (uniform when the model has none)."""
+def _node_mac_shares(analysis: Analysis) -> tuple[np.ndarray, float]:
+    """Each node's share of the network's MACs (uniform when the model has none), and their total."""
     from .metrics import node_macs
 
     per_node = node_macs(analysis.model, analysis.shapes)
     macs = np.array([per_node.get(node.name or node.output[0], 0) for node in analysis.model.graph.node],
                     dtype=np.float64)
-    return macs / macs.sum() if macs.sum() > 0 else np.full(len(macs), 1.0 / max(len(macs), 1))
+    total = float(macs.sum())
+    return (macs / total if total > 0 else np.full(len(macs), 1.0 / max(len(macs), 1))), total
 
 
 def _applied_counts(analysis: Analysis, gids, config: SelectConfig):

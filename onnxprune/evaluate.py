@@ -126,6 +126,11 @@ class Reference(list):
     """The original's outputs (a list, as `outputs` lists) with the `parts` of each output
     (`output_parts`) that the losses and `compare` read one by one."""
 
+    @classmethod
+    def of(cls, analysis, arrays) -> "Reference":
+        """`arrays`, the outputs of `analysis.model`, with the parts its graph gives them."""
+        return cls(arrays, output_parts(analysis.model, analysis.shapes))
+
     def __init__(self, arrays, parts: dict[int, tuple[int, list[int]]] | None = None):
         super().__init__(arrays)
         self.parts = {i: p for i, p in (parts or {}).items()

@@ -16,7 +16,7 @@ import onnx
 from . import activations, criteria, graph, io, metrics, recover as recovery, rewrite
 from .calib import CalibConfig, CalibData, input_specs
 from .errors import OnnxPruneError
-from .evaluate import Reference, choice_loss, compare, output_parts, warnings_for
+from .evaluate import Reference, choice_loss, compare, warnings_for
 from .groups import Analysis, analyse as analyse_groups
 from .masking import MaskRunner
 from .reconstruct import reconstruct
@@ -292,8 +292,7 @@ def _calibrate(prep: Prepared, config: CalibConfig, criterion: str, recover: boo
         stats = activations.collect(an.model, an.read_tensors(), data, "score",
                                     rank_samples=128 if criterion in criteria.RANK_CRITERIA else 0,
                                     want=frozenset(want))
-    reference = (Reference(activations.outputs(an.model, data, "holdout"), output_parts(an.model, an.shapes))
-                 if data.size("holdout") else None)
+    reference = Reference.of(an, activations.outputs(an.model, data, "holdout")) if data.size("holdout") else None
     return data, stats, reference
 
 
@@ -311,7 +310,7 @@ def _blend_fitness(an: Analysis, data: CalibData, config: SelectConfig, target_m
     runner = MaskRunner(an, gids)
     split = "holdout" if data.size("holdout") else "score"
     feeds = next(data.batches(split, BLEND_FITNESS_SAMPLES))
-    reference = Reference(runner.run(feeds, [{}])[0], output_parts(an.model, an.shapes))
+    reference = Reference.of(an, runner.run(feeds, [{}])[0])
 
     def fitness(order: dict[int, np.ndarray]) -> float:
         masks = {}

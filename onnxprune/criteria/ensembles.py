@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import OnnxPruneError
-from ..evaluate import Reference, output_parts
+from ..evaluate import Reference
 from ..masking import MaskRunner, outputs_of, suffix_runners
 from . import ScoreContext, register
 
@@ -80,7 +80,7 @@ def ensemble(ctx: ScoreContext) -> dict[int, np.ndarray]:
     an = ctx.analysis
     gids = [g.id for g in an.groups if g.prunable]
     feeds = _first_batch(ctx.data, BATCH)
-    reference = Reference(outputs_of(an.model, feeds), output_parts(an.model, an.shapes))
+    reference = Reference.of(an, outputs_of(an.model, feeds))
     rng = np.random.default_rng(ctx.seed)
     mode = ctx.options.get("ensemble_mode") or "group"
     if mode == "joint":

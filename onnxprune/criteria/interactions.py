@@ -15,7 +15,7 @@ import itertools
 import numpy as np
 
 from ..errors import OnnxPruneError
-from ..evaluate import Reference, output_parts
+from ..evaluate import Reference
 from ..masking import outputs_of, suffix_runners
 from . import ScoreContext, register
 from .ensembles import _first_batch, group_game
@@ -32,7 +32,7 @@ def games(ctx: ScoreContext, keep_prob: float = KEEP_PROB) -> dict[int, dict]:
     an = ctx.analysis
     gids = [g.id for g in an.groups if g.prunable]
     feeds = _first_batch(ctx.data, 64)
-    reference = Reference(outputs_of(an.model, feeds), output_parts(an.model, an.shapes))
+    reference = Reference.of(an, outputs_of(an.model, feeds))
     rng = np.random.default_rng(ctx.seed)
     result, samples = {}, 0
     for gid, runner, cut_feeds in suffix_runners(an, gids, feeds):
