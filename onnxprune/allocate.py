@@ -94,7 +94,8 @@ def sensitivity_curves(analysis: Analysis, scores, group_ids, feeds: dict[str, n
     available = len(next(iter(feeds.values())))
     rows = min(available, max(MIN_PROBE_SAMPLES, int(PROBE_PASSES / max(per_image, 1e-9))))
     grid = GRID
-    if second and rows * per_image > PROBE_PASSES / 2 and rows * per_image * total_macs > SECOND_PROBE_MACS:
+    repeatable = rows * per_image <= PROBE_PASSES / 2 or rows * per_image * total_macs <= SECOND_PROBE_MACS
+    if second and not repeatable:
         # rows budgeted on the whole grid's cost: the coarse grid spends fewer passes, not more rows
         grid = GRID[::2]
         rows = min(available, max(MIN_PROBE_SAMPLES // 2, int(PROBE_PASSES / 2 / max(per_image, 1e-9))))
@@ -104,7 +105,8 @@ def sensitivity_curves(analysis: Analysis, scores, group_ids, feeds: dict[str, n
     labels = None if labels is None else labels[:rows]
     reference = Reference.of(analysis, outputs_of(model, feeds))
     base = float(fidelity_loss(reference, reference, labels))
-    cost = {"sample_rows": rows, "full_model_passes": float(rows)}   # the reference run
+    # the reference run; `repeatable`: a second probe would repeat this one (the order check reads it)
+    cost = {"sample_rows": rows, "full_model_passes": float(rows), "repeatable": bool(repeatable)}
     curves = {}
     for gid, runner, cut_feeds in suffix_runners(analysis, group_ids, feeds, start):
         size = analysis.groups[gid].size

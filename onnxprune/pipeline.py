@@ -27,6 +27,7 @@ from .verify import Verification, verify as verify_model
 REPORT_SCHEMA = 1
 BLEND_FITNESS_SAMPLES = 128   # held-out images behind each fitness evaluation of the blend search
 CHECK_FIT_SAMPLES = 64        # scoring images behind the order check's least-squares repair of a candidate
+CLOSE_RUNNER_UP = 0.1         # a representative this close to a winning blend (relative loss) gets counts of its own
 SPEED_ROUND_TO = 8        # the --round-to default when pruning for speed (resolve_round_to) ...
 SPEED_ROUND_TO_AVX512 = 16   # ... on the CPU provider of a CPU with AVX-512 (onnxruntime's NCHWc blocks of 16)
 
@@ -451,15 +452,22 @@ def _check_orders(allocator: "Allocation", orders: dict[str, dict], target_macs,
     blend's simplex), whichever gives the lowest held-out loss after cheap recovery (criteria.md
     §5's fitness: the plan at the allocated counts, repaired as `_recover` starts: mean
     compensation if it helps, then least squares, the best of these counted).
-    With `question_variety` (variety was defaulted, not asked for), the orders are compared
-    without the variety chooser, and the winner keeps it only if that lowers its loss: one keeper
-    forced per activation cluster overrides the criterion, and on PaddleOCR's recogniser it took
-    mean_act from CER 0.34 to 0.80 against the original, the blend's held-out loss from 0.105 to
-    0.691; on its detector it kept the default from an IoU of 0.89.
     Masked losses without recovery cannot tell the orders apart where recovery does most of the
     work (PaddleOCR's direction classifier: all within 10%). The first order (the blend) wins ties.
-    A winner other than the blend is probed again for counts of its own (sensitivity allocation;
-    `_try_own_counts`), kept if they lower its loss: one more sensitivity probe and repair.
+
+    The orders are compared at the blend's counts, which its own sensitivity curves chose: a
+    group that is sensitive under the blend's order may not be under another's, and the reverse.
+    So a winner other than the blend is probed again for counts of its own (`_try_own_counts`),
+    kept if they lower its loss; where the blend wins, the best representative is probed too when
+    it came within CLOSE_RUNNER_UP of the blend and a second probe repeats the first (cheap
+    models, allocate.SECOND_PROBE_MACS), and wins if its own counts beat the blend. PaddleOCR's
+    recogniser (64 crops), seed 0: blend 0.104, mean_act 0.111 at the blend's counts, 0.09 at its own.
+    With `question_variety` (variety was defaulted, not asked for), all this runs without the
+    variety chooser, and the final order and counts keep it only if that lowers their loss: one
+    keeper forced per activation cluster overrides the criterion (PaddleOCR's recogniser: mean_act
+    from CER 0.34 to 0.80 against the original, the blend's held-out loss from 0.105 to 0.691; on
+    the detector it kept the default from an IoU of 0.89), and own counts were once tried with a
+    variety kept by a margin of 0.002 and repaired to 0.58 instead of about 0.1.
     With `recover` off, the loss is the pruned model's as it is (what the user will get).
     Switches `allocator.scores` (and `allocator.chooser`) to the winner and returns the report
     entry, with the image passes it cost."""
@@ -475,23 +483,30 @@ def _check_orders(allocator: "Allocation", orders: dict[str, dict], target_macs,
         passes += cost
         return loss
 
-    # variety questioned: compare the orders without it (its forced keepers are the same for every
-    # order and would blur the comparison), then try it on the winner
-    stage_one = None if question_variety else allocator.chooser
+    # variety questioned: compare the orders (and counts) without it (its forced keepers are the
+    # same for every order and would blur the comparison), then try it on the final choice
+    chooser = None if question_variety else allocator.chooser
     first = next(iter(orders))
-    losses = {name: loss_of({**allocator.scores, **order}, stage_one) for name, order in orders.items()}
+    losses = {name: loss_of({**allocator.scores, **order}, chooser) for name, order in orders.items()}
     best = min(orders, key=lambda n: (losses[n], n != first))
+    held = losses[best]
+    allocator.scores = {**allocator.scores, **orders[best]}
+    challenger = best if best != first else _close_runner_up(losses, first)
+    own_counts = None
+    if challenger is not None and allocator.curves is not None and (
+            challenger == best or allocator.info.get("cost", {}).get("repeatable")):
+        own_counts = _try_own_counts(allocator, target_macs, orders[challenger], challenger, held, losses,
+                                     loss_of, chooser)
+        passes += own_counts["probe_passes"]
+        if own_counts["kept"]:
+            best, held = challenger, losses[f"{challenger} at its own counts"]
     variety = "kept" if allocator.chooser is not None else "off"
     if question_variety and allocator.chooser is not None:
         label = f"{best} with variety"
-        losses[label] = loss_of({**allocator.scores, **orders[best]}, allocator.chooser)
-        if losses[label] >= losses[best]:
+        final_config, final_counts, final_reasons, _ = allocator.counts_for(target_macs)
+        losses[label] = loss_of(allocator.scores, allocator.chooser, final_config, final_counts, final_reasons)
+        if losses[label] >= held:
             allocator.chooser, variety = None, "off"
-    allocator.scores = {**allocator.scores, **orders[best]}
-    own_counts = None
-    if best != first and allocator.curves is not None:
-        own_counts = _try_own_counts(allocator, target_macs, losses, best, loss_of)
-        passes += own_counts["probe_passes"]
     entry = {"losses": {n: round(v, 6) for n, v in losses.items()}, "chosen": best, "variety": variety,
              "passes": passes, "recovery": "best of none / mean compensation, then least squares" if recover else "none"}
     if own_counts:
@@ -499,26 +514,35 @@ def _check_orders(allocator: "Allocation", orders: dict[str, dict], target_macs,
     return entry
 
 
-def _try_own_counts(allocator: "Allocation", target_macs, losses: dict, best: str, loss_of) -> dict:
-    """Re-probe the sensitivity curves in the winner's own order and keep the counts they give if
-    they lower its held-out loss (recorded in `losses` as "NAME at its own counts").
+def _close_runner_up(losses: dict[str, float], first: str) -> str | None:
+    """The best order other than `first` if its loss is within CLOSE_RUNNER_UP of `first`'s."""
+    others = [n for n in losses if n != first]
+    if not others:
+        return None
+    runner_up = min(others, key=lambda n: losses[n])
+    return runner_up if losses[runner_up] <= (1.0 + CLOSE_RUNNER_UP) * losses[first] else None
 
-    The check compares orders at the blend's counts; a group that is sensitive under the blend's
-    order may not be under the winner's, and the reverse. On PaddleOCR's recogniser mean_act won
-    at the blend's counts with CER 0.62 against the original, at its own counts 0.33.
+
+def _try_own_counts(allocator: "Allocation", target_macs, order: dict, name: str, to_beat: float,
+                    losses: dict, loss_of, chooser) -> dict:
+    """Re-probe the sensitivity curves in `order` (candidate `name`) and switch the allocator to
+    that order and the counts they give if its loss there (recorded in `losses` as "NAME at its own
+    counts") is below `to_beat`; otherwise the allocator's scores and curves stay as they were.
+
+    On PaddleOCR's recogniser mean_act won at the blend's counts with CER 0.62 against the
+    original, at its own counts 0.33.
     Returns {"kept": bool, "probe_passes": full-network passes the probe cost}."""
-    held = losses[f"{best} with variety"] if allocator.chooser is not None and f"{best} with variety" in losses \
-        else losses[best]
-    first_curves = allocator.curves
+    first_scores, first_curves = allocator.scores, allocator.curves
+    allocator.scores = {**allocator.scores, **order}
     # the first probe again where cheap, else on half the budget; its cost is the check's (the
     # report's sensitivity cost stays the first probe's)
     allocator.curves, cost = allocator.probe(allocator.scores, second=True)
     config, counts, reasons, _ = allocator.counts_for(target_macs)
-    label = f"{best} at its own counts"
-    losses[label] = loss_of(allocator.scores, allocator.chooser, config, counts, reasons)
-    kept = losses[label] < held
+    label = f"{name} at its own counts"
+    losses[label] = loss_of(allocator.scores, chooser, config, counts, reasons)
+    kept = losses[label] < to_beat
     if not kept:
-        allocator.curves = first_curves
+        allocator.scores, allocator.curves = first_scores, first_curves
     return {"kept": kept, "probe_passes": round(cost["full_model_passes"], 1)}
 
 

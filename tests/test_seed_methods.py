@@ -617,6 +617,52 @@ def test_order_check_gives_a_winner_its_own_counts(two_criteria_calib):
         half["allocation"]["order_check"]["losses"]["mean_act"]
 
 
+def test_order_check_questions_a_defaulted_variety_after_the_own_counts(two_criteria_calib):
+    import onnxprune
+
+    # the winner's own counts are found and judged without the variety chooser (as the orders
+    # were compared), and the chooser is then tried on the final order and counts
+    path = two_criteria_calib
+    off = onnxprune.prune(dead_large_then_live_model(), criterion="blend", target_macs=0.3, calib=str(path),
+                          variety="off").report["allocation"]["order_check"]
+    rep = onnxprune.prune(dead_large_then_live_model(), criterion="blend", target_macs=0.3,
+                          calib=str(path)).report["allocation"]["order_check"]
+    labels = list(rep["losses"])
+    assert labels.index("mean_act at its own counts") < labels.index("mean_act with variety") == len(labels) - 1
+    assert rep["losses"]["mean_act at its own counts"] == off["losses"]["mean_act at its own counts"] < 1e-6
+    assert rep["chosen"] == "mean_act" and rep["own_counts"] is True
+
+
+def test_order_check_probes_a_runner_up_close_to_a_winning_blend(two_criteria_calib, monkeypatch):
+    import onnxprune
+    from onnxprune import allocate, pipeline
+
+    # l1 ranks the copies of duplicated_half_model as the blend does: the blend wins (ties go to
+    # it) and l1, within CLOSE_RUNNER_UP of it, is probed for counts of its own, which do not beat it
+    path = two_criteria_calib
+    rep = onnxprune.prune(duplicated_half_model(), criterion="blend", target_macs=0.3, calib=str(path),
+                          variety="off").report
+    check = rep["allocation"]["order_check"]
+    assert check["chosen"] == "blend" and check["own_counts"] is False
+    assert check["losses"]["l1"] <= (1 + pipeline.CLOSE_RUNNER_UP) * check["losses"]["blend"]
+    assert check["losses"]["l1 at its own counts"] >= check["losses"]["blend"]
+    probe = rep["forward_passes"]["sensitivity"]
+    assert check["passes"] == pytest.approx(3 * (3 * 16 + 2 * 48) + probe, abs=0.2)
+    # a runner-up further away is not probed ...
+    monkeypatch.setattr(pipeline, "CLOSE_RUNNER_UP", -0.5)
+    far = onnxprune.prune(duplicated_half_model(), criterion="blend", target_macs=0.3, calib=str(path),
+                          variety="off").report["allocation"]["order_check"]
+    assert "own_counts" not in far and list(far["losses"]) == ["blend", "l1"]
+    # ... nor where a second probe would not repeat the first (an expensive model)
+    monkeypatch.setattr(pipeline, "CLOSE_RUNNER_UP", 0.1)
+    monkeypatch.setattr(allocate, "PROBE_PASSES", 8)
+    monkeypatch.setattr(allocate, "SECOND_PROBE_MACS", 0)
+    costly = onnxprune.prune(duplicated_half_model(), criterion="blend", target_macs=0.3, calib=str(path),
+                             variety="off").report
+    assert costly["allocation"]["cost"]["repeatable"] is False
+    assert "own_counts" not in costly["allocation"]["order_check"]
+
+
 def test_order_check_fits_its_repairs_on_at_most_64_scoring_images(tmp_path, two_criteria_calib):
     import onnxprune
     from onnxprune.pipeline import CHECK_FIT_SAMPLES
