@@ -77,8 +77,8 @@ def sensitivity_curves(analysis: Analysis, scores, group_ids, feeds: dict[str, n
     probe's cost). Fewer rows or a coarser grid cost the recogniser its gain: with 16 held-out
     rows interpolated curves gave counts that repaired to 0.49 instead of 0.39; with 40, 18 rows
     gave counts that lost to the blend's, and the default's CER was 0.29 against 0.20 for
-    mean_act with the full probe. On YOLOv8n the repeated probe gave mean_act counts that kept F1 0.90 of the original's detections
-    on two seeds of three (the blend, kept on the third, 0.88).
+    mean_act with the full probe. On YOLOv8n the repeated probe gave mean_act counts that kept F1
+    0.90 of the original's detections on two seeds of three (the blend, kept on the third, 0.88).
 
     Groups are probed in node order on suffix sub-models (onnxprune/segments.py): the unmasked
     tensors at the cut before a group's first producer are carried forward once, and only the

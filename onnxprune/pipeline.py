@@ -461,7 +461,7 @@ def _check_orders(allocator: "Allocation", orders: dict[str, dict], target_macs,
     kept if they lower its loss; where the blend wins, the best representative is probed too when
     it came within CLOSE_RUNNER_UP of the blend and a second probe repeats the first (cheap
     models, allocate.SECOND_PROBE_MACS), and wins if its own counts beat the blend. PaddleOCR's
-    recogniser (64 crops), seed 0: blend 0.104, mean_act 0.111 at the blend's counts, 0.09 at its own.
+    recogniser (64 crops), seed 0: blend 0.104, mean_act 0.111 at the blend's counts, 0.096 at its own.
     With `question_variety` (variety was defaulted, not asked for), all this runs without the
     variety chooser, and the final order and counts keep it only if that lowers their loss: one
     keeper forced per activation cluster overrides the criterion (PaddleOCR's recogniser: mean_act
