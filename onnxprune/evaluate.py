@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .graph import attr
+
 
 def log_softmax(z: np.ndarray) -> np.ndarray:
     """Row-wise log-softmax in float64."""
@@ -106,13 +108,12 @@ def output_parts(model, shapes: dict) -> dict[int, tuple[int, list[int]]]:
         rank = len(shapes.get(output.name) or [])
         if node is None or node.op_type != "Concat" or not rank:
             continue
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 0) % rank
+        axis = attr(node, "axis", 0) % rank
         stack, sizes = list(reversed(node.input)), []
         while stack:
             name = stack.pop()
             inner = producer.get(name)
-            if inner is not None and inner.op_type == "Concat" and \
-                    next((a.i for a in inner.attribute if a.name == "axis"), 0) % rank == axis:
+            if inner is not None and inner.op_type == "Concat" and attr(inner, "axis", 0) % rank == axis:
                 stack.extend(reversed(inner.input))
                 continue
             shape = shapes.get(name) or []

@@ -495,11 +495,11 @@ def _check_orders(allocator: "Allocation", orders: dict[str, dict], target_macs,
     own_counts = None
     if challenger is not None and allocator.curves is not None and (
             challenger == best or allocator.info.get("cost", {}).get("repeatable")):
-        own_counts = _try_own_counts(allocator, target_macs, orders[challenger], challenger, held, losses,
-                                     loss_of, chooser)
+        own_counts = _try_own_counts(allocator, target_macs, orders[challenger], held, loss_of, chooser)
         passes += own_counts["probe_passes"]
+        losses[f"{challenger} at its own counts"] = own_counts["loss"]
         if own_counts["kept"]:
-            best, held = challenger, losses[f"{challenger} at its own counts"]
+            best, held = challenger, own_counts["loss"]
     variety = "kept" if allocator.chooser is not None else "off"
     if question_variety and allocator.chooser is not None:
         label = f"{best} with variety"
@@ -523,27 +523,25 @@ def _close_runner_up(losses: dict[str, float], first: str) -> str | None:
     return runner_up if losses[runner_up] <= (1.0 + CLOSE_RUNNER_UP) * losses[first] else None
 
 
-def _try_own_counts(allocator: "Allocation", target_macs, order: dict, name: str, to_beat: float,
-                    losses: dict, loss_of, chooser) -> dict:
-    """Re-probe the sensitivity curves in `order` (candidate `name`) and switch the allocator to
-    that order and the counts they give if its loss there (recorded in `losses` as "NAME at its own
-    counts") is below `to_beat`; otherwise the allocator's scores and curves stay as they were.
+def _try_own_counts(allocator: "Allocation", target_macs, order: dict, to_beat: float, loss_of, chooser) -> dict:
+    """Re-probe the sensitivity curves in `order` and switch the allocator to that order and the
+    counts they give if its loss there is below `to_beat`; otherwise the allocator's scores and
+    curves stay as they were.
 
     On PaddleOCR's recogniser mean_act won at the blend's counts with CER 0.62 against the
     original, at its own counts 0.33.
-    Returns {"kept": bool, "probe_passes": full-network passes the probe cost}."""
+    Returns {"loss": at those counts, "kept": bool, "probe_passes": full-network passes the probe cost}."""
     first_scores, first_curves = allocator.scores, allocator.curves
     allocator.scores = {**allocator.scores, **order}
     # the first probe again where cheap, else on half the budget; its cost is the check's (the
     # report's sensitivity cost stays the first probe's)
     allocator.curves, cost = allocator.probe(allocator.scores, second=True)
     config, counts, reasons, _ = allocator.counts_for(target_macs)
-    label = f"{name} at its own counts"
-    losses[label] = loss_of(allocator.scores, chooser, config, counts, reasons)
-    kept = losses[label] < to_beat
+    loss = loss_of(allocator.scores, chooser, config, counts, reasons)
+    kept = loss < to_beat
     if not kept:
         allocator.scores, allocator.curves = first_scores, first_curves
-    return {"kept": kept, "probe_passes": round(cost["full_model_passes"], 1)}
+    return {"loss": loss, "kept": kept, "probe_passes": round(cost["full_model_passes"], 1)}
 
 
 def _repaired_loss(an: Analysis, removed, data: CalibData, means: dict, reference: list,
