@@ -212,6 +212,22 @@ class CalibData:
             stop = min(start + bs, hi)
             yield self._load(start, stop)
 
+    def samples(self, indices) -> dict[str, np.ndarray]:
+        """Feeds for the samples at `indices` (any order, e.g. a shuffled batch of the 'score'
+        split); only those samples are read."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if self.kind == "arrays":
+            order = np.argsort(indices, kind="stable")   # sorted reads from a memory map, then back in order
+            back = np.empty_like(order)
+            back[order] = np.arange(len(order))
+            return {s.name: np.ascontiguousarray(self.arrays[s.name][indices[order]][back]).astype(s.dtype, copy=False)
+                    for s in self.specs}
+        if self.kind == "random":
+            rows = [self._load(int(i), int(i) + 1) for i in indices]
+            return {s.name: np.concatenate([r[s.name] for r in rows]) for s in self.specs}
+        spec = self.specs[0]
+        return {spec.name: np.stack([load_image(self.files[i], spec, self.config) for i in indices])}
+
     def _load(self, start: int, stop: int) -> dict[str, np.ndarray]:
         if self.kind == "arrays":
             return {s.name: np.ascontiguousarray(self.arrays[s.name][start:stop]).astype(s.dtype, copy=False)

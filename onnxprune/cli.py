@@ -77,6 +77,49 @@ def _run(debug: bool, fn):
         sys.exit(1)
 
 
+def finetune_options(command):
+    """The fine-tuning options shared by `prune --finetune` and `finetune`."""
+    options = [
+        click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True,
+                     help="Fine-tuning epochs over the calibration data (the best held-out epoch is kept)."),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+                     help="Fine-tuning learning rate (Adam, cosine decay)."),
+        click.option("--finetune-batch", type=click.IntRange(min=1), default=32, show_default=True,
+                     help="Fine-tuning batch size."),
+        click.option("--augment", default="default", show_default=True,
+                     help="Image augmentation in fine-tuning: default (shift), none, or a list of shift,crop,flip."),
+        click.option("--device", type=click.Choice(["cpu", "cuda"], case_sensitive=False), default="cpu",
+                     show_default=True, help="torch device for fine-tuning."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def epoch_progress():
+    """A callback(epoch, epochs, train_loss, held_out_loss) drawing a progress bar on stderr (None
+    when stderr is not a terminal)."""
+    if not sys.stderr.isatty():
+        return None
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    state = {}
+
+    def update(epoch, epochs, train_loss, held_out_loss):
+        if "bar" not in state:
+            bar = Progress(TextColumn("fine-tuning"), BarColumn(), TextColumn("epoch {task.completed}/{task.total}"),
+                           TextColumn("{task.fields[losses]}"), TimeElapsedColumn(),
+                           console=Console(stderr=True), transient=True)
+            bar.start()
+            state["bar"], state["task"] = bar, bar.add_task("finetune", total=epochs, losses="")
+        state["bar"].update(state["task"], completed=epoch,
+                            losses=f"train loss {train_loss:.4g}  held-out loss {held_out_loss:.4g}")
+        if epoch >= epochs:
+            state.pop("bar").stop()
+    return update
+
+
 @click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="onnxprune")
 def main():
@@ -150,11 +193,16 @@ def main():
                    "--latency-batch).")
 @click.option("--plot-groups", type=click.Path(path_type=Path),
               help="Write a PNG bar chart of channels before/after per group (needs [plot]).")
+@click.option("--finetune", is_flag=True,
+              help="Then fine-tune against the original on the --calib data (distillation, no labels needed; "
+                   "needs the [finetune] extra).")
+@finetune_options
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def prune(model, output, criterion, ratio, global_pruning, max_ratio, min_channels, round_to, ignore, plan,
           save_plan, input_shape, report_path, show, seed, no_verify, calib, calib_samples, batch_size, mean, std,
           scale, holdout, recover, allocate, target_macs, preset, variety, target_latency, latency_provider,
-          latency_batch, latency_threads, then_bench, plot_groups, ensemble_mode, order_check, debug):
+          latency_batch, latency_threads, then_bench, plot_groups, ensemble_mode, order_check, finetune, epochs, lr,
+          finetune_batch, augment, device, debug):
     """Prune MODEL and write the smaller model."""
     shapes = parse_input_shapes(input_shape)
     mean, std = parse_floats(mean, "--mean"), parse_floats(std, "--std")
@@ -187,7 +235,8 @@ def prune(model, output, criterion, ratio, global_pruning, max_ratio, min_channe
             holdout=holdout, recover=recover, allocate=allocate, target_macs=target_macs, variety=variety,
             preset=preset, target_latency=target_latency, latency_provider=latency_provider.lower(),
             latency_batch=latency_batch, latency_threads=latency_threads, for_speed=then_bench,
-            ensemble_mode=ensemble_mode, order_check=order_check)
+            ensemble_mode=ensemble_mode, order_check=order_check, finetune=finetune, epochs=epochs, lr=lr,
+            finetune_batch=finetune_batch, augment=augment, device=device, finetune_progress=epoch_progress())
         console = Console()
         report.render_prune(result.report, console, show_groups="groups" in show)
         if result.verification is not None and not result.verification.valid:
@@ -327,6 +376,58 @@ def sweep(model, ratios, criterion, calib, calib_samples, batch_size, mean, std,
             plot_group_bars(rows.groups, str(plot_groups), title=f"{model.name}: channels per group",
                             after={f"ratio {r['ratio']:.2f}": r["kept_channels"] for r in rows[1:]})
             click.echo(f"wrote {plot_groups}", err=True)
+
+    _run(debug, work)
+
+
+@main.command(name="finetune")
+@click.argument("original", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("pruned", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--calib", required=True, metavar="PATH",
+              help="Training data: image folder, .npy/.npz of inputs (labels optional), or 'random'.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file [default: PRUNED_ft.onnx].")
+@click.option("--calib-samples", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Batch size of the held-out passes.")
+@click.option("--mean", default="0", show_default=True)
+@click.option("--std", default="1", show_default=True)
+@click.option("--scale", type=float, default=1 / 255, show_default="1/255")
+@click.option("--holdout", type=click.FloatRange(0.05, 0.9), default=0.25, show_default=True,
+              help="Fraction of the samples kept apart to pick the best epoch and accept the result.")
+@click.option("--input-shape", multiple=True, metavar="NAME:DIMS")
+@finetune_options
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write the fine-tuning entry as JSON.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def finetune_command(original, pruned, calib, output, calib_samples, batch_size, mean, std, scale, holdout,
+                     input_shape, epochs, lr, finetune_batch, augment, device, seed, report_path, debug):
+    """Fine-tune PRUNED (pruned earlier, or from a plan) against ORIGINAL and write the result."""
+    shapes = parse_input_shapes(input_shape)
+    mean, std = parse_floats(mean, "--mean"), parse_floats(std, "--std")
+
+    def work():
+        from . import io, report
+        from .finetune import FinetuneConfig, check_ready, finetune
+
+        check_ready(FinetuneConfig(epochs=epochs, lr=lr, batch_size=finetune_batch, augment=augment, device=device))
+        out = output or pruned.with_name(pruned.stem + "_ft.onnx")
+        io.check_output_path(out, [original, pruned])
+        if report_path is not None:
+            io.check_output_path(report_path, [original, pruned])
+        result = finetune(str(original), str(pruned), calib, epochs=epochs, lr=lr, finetune_batch=finetune_batch,
+                          augment=augment, device=device, seed=seed, calib_samples=calib_samples,
+                          batch_size=batch_size, mean=mean, std=std, scale=scale, holdout=holdout,
+                          input_shape=shapes, progress=epoch_progress())
+        step = result.step
+        click.echo(f"fine-tuning: held-out loss {step['loss_before']:.4g} -> {step['loss_after']:.4g}, best epoch "
+                   f"{step['best_epoch']} of {step['epochs_run']}, {step['seconds']:g} s: "
+                   f"{'kept' if step['kept'] else 'not kept'} ({step['why']})")
+        written = io.save(result.model, out)
+        if report_path:
+            report.write_json({"schema_version": 1, "original": str(original), "pruned": str(pruned),
+                               "output": str(written[0]), "finetune": step}, str(report_path))
+        click.echo(f"wrote {written[0]}" + (" (the input's weights: fine-tuning did not help)" if not step["kept"]
+                                            else ""), err=True)
 
     _run(debug, work)
 

@@ -85,7 +85,9 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
           allocate: str | None = None, target_macs: float | None = None, variety: str | None = None,
           preset: str = "default", target_latency: float | None = None, latency_provider: str = "cpu",
           latency_batch: int | None = None, latency_threads: int = 0, for_speed: bool = False,
-          ensemble_mode: str = "group", order_check: bool | None = None) -> PruneResult:
+          ensemble_mode: str = "group", order_check: bool | None = None, finetune: bool = False,
+          epochs: int = 20, lr: float = 1e-3, finetune_batch: int = 32, augment: str | tuple = "default",
+          device: str = "cpu", finetune_progress=None) -> PruneResult:
     """Prune a model's channels (the Python form of the `onnxprune` command).
 
     Args:
@@ -131,12 +133,19 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
             whose search would repeat it for every budget).
         for_speed: the result is meant to be faster (the CLI's `--bench`): only changes the
             `round_to` default (see `resolve_round_to`); `target_latency` implies it.
+        finetune: after the training-free recovery, fine-tune the pruned model against the
+            original by distillation on the calibration data (needs `calib` and the `[finetune]`
+            extra; see `onnxprune.finetune`), kept only if its held-out loss is lower.
+        epochs, lr, finetune_batch, augment, device: fine-tuning's schedule, batch size,
+            augmentation ("default", "none" or a comma list of shift, crop, flip) and torch device.
+        finetune_progress: optional callable(epoch, epochs, train_loss, held_out_loss).
     Returns:
         A `PruneResult`; `report` holds the numbers shown by the CLI.
     Raises:
         OnnxPruneError: bad input, nothing to prune, or a latency target that cannot be measured
             (provider missing) or reached.
     """
+    tuning = _finetune_config(finetune, calib, epochs, lr, finetune_batch, augment, device, seed)
     latency_provider = str(latency_provider).lower()
     round_to, round_to_source = resolve_round_to(round_to, for_speed or target_latency is not None, latency_provider)
     if target_latency is not None:
@@ -146,6 +155,9 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
     t0 = time.perf_counter()
     prep = prepare(model_or_path, input_shape)
     an = prep.analysis
+    if tuning is not None:
+        from .finetune import check_convertible
+        check_convertible(prep.original, prep.source)    # an op torch cannot run: said before pruning starts
     timings["analyse"] = time.perf_counter() - t0
     if not any(g.prunable for g in an.groups):
         reasons = sorted({r for g in an.groups for r in g.reasons})
@@ -208,6 +220,16 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
         t = time.perf_counter()
         pruned, steps, passes["recovery"] = _recover(an, removed, pruned, data, stats, reference)
         timings["recover"] = time.perf_counter() - t
+    if tuning is not None and reference is None:
+        ctx.notes.append("fine-tuning skipped: the held-out split is empty (more --calib-samples or --holdout)")
+    elif tuning is not None:
+        from .finetune import finetune_model
+        t = time.perf_counter()
+        pruned, step = finetune_model(prep.original, pruned, data, reference, tuning, progress=finetune_progress)
+        steps.append(step)
+        # per epoch: the teacher and the student over the training split, the student over the held-out one
+        passes["finetune"] = step["epochs_run"] * (2 * data.size("score") + data.size("holdout"))
+        timings["finetune"] = time.perf_counter() - t
 
     t = time.perf_counter()
     check = verify_model(prep.original, pruned, prep.input_shapes, seed=seed) if verify else None
@@ -228,7 +250,7 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
         "preset": preset,
         "options": {"global_pruning": global_pruning, "max_ratio": max_ratio, "min_channels": min_channels,
                     "round_to": round_to, "round_to_source": round_to_source, "for_speed": for_speed,
-                    "ignore": list(ignore), "seed": seed},
+                    "ignore": list(ignore), "seed": seed, "finetune": tuning.to_dict() if tuning else None},
         "input_shapes": prep.input_shapes,
         "before": before.to_dict(),
         "after": after.to_dict(),
@@ -696,6 +718,19 @@ def _recover(an: Analysis, removed, pruned: onnx.ModelProto, data: CalibData, st
     consider("bn_reestimation", recovery.reestimate_bn(best, data), 2 * score)   # two sweeps
     consider("moment_matching", recovery.match_moments(an.model, best, kept, data)[0], 2 * score)
     return best, steps, passes
+
+
+def _finetune_config(finetune: bool, calib, epochs, lr, finetune_batch, augment, device, seed):
+    """The fine-tuning options checked before any work (None without `finetune`): the extra
+    installed, the device present, calibration data given."""
+    if not finetune:
+        return None
+    from .finetune import FinetuneConfig, check_ready
+    config = FinetuneConfig(epochs=epochs, lr=lr, batch_size=finetune_batch, augment=augment, device=device, seed=seed)
+    if not calib:
+        raise OnnxPruneError("--finetune needs calibration data: give --calib PATH (images or arrays; labels not needed)")
+    check_ready(config)
+    return config
 
 
 def _holdout_metrics(model: onnx.ModelProto, data: CalibData, reference) -> dict:

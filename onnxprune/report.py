@@ -84,8 +84,10 @@ def render_prune(report: dict, console: Console, show_groups: bool = False) -> N
         if "loss_before" not in step:
             console.print(f"recovery {step['step']}: " + "; ".join(step.get("layers", [])[:3]), markup=False)
             continue
+        detail = (f", best epoch {step['best_epoch']} of {step['epochs_run']}, {step['seconds']:g} s"
+                  if step["step"] == "finetune" else "")
         console.print(f"recovery {step['step']}: held-out loss {step['loss_before']:.4g} -> {step['loss_after']:.4g} "
-                      f"({'kept' if step['kept'] else 'rejected'})", markup=False)
+                      f"({'kept' if step['kept'] else 'rejected'}{detail})", markup=False)
     passes = report.get("forward_passes") or {}
     if passes.get("total"):
         console.print(f"forward passes: {passes['total']:g} image passes through the network ("

@@ -1,0 +1,240 @@
+"""Label-free distillation fine-tuning of a pruned model against its original.
+
+The student is the pruned ONNX model converted to torch (`bridge`); the teacher is the original,
+run on exactly the student's (augmented) inputs: in onnxruntime on the CPU, in torch on CUDA.
+Adam with a cosine learning-rate schedule over `epochs` passes of the calibration 'score' split
+(shuffled, streamed in batches); after every epoch the held-out split is scored with the
+pipeline's own fidelity loss (`evaluate.fidelity_loss`: KL, or the cross-entropy with labels),
+the best epoch is kept, and training stops after `patience` epochs without a better one. The
+result is written back into the pruned graph, checked against the torch module (relative 1e-4),
+and accepted only if its held-out loss, measured in onnxruntime, beats the model it started from.
+
+BatchNorm statistics stay frozen by default (`bn="frozen"`: every module in eval mode, BN's scale
+and shift trained): a few hundred images re-estimate them poorly, and the training-free recovery
+has already set them (BN re-estimation). `bn="train"` updates them in training mode and writes
+them back.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+
+from ..errors import OnnxPruneError
+from ..evaluate import fidelity_loss
+from .augment import DEFAULT_AUGMENT, augment, parse_augment
+from .bridge import Bridge, check_agreement, require_torch
+from .losses import distill_loss, output_kinds
+
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning options (the CLI's --epochs, --lr, --finetune-batch, --augment, --device)."""
+
+    epochs: int = 20
+    lr: float = 1e-3
+    batch_size: int = 32
+    augment: tuple[str, ...] = DEFAULT_AUGMENT
+    temperature: float = 4.0
+    bn: str = "frozen"
+    patience: int = 6
+    device: str = "cpu"
+    seed: int = 0
+    threads: int = 0          # torch intra-op threads (0: torch's default)
+
+    def __post_init__(self):
+        object.__setattr__(self, "augment", parse_augment(self.augment))
+        object.__setattr__(self, "device", str(self.device).lower())
+        checks = [(isinstance(self.epochs, int) and self.epochs >= 1, f"--epochs must be >= 1 (got {self.epochs})"),
+                  (self.lr > 0, f"--lr must be > 0 (got {self.lr})"),
+                  (isinstance(self.batch_size, int) and self.batch_size >= 1,
+                   f"--finetune-batch must be >= 1 (got {self.batch_size})"),
+                  (self.temperature > 0, f"temperature must be > 0 (got {self.temperature})"),
+                  (self.bn in ("frozen", "train"), f"bn must be frozen or train (got {self.bn})"),
+                  (self.patience >= 1, f"patience must be >= 1 (got {self.patience})"),
+                  (self.device in DEVICES, f"unknown device '{self.device}'; choose cpu or cuda")]
+        for ok, message in checks:
+            if not ok:
+                raise OnnxPruneError(message)
+
+    def to_dict(self) -> dict:
+        """The options as plain JSON values."""
+        return {**asdict(self), "augment": list(self.augment)}
+
+
+def check_ready(config: FinetuneConfig) -> None:
+    """Everything fine-tuning needs before any work: the extra installed, the device present."""
+    require_torch()
+    if config.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise OnnxPruneError("--device cuda: no CUDA device is available to torch (CPU-only build or no GPU); "
+                                 "use --device cpu")
+
+
+def check_convertible(model: onnx.ModelProto, label: str = "model") -> None:
+    """Fail in one line, before pruning starts, when onnx2torch cannot convert `model`."""
+    Bridge(model, label)
+
+
+@dataclass
+class _Teacher:
+    """The original model's outputs on a batch: onnxruntime (CPU) or torch (CUDA)."""
+
+    model: onnx.ModelProto
+    device: str
+    _run: object = field(default=None, init=False)
+
+    def __post_init__(self):
+        if self.device == "cpu":
+            from ..verify import session
+
+            sess = session(self.model)
+            names = [o.name for o in self.model.graph.output]
+            self._run = lambda feeds: sess.run(names, feeds)
+        else:
+            import torch
+
+            bridge = Bridge(self.model, "original")
+            bridge.module.to(self.device).eval()
+
+            def run(feeds):
+                with torch.no_grad():
+                    return bridge.forward({k: torch.from_numpy(v).to(self.device) for k, v in feeds.items()})
+            self._run = run
+
+    def __call__(self, feeds):
+        import torch
+
+        return [t if isinstance(t, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(t)).to(self.device)
+                for t in self._run(feeds)]
+
+
+def finetune_model(original: onnx.ModelProto, pruned: onnx.ModelProto, data, reference, config: FinetuneConfig,
+                   progress=None) -> tuple[onnx.ModelProto, dict]:
+    """Fine-tune `pruned` against `original` on `data` (a CalibData with a held-out split).
+
+    Args:
+        original, pruned: the teacher and the model to fine-tune (neither is modified).
+        data: calibration data; 'score' trains, 'holdout' decides.
+        reference: the original's outputs on the held-out split (`evaluate.Reference`).
+        config: the options.
+        progress: optional callable(epoch, epochs, train_loss, held_out_loss) called after each epoch.
+    Returns:
+        (model, step): the fine-tuned model when its held-out loss beats `pruned`'s, else `pruned`
+        itself; `step` is the report entry (epochs, losses per epoch, best epoch, accepted, why).
+    """
+    import torch
+
+    check_ready(config)
+    if data.size("holdout") == 0 or data.size("score") == 0:
+        raise OnnxPruneError("fine-tuning needs both a training and a held-out split: more --calib-samples "
+                             "or a --holdout in (0, 1)")
+    t0 = time.perf_counter()
+    torch.manual_seed(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    rng = np.random.default_rng(config.seed)
+    labels_all = data.labels
+    held_labels = data.split_labels("holdout")
+    start_loss = fidelity_loss(reference, _ort_outputs(pruned, data), held_labels)
+
+    student = Bridge(pruned, "pruned model", train_bn_stats=config.bn == "train")
+    student.module.to(config.device)
+    teacher = _Teacher(original, config.device)
+    kinds = output_kinds(reference)
+    params = student.trainable()
+    if not params:
+        return pruned, _step(config, t0, start_loss, None, [], [], 0, False,
+                             "nothing to train: no Conv, Gemm or BatchNormalization weight of single use")
+    optimizer = torch.optim.Adam(params, lr=config.lr)
+    lo, hi = data.split_range("score")
+    steps_per_epoch = -(-(hi - lo) // config.batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
+    train_losses, held_losses = [], []
+    best_loss, best_epoch, best_state = start_loss, 0, None
+    for epoch in range(1, config.epochs + 1):
+        _train_mode(student.module, config.bn)
+        order = lo + rng.permutation(hi - lo)
+        total, seen = 0.0, 0
+        for b in range(0, len(order), config.batch_size):
+            idx = order[b:b + config.batch_size]
+            feeds = augment(data.samples(idx), data.specs, config.augment, rng)
+            targets = teacher(feeds)
+            outs = student.forward({k: torch.from_numpy(v).to(config.device) for k, v in feeds.items()})
+            # a blend of two inputs has no one label: the teacher's soft targets carry the mixture
+            labels = None if labels_all is None or "mix" in config.augment else \
+                torch.from_numpy(labels_all[idx]).to(config.device)
+            loss = distill_loss(outs, targets, kinds, config.temperature, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += float(loss.detach()) * len(idx)
+            seen += len(idx)
+        train_losses.append(total / max(seen, 1))
+        held = fidelity_loss(reference, _torch_outputs(student, data, config.device), held_labels)
+        held_losses.append(held)
+        if held < best_loss:
+            best_loss, best_epoch, best_state = held, epoch, copy.deepcopy(student.module.state_dict())
+        if progress is not None:
+            progress(epoch, config.epochs, train_losses[-1], held)
+        if epoch - max(best_epoch, 1) >= config.patience:
+            break
+    if best_state is None:
+        return pruned, _step(config, t0, start_loss, None, train_losses, held_losses, 0, False,
+                             "no epoch lowered the held-out loss")
+    student.module.load_state_dict(best_state)
+    tuned = student.write_back()
+    first = next(data.batches("holdout"))
+    agreement = check_agreement(student, tuned, first, "fine-tuned model")
+    final = fidelity_loss(reference, _ort_outputs(tuned, data), held_labels)
+    accepted = final < start_loss
+    step = _step(config, t0, start_loss, final, train_losses, held_losses, best_epoch, accepted,
+                 "held-out loss lower than the model it started from" if accepted
+                 else "held-out loss not lower than the model it started from")
+    step["onnx_torch_relative_error"] = agreement
+    return (tuned if accepted else pruned), step
+
+
+def _train_mode(module, bn: str) -> None:
+    """Every module in eval mode (dropout off, BN frozen), BN in training mode with bn='train'."""
+    import torch
+
+    module.eval()
+    if bn == "train":
+        for m in module.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.train()
+
+
+def _ort_outputs(model: onnx.ModelProto, data) -> list[np.ndarray]:
+    from ..activations import outputs
+
+    return outputs(model, data, "holdout")
+
+
+def _torch_outputs(bridge: Bridge, data, device: str) -> list[np.ndarray]:
+    import torch
+
+    bridge.module.eval()
+    parts = []
+    with torch.no_grad():
+        for feeds in data.batches("holdout"):
+            parts.append([t.cpu().numpy() for t in
+                          bridge.forward({k: torch.from_numpy(v).to(device) for k, v in feeds.items()})])
+    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+
+
+def _step(config, t0, start, final, train_losses, held_losses, best_epoch, accepted, why) -> dict:
+    return {"step": "finetune", "loss_before": start, "loss_after": final if final is not None else start,
+            "kept": accepted, "why": why, "epochs_run": len(train_losses), "best_epoch": best_epoch,
+            "train_loss": [round(v, 6) for v in train_losses], "held_out_loss": [round(v, 6) for v in held_losses],
+            "seconds": round(time.perf_counter() - t0, 2), "options": config.to_dict()}
