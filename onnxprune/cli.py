@@ -407,7 +407,7 @@ def finetune_command(original, pruned, calib, output, calib_samples, batch_size,
 
     def work():
         from . import io, report
-        from .finetune import FinetuneConfig, check_ready, finetune
+        from .finetuning import FinetuneConfig, check_ready, finetune
 
         check_ready(FinetuneConfig(epochs=epochs, lr=lr, batch_size=finetune_batch, augment=augment, device=device))
         out = output or pruned.with_name(pruned.stem + "_ft.onnx")

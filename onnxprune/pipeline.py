@@ -135,7 +135,7 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
             `round_to` default (see `resolve_round_to`); `target_latency` implies it.
         finetune: after the training-free recovery, fine-tune the pruned model against the
             original by distillation on the calibration data (needs `calib` and the `[finetune]`
-            extra; see `onnxprune.finetune`), kept only if its held-out loss is lower.
+            extra; see `onnxprune.finetuning`), kept only if its held-out loss is lower.
         epochs, lr, finetune_batch, augment, device: fine-tuning's schedule, batch size,
             augmentation ("default", "none" or a comma list of shift, crop, flip) and torch device.
         finetune_progress: optional callable(epoch, epochs, train_loss, held_out_loss).
@@ -156,7 +156,7 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
     prep = prepare(model_or_path, input_shape)
     an = prep.analysis
     if tuning is not None:
-        from .finetune import check_convertible
+        from .finetuning import check_convertible
         check_convertible(prep.original, prep.source)    # an op torch cannot run: said before pruning starts
     timings["analyse"] = time.perf_counter() - t0
     if not any(g.prunable for g in an.groups):
@@ -223,9 +223,10 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
     if tuning is not None and reference is None:
         ctx.notes.append("fine-tuning skipped: the held-out split is empty (more --calib-samples or --holdout)")
     elif tuning is not None:
-        from .finetune import finetune_model
+        from .finetuning import finetune_model, hints_for
         t = time.perf_counter()
-        pruned, step = finetune_model(prep.original, pruned, data, reference, tuning, progress=finetune_progress)
+        pruned, step = finetune_model(prep.original, pruned, data, reference, tuning, progress=finetune_progress,
+                                      hints=hints_for(an, removed))
         steps.append(step)
         # per epoch: the teacher and the student over the training split, the student over the held-out one
         passes["finetune"] = step["epochs_run"] * (2 * data.size("score") + data.size("holdout"))
@@ -725,7 +726,7 @@ def _finetune_config(finetune: bool, calib, epochs, lr, finetune_batch, augment,
     installed, the device present, calibration data given."""
     if not finetune:
         return None
-    from .finetune import FinetuneConfig, check_ready
+    from .finetuning import FinetuneConfig, check_ready
     config = FinetuneConfig(epochs=epochs, lr=lr, batch_size=finetune_batch, augment=augment, device=device, seed=seed)
     if not calib:
         raise OnnxPruneError("--finetune needs calibration data: give --calib PATH (images or arrays; labels not needed)")

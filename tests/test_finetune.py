@@ -46,7 +46,7 @@ def _feeds(model, batch=2, seed=0):
 def test_round_trip_on_exported_models(name):
     """Converted, the torch module reproduces the ONNX model; after a change of every trainable
     tensor, the written-back ONNX reproduces the changed module (and differs from the input)."""
-    from onnxprune.finetune.bridge import Bridge, check_agreement, relative_errors
+    from onnxprune.finetuning.bridge import Bridge, check_agreement, relative_errors
     from onnxprune.verify import session
 
     model = onnx.load(MODELS / f"{name}.onnx")
@@ -110,7 +110,7 @@ def test_write_back_layouts(trans_b, alpha, beta, bias_2d, shared, constant_weig
     """Gemm transB 0/1, alpha/beta != 1, a [1, N] bias, an initializer read twice (onnx2torch
     alone raises KeyError on it), weights behind Constant + Identity: the trained values land
     where the graph reads them."""
-    from onnxprune.finetune.bridge import Bridge, check_agreement
+    from onnxprune.finetuning.bridge import Bridge, check_agreement
 
     model = _gemm_model(trans_b, alpha, beta, bias_2d, shared, constant_weight)
     onnx.checker.check_model(model)
@@ -129,7 +129,7 @@ def test_write_back_layouts(trans_b, alpha, beta, bias_2d, shared, constant_weig
 @needs_torch
 def test_shared_weight_stays_frozen():
     """A weight read by two Convs would have to be written back as two values: it is not trained."""
-    from onnxprune.finetune.bridge import Bridge
+    from onnxprune.finetuning.bridge import Bridge
 
     rng = np.random.default_rng(1)
     w = numpy_helper.from_array(rng.standard_normal((3, 3, 3, 3)).astype(np.float32), "w")
@@ -162,7 +162,7 @@ def test_unconvertible_op_is_named_before_pruning(tmp_path):
 
 def test_finetune_without_extra_fails_before_any_work(tmp_path, monkeypatch):
     """Without torch: one line naming the extra, before the model is even read."""
-    import onnxprune.finetune.bridge as bridge
+    import onnxprune.finetuning.bridge as bridge
 
     real = importlib.util.find_spec
     monkeypatch.setattr(bridge.importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
@@ -214,7 +214,7 @@ def _tiny_pruned(tmp_path):
 def test_result_never_worse_and_deterministic(tmp_path):
     """The result's held-out loss is never above its input's; the same seed gives the same file;
     the written model reproduces the torch module (the step records the agreement)."""
-    from onnxprune.finetune import finetune
+    from onnxprune.finetuning import finetune
 
     original, pruned, data = _tiny_pruned(tmp_path)
     runs = [finetune(str(original), str(pruned), str(data), epochs=3, finetune_batch=8, seed=3) for _ in range(2)]
@@ -236,7 +236,7 @@ def test_training_lowers_held_out_loss(tmp_path):
     from onnxprune.activations import outputs
     from onnxprune.calib import CalibConfig, CalibData, input_specs
     from onnxprune.evaluate import Reference, fidelity_loss
-    from onnxprune.finetune import finetune
+    from onnxprune.finetuning import finetune
     from onnxprune import graph
 
     original, pruned, data = _tiny_pruned(tmp_path)
@@ -282,7 +282,7 @@ def test_cli_prune_finetune_and_finetune_command(tmp_path):
 
 def test_augment_parsing_and_shift():
     from onnxprune.calib import InputSpec
-    from onnxprune.finetune.augment import augment, parse_augment
+    from onnxprune.finetuning.augment import augment, parse_augment
 
     assert parse_augment("default") == ("shift",) and parse_augment("none") == ()
     assert parse_augment("shift,flip,crop") == ("shift", "flip", "crop")
@@ -301,3 +301,14 @@ def test_augment_parsing_and_shift():
                    for dy in range(-1, 2) for dx in range(-1, 2))
     flipped = augment({"x": x}, [spec], ("flip",), np.random.default_rng(1))["x"]
     assert all(np.array_equal(f, o) or np.array_equal(f, o[:, :, ::-1]) for f, o in zip(flipped, x))
+
+
+def test_core_imports_no_torch():
+    """The core (prune, the CLI, the fine-tuning package's front) imports without torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, onnxprune.pipeline, onnxprune.cli, onnxprune.finetuning, onnxprune; onnxprune.finetune; "
+            "assert 'torch' not in sys.modules and 'onnx2torch' not in sys.modules, 'torch imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -28,7 +28,7 @@ from ..errors import OnnxPruneError
 from ..evaluate import fidelity_loss
 from .augment import DEFAULT_AUGMENT, augment, parse_augment
 from .bridge import Bridge, check_agreement, require_torch
-from .losses import distill_loss, output_kinds
+from .losses import distill_loss, feature_loss, output_kinds
 
 DEVICES = ("cpu", "cuda")
 
@@ -47,6 +47,7 @@ class FinetuneConfig:
     device: str = "cpu"
     seed: int = 0
     threads: int = 0          # torch intra-op threads (0: torch's default)
+    features: float = 1.0     # weight of feature matching at the pruned layers' inputs (0: outputs only)
 
     def __post_init__(self):
         object.__setattr__(self, "augment", parse_augment(self.augment))
@@ -58,6 +59,7 @@ class FinetuneConfig:
                   (self.temperature > 0, f"temperature must be > 0 (got {self.temperature})"),
                   (self.bn in ("frozen", "train"), f"bn must be frozen or train (got {self.bn})"),
                   (self.patience >= 1, f"patience must be >= 1 (got {self.patience})"),
+                  (self.features >= 0, f"features must be >= 0 (got {self.features})"),
                   (self.device in DEVICES, f"unknown device '{self.device}'; choose cpu or cuda")]
         for ok, message in checks:
             if not ok:
@@ -86,39 +88,52 @@ def check_convertible(model: onnx.ModelProto, label: str = "model") -> None:
 
 @dataclass
 class _Teacher:
-    """The original model's outputs on a batch: onnxruntime (CPU) or torch (CUDA)."""
+    """The original model's outputs on a batch, and its tensors named in `hints` (restricted to
+    the kept channels): onnxruntime (CPU) or torch (CUDA)."""
 
     model: onnx.ModelProto
     device: str
+    hints: dict = field(default_factory=dict)
     _run: object = field(default=None, init=False)
 
     def __post_init__(self):
+        names = [o.name for o in self.model.graph.output]
         if self.device == "cpu":
             from ..verify import session
 
-            sess = session(self.model)
-            names = [o.name for o in self.model.graph.output]
-            self._run = lambda feeds: sess.run(names, feeds)
+            probe = onnx.ModelProto()
+            probe.CopyFrom(self.model)
+            for name in self.hints:
+                probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+            sess = session(probe)
+            self._run = lambda feeds: sess.run(names + list(self.hints), feeds)
         else:
             import torch
 
             bridge = Bridge(self.model, "original")
             bridge.module.to(self.device).eval()
+            captured = bridge.capture(self.hints)
 
             def run(feeds):
                 with torch.no_grad():
-                    return bridge.forward({k: torch.from_numpy(v).to(self.device) for k, v in feeds.items()})
+                    out = bridge.forward({k: torch.from_numpy(v).to(self.device) for k, v in feeds.items()})
+                return out + [captured[name] for name in self.hints]
             self._run = run
 
-    def __call__(self, feeds):
+    def __call__(self, feeds) -> tuple[list, list]:
+        """(outputs, hint tensors) as torch tensors on the device."""
         import torch
 
-        return [t if isinstance(t, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(t)).to(self.device)
-                for t in self._run(feeds)]
+        values = [t if isinstance(t, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(t)).to(self.device)
+                  for t in self._run(feeds)]
+        n = len(values) - len(self.hints)
+        hints = [v.index_select(axis, torch.as_tensor(kept, device=v.device)) if kept is not None else v
+                 for v, (axis, kept) in zip(values[n:], self.hints.values())]
+        return values[:n], hints
 
 
 def finetune_model(original: onnx.ModelProto, pruned: onnx.ModelProto, data, reference, config: FinetuneConfig,
-                   progress=None) -> tuple[onnx.ModelProto, dict]:
+                   progress=None, hints: dict | None = None) -> tuple[onnx.ModelProto, dict]:
     """Fine-tune `pruned` against `original` on `data` (a CalibData with a held-out split).
 
     Args:
@@ -127,6 +142,9 @@ def finetune_model(original: onnx.ModelProto, pruned: onnx.ModelProto, data, ref
         reference: the original's outputs on the held-out split (`evaluate.Reference`).
         config: the options.
         progress: optional callable(epoch, epochs, train_loss, held_out_loss) called after each epoch.
+        hints: {tensor name: (channel axis, kept channel indices of the original's tensor, or None
+            for all)}: tensors of both graphs whose values are matched too (feature matching,
+            weighted by `config.features`; the relative squared error, averaged over tensors).
     Returns:
         (model, step): the fine-tuned model when its held-out loss beats `pruned`'s, else `pruned`
         itself; `step` is the report entry (epochs, losses per epoch, best epoch, accepted, why).
@@ -148,7 +166,9 @@ def finetune_model(original: onnx.ModelProto, pruned: onnx.ModelProto, data, ref
 
     student = Bridge(pruned, "pruned model", train_bn_stats=config.bn == "train")
     student.module.to(config.device)
-    teacher = _Teacher(original, config.device)
+    hints = {k: v for k, v in (hints or {}).items() if config.features > 0 and student.produces(k)}
+    teacher = _Teacher(original, config.device, hints)
+    captured = student.capture(hints)
     kinds = output_kinds(reference)
     params = student.trainable()
     if not params:
@@ -167,12 +187,14 @@ def finetune_model(original: onnx.ModelProto, pruned: onnx.ModelProto, data, ref
         for b in range(0, len(order), config.batch_size):
             idx = order[b:b + config.batch_size]
             feeds = augment(data.samples(idx), data.specs, config.augment, rng)
-            targets = teacher(feeds)
+            targets, target_hints = teacher(feeds)
             outs = student.forward({k: torch.from_numpy(v).to(config.device) for k, v in feeds.items()})
             # a blend of two inputs has no one label: the teacher's soft targets carry the mixture
             labels = None if labels_all is None or "mix" in config.augment else \
                 torch.from_numpy(labels_all[idx]).to(config.device)
             loss = distill_loss(outs, targets, kinds, config.temperature, labels)
+            if hints:
+                loss = loss + config.features * feature_loss([captured[k] for k in hints], target_hints)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -238,3 +260,10 @@ def _step(config, t0, start, final, train_losses, held_losses, best_epoch, accep
             "kept": accepted, "why": why, "epochs_run": len(train_losses), "best_epoch": best_epoch,
             "train_loss": [round(v, 6) for v in train_losses], "held_out_loss": [round(v, 6) for v in held_losses],
             "seconds": round(time.perf_counter() - t0, 2), "options": config.to_dict()}
+
+
+def hints_for(analysis, removed) -> dict:
+    """The feature-matching tensors of a pruning: every channel tensor a Conv/Gemm reads as data
+    (`Analysis.read_tensors`), with the channels the pruning kept."""
+    kept = analysis.kept_channels(removed)
+    return {name: (axis, kept.get(name)) for name, axis in analysis.read_tensors().items()}

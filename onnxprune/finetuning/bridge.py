@@ -236,6 +236,26 @@ class Bridge:
             raise OnnxPruneError(f"the converted model gives {len(out)} outputs for the graph's {len(self.output_names)}")
         return out
 
+    def produces(self, tensor: str) -> bool:
+        """Whether a converted module's single output is `tensor` (so `capture` can record it)."""
+        return tensor in self._producer
+
+    def capture(self, tensors) -> dict:
+        """A dict that every forward pass fills with the values of `tensors` (forward hooks)."""
+        captured = {}
+        modules = dict(self.module.named_modules())
+        for name in tensors:
+            def hook(_module, _args, output, name=name):
+                captured[name] = output
+            modules[self._producer[name]].register_forward_hook(hook)
+        return captured
+
+    @property
+    def _producer(self) -> dict[str, str]:
+        modules = dict(self.module.named_modules())
+        return {n.output[0]: f"n{i}" for i, n in enumerate(self.ready.graph.node)
+                if len(n.output) == 1 and f"n{i}" in modules}
+
     def write_back(self) -> onnx.ModelProto:
         """A copy of the original model with every trainable tensor set from the module."""
         state = self.module.state_dict()

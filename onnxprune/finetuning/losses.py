@@ -95,3 +95,10 @@ def distill_loss(student: list, teacher: list, kinds: list[OutputKind], temperat
         else:
             total = total + _relative_se(s, t)
     return total
+
+
+def feature_loss(student: list, teacher: list):
+    """Mean over tensors of the relative squared error ``||s - t||^2 / ||t||^2`` (feature matching)."""
+    if not student:
+        return 0.0
+    return sum(_relative_se(s, t) for s, t in zip(student, teacher)) / len(student)

@@ -16,9 +16,9 @@ import onnx
 
 from .augment import AUGMENTATIONS, parse_augment
 from .bridge import EXTRA_HINT, require_torch
-from .train import DEVICES, FinetuneConfig, check_convertible, check_ready, finetune_model
+from .train import DEVICES, FinetuneConfig, check_convertible, check_ready, finetune_model, hints_for
 
-__all__ = ["finetune", "FinetuneConfig", "FinetuneResult", "finetune_model", "check_ready", "check_convertible",
+__all__ = ["finetune", "FinetuneConfig", "FinetuneResult", "finetune_model", "hints_for", "check_ready", "check_convertible",
            "require_torch", "parse_augment", "AUGMENTATIONS", "DEVICES", "EXTRA_HINT"]
 
 
