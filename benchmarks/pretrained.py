@@ -528,6 +528,8 @@ def main() -> int:
                          "calibration set); metrics are "
                          "averaged, the first column shows min-max")
     ap.add_argument("--target", type=float, default=0.5, help="fraction of MACs removed (target_macs)")
+    ap.add_argument("--finetune", action="store_true", help="every run also fine-tunes (--finetune; the [finetune] extra)")
+    ap.add_argument("--epochs", type=int, default=20, help="fine-tuning epochs with --finetune")
     ap.add_argument("--json")
     ap.add_argument("--markdown", metavar="JSON", help="print the markdown tables of a --json file and exit")
     args = ap.parse_args()
@@ -576,6 +578,8 @@ def main() -> int:
         print(header, flush=True)
         rows = []
         for label, kwargs in run_list(args.runs.split(",") if args.runs else None):
+            if args.finetune:
+                label, kwargs = f"{label} + finetune", {**kwargs, "finetune": True, "epochs": args.epochs}
             row = {"run": label, **kwargs, "calib_samples": samples}
             if label in MASK_RUNS:
                 if key not in args.mask_models.split(","):

@@ -182,6 +182,8 @@ def main() -> int:
     ap.add_argument("--runs", default="default,l1,mean_act,whole")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--target", type=float, default=0.5, help="fraction of MACs removed (target_macs)")
+    ap.add_argument("--finetune", action="store_true", help="every run also fine-tunes (--finetune; the [finetune] extra)")
+    ap.add_argument("--epochs", type=int, default=20, help="fine-tuning epochs with --finetune")
     ap.add_argument("--json")
     args = ap.parse_args()
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -209,7 +211,8 @@ def main() -> int:
             t = time.perf_counter()
             try:
                 result = onnxprune.prune(path, target_macs=args.target, calib=calib, seed=seed,
-                                         input_shape={"images": [1, 3, SIZE, SIZE]}, **RUNS[name])
+                                         input_shape={"images": [1, 3, SIZE, SIZE]}, **RUNS[name],
+                                         **({"finetune": True, "epochs": args.epochs} if args.finetune else {}))
             finally:
                 evaluate.output_parts = parts
             seconds = time.perf_counter() - t

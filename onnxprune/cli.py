@@ -153,7 +153,8 @@ def main():
 @click.option("--show", type=click.Choice(["groups"]), multiple=True, help="Also print the per-group table.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random criteria and test inputs.")
 @click.option("--no-verify", is_flag=True, help="Skip the onnx.checker/onnxruntime verification.")
-@click.option("--calib", metavar="PATH", help="Calibration data: image folder, .npy/.npz of inputs, or 'random'.")
+@click.option("--calib", metavar="PATH", help="Calibration data: image folder, .npy/.npz of inputs, 'random', or "
+              "'synthetic' (made from the model's BN statistics; needs the [finetune] extra).")
 @click.option("--calib-samples", type=click.IntRange(min=1), default=512, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--mean", default="0", show_default=True, help="Image normalisation mean, one value or one per channel (a,b,c).")
@@ -384,7 +385,7 @@ def sweep(model, ratios, criterion, calib, calib_samples, batch_size, mean, std,
 @click.argument("original", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("pruned", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--calib", required=True, metavar="PATH",
-              help="Training data: image folder, .npy/.npz of inputs (labels optional), or 'random'.")
+              help="Training data: image folder, .npy/.npz of inputs (labels optional), 'random' or 'synthetic'.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file [default: PRUNED_ft.onnx].")
 @click.option("--calib-samples", type=click.IntRange(min=1), default=512, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,

@@ -104,7 +104,9 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
         input_shape: {input name: shape} for inputs with dynamic dims.
         seed: seed for random criteria, calibration subsets and verification inputs.
         verify: check the result with onnx.checker and onnxruntime.
-        calib: calibration data: an image folder, a .npy/.npz of input arrays, or "random".
+        calib: calibration data: an image folder, a .npy/.npz of input arrays, "random", or
+            "synthetic" (inputs generated from the model's BN statistics; needs the [finetune]
+            extra, see `onnxprune.finetuning.synthetic`).
         calib_samples, batch_size: how many calibration samples, and per onnxruntime call.
         mean, std, scale: image preprocessing ``(pixel * scale - mean) / std``.
         holdout: fraction of calibration samples kept apart for accept/reject decisions.
@@ -146,6 +148,9 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
             (provider missing) or reached.
     """
     tuning = _finetune_config(finetune, calib, epochs, lr, finetune_batch, augment, device, seed)
+    if calib == "synthetic":
+        from .finetuning import require_torch
+        require_torch("--calib synthetic")
     latency_provider = str(latency_provider).lower()
     round_to, round_to_source = resolve_round_to(round_to, for_speed or target_latency is not None, latency_provider)
     if target_latency is not None:
@@ -266,7 +271,8 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
         "recovery": steps,
         "holdout": holdout_metrics,
         "calibration": {"path": calib, "samples": data.size("all"), "holdout": data.size("holdout"),
-                        "mean": list(mean), "std": list(std), "scale": scale} if data else None,
+                        "mean": list(mean), "std": list(std), "scale": scale,
+                        "synthetic": getattr(data, "synthetic", None)} if data else None,
         "notes": ctx.notes,
         "seconds": {k: round(v, 3) for k, v in timings.items()},
         "forward_passes": {**{k: round(v, 1) for k, v in passes.items() if v}, "total": round(sum(passes.values()), 1)},
@@ -307,7 +313,11 @@ def _calibrate(prep: Prepared, config: CalibConfig, criterion: str, recover: boo
     """Load calibration data, stream the statistics the criterion and recovery need, and record
     the original's outputs on the held-out split (the reference for every accept/reject decision)."""
     an = prep.analysis
-    data = CalibData(config, input_specs(prep.original, prep.input_shapes))
+    if config.path == "synthetic":
+        from .finetuning.synthetic import synthetic_calib
+        data = synthetic_calib(prep.original, config, input_specs(prep.original, prep.input_shapes))
+    else:
+        data = CalibData(config, input_specs(prep.original, prep.input_shapes))
     stats = {}
     if criterion in criteria.DATA_CRITERIA or criterion == "blend" or recover:
         want = set(criteria.STATS_NEEDED.get(criterion, set()))

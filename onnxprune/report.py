@@ -84,8 +84,10 @@ def render_prune(report: dict, console: Console, show_groups: bool = False) -> N
         if "loss_before" not in step:
             console.print(f"recovery {step['step']}: " + "; ".join(step.get("layers", [])[:3]), markup=False)
             continue
-        detail = (f", best epoch {step['best_epoch']} of {step['epochs_run']}, {step['seconds']:g} s"
-                  if step["step"] == "finetune" else "")
+        detail = ""
+        if step["step"] == "finetune":
+            detail = (f", best epoch {step['best_epoch']} of {step['epochs_run']}" if step["kept"]
+                      else f": {step['why']}; {step['epochs_run']} epochs") + f", {step['seconds']:g} s"
         console.print(f"recovery {step['step']}: held-out loss {step['loss_before']:.4g} -> {step['loss_after']:.4g} "
                       f"({'kept' if step['kept'] else 'rejected'}{detail})", markup=False)
     passes = report.get("forward_passes") or {}

@@ -35,7 +35,7 @@ def finetune(original, pruned, calib: str, *, epochs: int = 20, lr: float = 1e-3
              augment: str | tuple = "default", device: str = "cpu", seed: int = 0, calib_samples: int = 512,
              batch_size: int = 32, mean: tuple[float, ...] = (0.0,), std: tuple[float, ...] = (1.0,),
              scale: float = 1.0 / 255.0, holdout: float = 0.25, input_shape: dict | None = None,
-             bn: str = "frozen", temperature: float = 4.0, progress=None) -> FinetuneResult:
+             bn: str = "train", temperature: float = 4.0, progress=None) -> FinetuneResult:
     """Fine-tune `pruned` (pruned earlier, or from a plan) against `original` (the Python form of
     `onnxprune finetune`).
 
@@ -48,7 +48,7 @@ def finetune(original, pruned, calib: str, *, epochs: int = 20, lr: float = 1e-3
         device: torch's device, "cpu" or "cuda".
         seed: seeds the data order, augmentation and torch.
         calib_samples, batch_size, mean, std, scale, holdout, input_shape: as for `prune`.
-        bn: "frozen" (BN statistics kept) or "train" (updated in training mode).
+        bn: "train" (BN in training mode, statistics updated) or "frozen" (kept).
         temperature: the distillation temperature of classifier outputs.
         progress: optional callable(epoch, epochs, train_loss, held_out_loss).
     Returns:
@@ -79,8 +79,12 @@ def finetune(original, pruned, calib: str, *, epochs: int = 20, lr: float = 1e-3
     check_convertible(original, "original")
     check_convertible(pruned, "pruned model")
     shapes = graph.fixed_input_shapes(original, input_shape)
-    data = CalibData(CalibConfig(calib, calib_samples, batch_size, tuple(mean), tuple(std), scale, holdout, seed),
-                     input_specs(original, shapes))
+    calib_config = CalibConfig(calib, calib_samples, batch_size, tuple(mean), tuple(std), scale, holdout, seed)
+    if calib == "synthetic":
+        from .synthetic import synthetic_calib
+        data = synthetic_calib(original, calib_config, input_specs(original, shapes))
+    else:
+        data = CalibData(calib_config, input_specs(original, shapes))
     norm = graph.normalise(original)
     reference = Reference(outputs(original, data, "holdout"),
                           output_parts(norm, graph.infer_shapes(norm, shapes)))

@@ -179,6 +179,10 @@ class Bridge:
         self.input_names = [i.name for i in real_inputs(self.ready)]
         self.output_names = [o.name for o in self.ready.graph.output]
         self.params, self.frozen = self._map(train_bn_stats)
+        modules = dict(self.module.named_modules())
+        # tensor name -> the module whose single output it is (for `capture`)
+        self._producer = {n.output[0]: f"n{i}" for i, n in enumerate(self.ready.graph.node)
+                          if len(n.output) == 1 and f"n{i}" in modules}
 
     def _map(self, train_bn_stats: bool) -> tuple[list[Param], list[str]]:
         import torch
@@ -249,12 +253,6 @@ class Bridge:
                 captured[name] = output
             modules[self._producer[name]].register_forward_hook(hook)
         return captured
-
-    @property
-    def _producer(self) -> dict[str, str]:
-        modules = dict(self.module.named_modules())
-        return {n.output[0]: f"n{i}" for i, n in enumerate(self.ready.graph.node)
-                if len(n.output) == 1 and f"n{i}" in modules}
 
     def write_back(self) -> onnx.ModelProto:
         """A copy of the original model with every trainable tensor set from the module."""

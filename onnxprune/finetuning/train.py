@@ -9,10 +9,11 @@ the best epoch is kept, and training stops after `patience` epochs without a bet
 result is written back into the pruned graph, checked against the torch module (relative 1e-4),
 and accepted only if its held-out loss, measured in onnxruntime, beats the model it started from.
 
-BatchNorm statistics stay frozen by default (`bn="frozen"`: every module in eval mode, BN's scale
-and shift trained): a few hundred images re-estimate them poorly, and the training-free recovery
-has already set them (BN re-estimation). `bn="train"` updates them in training mode and writes
-them back.
+BatchNorm layers train in training mode by default (`bn="train"`: batch statistics in the forward
+pass, running statistics updated and written back; every other module stays in eval mode, so
+dropout is off): measured on the bundled Fashion-MNIST model at --ratio 0.5 with 384 training
+images it ended 0.25-0.35 points above `bn="frozen"` (every module in eval mode, BN's scale and
+shift still trained) in each of the two learning rates tried (docs/finetune.md).
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ class FinetuneConfig:
     batch_size: int = 32
     augment: tuple[str, ...] = DEFAULT_AUGMENT
     temperature: float = 4.0
-    bn: str = "frozen"
-    patience: int = 6
+    bn: str = "train"
+    patience: int | None = None   # epochs without a better held-out loss before stopping (None: max(6, epochs // 4))
     device: str = "cpu"
     seed: int = 0
     threads: int = 0          # torch intra-op threads (0: torch's default)
@@ -58,7 +59,7 @@ class FinetuneConfig:
                    f"--finetune-batch must be >= 1 (got {self.batch_size})"),
                   (self.temperature > 0, f"temperature must be > 0 (got {self.temperature})"),
                   (self.bn in ("frozen", "train"), f"bn must be frozen or train (got {self.bn})"),
-                  (self.patience >= 1, f"patience must be >= 1 (got {self.patience})"),
+                  (self.patience is None or self.patience >= 1, f"patience must be >= 1 (got {self.patience})"),
                   (self.features >= 0, f"features must be >= 0 (got {self.features})"),
                   (self.device in DEVICES, f"unknown device '{self.device}'; choose cpu or cuda")]
         for ok, message in checks:
@@ -177,7 +178,12 @@ def finetune_model(original: onnx.ModelProto, pruned: onnx.ModelProto, data, ref
     optimizer = torch.optim.Adam(params, lr=config.lr)
     lo, hi = data.split_range("score")
     steps_per_epoch = -(-(hi - lo) // config.batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
+    total_steps = config.epochs * steps_per_epoch
+    # one epoch of linear warm-up (the first full-rate steps undo much of the training-free repair), then cosine decay
+    warm = min(steps_per_epoch, max(1, total_steps // 10))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: min(1.0, (k + 1) / warm) * 0.5 * (
+        1 + np.cos(np.pi * min(1.0, k / total_steps))))
+    patience = config.patience or max(6, config.epochs // 4)
     train_losses, held_losses = [], []
     best_loss, best_epoch, best_state = start_loss, 0, None
     for epoch in range(1, config.epochs + 1):
@@ -208,7 +214,7 @@ def finetune_model(original: onnx.ModelProto, pruned: onnx.ModelProto, data, ref
             best_loss, best_epoch, best_state = held, epoch, copy.deepcopy(student.module.state_dict())
         if progress is not None:
             progress(epoch, config.epochs, train_losses[-1], held)
-        if epoch - max(best_epoch, 1) >= config.patience:
+        if epoch - max(best_epoch, 1) >= patience:
             break
     if best_state is None:
         return pruned, _step(config, t0, start_loss, None, train_losses, held_losses, 0, False,
