@@ -162,7 +162,7 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
     an = prep.analysis
     if tuning is not None:
         from .finetuning import check_convertible
-        check_convertible(prep.original, prep.source)    # an op torch cannot run: said before pruning starts
+        check_convertible(prep.original, prep.source, prep.input_shapes)    # an op torch cannot run: said before pruning starts
     timings["analyse"] = time.perf_counter() - t0
     if not any(g.prunable for g in an.groups):
         reasons = sorted({r for g in an.groups for r in g.reasons})

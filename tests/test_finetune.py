@@ -409,3 +409,23 @@ def test_calib_synthetic_without_extra(tmp_path, monkeypatch):
     monkeypatch.setattr(bridge.importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
     result = CliRunner().invoke(main, [str(tmp_path / "absent.onnx"), "--calib", "synthetic"])
     assert result.exit_code == 1 and result.output.strip() == f"error: --calib synthetic needs torch: {bridge.EXTRA_HINT}"
+
+
+def test_cli_and_api_defaults_agree():
+    """The CLI's and `prune`'s fine-tuning defaults are FinetuneConfig's (listed in the CLI so that
+    --help imports nothing heavy)."""
+    import inspect
+
+    from onnxprune import pipeline
+    from onnxprune.cli import prune as prune_command
+    from onnxprune.finetuning import FinetuneConfig, finetune
+
+    config = FinetuneConfig()
+    cli = {p.name: p.default for p in prune_command.params}
+    api = inspect.signature(pipeline.prune).parameters
+    tune = inspect.signature(finetune).parameters
+    for cli_name, field in (("epochs", "epochs"), ("lr", "lr"), ("finetune_batch", "batch_size"),
+                            ("device", "device")):
+        assert cli[cli_name] == api[cli_name].default == tune[cli_name].default == getattr(config, field)
+    assert FinetuneConfig(augment=cli["augment"]).augment == config.augment
+    assert tune["bn"].default == config.bn and tune["temperature"].default == config.temperature

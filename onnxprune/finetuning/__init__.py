@@ -76,9 +76,9 @@ def finetune(original, pruned, calib: str, *, epochs: int = 20, lr: float = 1e-3
     if [i.name for i in graph.real_inputs(original)] != [i.name for i in graph.real_inputs(pruned)] or \
             [o.name for o in original.graph.output] != [o.name for o in pruned.graph.output]:
         raise OnnxPruneError("the original and the pruned model have different inputs or outputs")
-    check_convertible(original, "original")
-    check_convertible(pruned, "pruned model")
     shapes = graph.fixed_input_shapes(original, input_shape)
+    check_convertible(original, "original", shapes)
+    check_convertible(pruned, "pruned model", shapes)
     calib_config = CalibConfig(calib, calib_samples, batch_size, tuple(mean), tuple(std), scale, holdout, seed)
     if calib == "synthetic":
         from .synthetic import synthetic_calib

@@ -15,7 +15,10 @@ The graph onnxprune wrote stays as it is: only the values of its weights change.
    left frozen: trained twice it would have to be written back as two different values.
 3. `Bridge.write_back` inverts each mapping and sets the original initializer (or Constant
    node) in a copy of the model; `check_agreement` then requires the written ONNX, run in
-   onnxruntime, to reproduce the torch module's outputs (relative error <= 1e-4 per output).
+   onnxruntime, to reproduce the torch module's outputs (relative error <= 1e-4 per output, or
+   ten times the conversion's own rounding where an output magnifies it: `agreement_tolerance`;
+   PaddleOCR's detector ends in a Sigmoid of logits near -15, where torch and onnxruntime differ
+   by a relative 0.017 on random inputs before any training).
 
 torch and onnx2torch are imported inside functions: the core install does not have them.
 """
@@ -36,7 +39,8 @@ from ..errors import OnnxPruneError
 from ..graph import attr, real_inputs
 
 EXTRA_HINT = "pip install 'onnxprune[finetune]' (or pip install -e '.[finetune]' in a clone)"
-AGREEMENT_RTOL = 1e-4     # the written ONNX must reproduce the torch module's outputs this closely
+AGREEMENT_RTOL = 1e-4     # the written ONNX must reproduce the torch module's outputs this closely ...
+MAX_CONVERSION_ERROR = 0.05   # ... unless the conversion itself rounds more (agreement_tolerance), up to this
 
 
 def require_torch(what: str = "--finetune") -> None:
@@ -75,8 +79,11 @@ class Origin:
     shape: tuple[int, ...]
 
 
-def torch_ready(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Origin], dict[str, int]]:
-    """A copy of `model` that onnx2torch converts (see module docstring).
+def torch_ready(model: onnx.ModelProto, input_shapes: dict | None = None
+                ) -> tuple[onnx.ModelProto, dict[str, Origin], dict[str, int]]:
+    """A copy of `model` that onnx2torch converts (see module docstring). `input_shapes` fix
+    dynamic dims other than the batch, for the shape inference that gives every
+    BatchNormalization input its rank (onnx2torch picks BatchNorm1d/2d/3d by it).
 
     Returns the copy, {copy initializer name: Origin} and {original tensor name: number of uses}.
     """
@@ -132,7 +139,35 @@ def torch_ready(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Orig
         g.input.extend(kept_inputs)
     for i, node in enumerate(g.node):
         node.name = f"n{i}"
+    _add_bn_ranks(ready, input_shapes)
     return ready, origin, uses
+
+
+def _add_bn_ranks(model: onnx.ModelProto, input_shapes: dict | None) -> None:
+    """value_info with the rank (dims unknown) of every BatchNormalization input that onnx shape
+    inference leaves without one (a PaddleOCR recogniser: BN after a run-time Reshape)."""
+    from ..graph import fixed_input_shapes, infer_shapes
+
+    inputs = [n.input[0] for n in model.graph.node if n.op_type == "BatchNormalization"]
+    if not inputs:
+        return
+    try:
+        known = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:  # noqa: BLE001 - then every rank comes from the run below
+        known = model.graph
+    ranked = {vi.name for vi in list(known.value_info) + list(known.input) + list(known.output)
+              if vi.type.tensor_type.HasField("shape")}
+    missing = [name for name in inputs if name not in ranked]
+    if not missing:
+        return
+    try:
+        shapes = infer_shapes(model, fixed_input_shapes(model, input_shapes))
+    except Exception:  # noqa: BLE001 - onnx2torch then names the BN it cannot convert
+        return
+    for name in missing:
+        if shapes.get(name):
+            model.graph.value_info.append(onnx.helper.make_tensor_value_info(
+                name, onnx.TensorProto.FLOAT, [None] * len(shapes[name])))
 
 
 def convert(model: onnx.ModelProto, label: str = "model"):
@@ -170,11 +205,12 @@ class Param:
 class Bridge:
     """A model converted to torch, with the mapping of its trainable tensors back to ONNX."""
 
-    def __init__(self, model: onnx.ModelProto, label: str = "model", train_bn_stats: bool = False):
+    def __init__(self, model: onnx.ModelProto, label: str = "model", train_bn_stats: bool = False,
+                 input_shapes: dict | None = None):
         """Convert `model` (not modified). `train_bn_stats`: the BN running statistics are written
-        back too (when they are updated in training mode)."""
+        back too (when they are updated in training mode); `input_shapes`: see `torch_ready`."""
         self.model = model
-        self.ready, self.origin, self.uses = torch_ready(model)
+        self.ready, self.origin, self.uses = torch_ready(model, input_shapes)
         self.module = convert(self.ready, label)
         self.input_names = [i.name for i in real_inputs(self.ready)]
         self.output_names = [o.name for o in self.ready.graph.output]
@@ -290,9 +326,10 @@ def relative_errors(ref: list[np.ndarray], out: list[np.ndarray]) -> list[float]
     return errors
 
 
-def check_agreement(bridge: Bridge, model: onnx.ModelProto, feeds: dict[str, np.ndarray], what: str) -> float:
+def check_agreement(bridge: Bridge, model: onnx.ModelProto, feeds: dict[str, np.ndarray], what: str,
+                    tolerance: float = AGREEMENT_RTOL) -> float:
     """Largest relative error between `model` in onnxruntime and `bridge.module` on `feeds`;
-    an error above AGREEMENT_RTOL is an OnnxPruneError (the model is not accepted)."""
+    an error above `tolerance` is an OnnxPruneError (the model is not accepted)."""
     import torch
 
     from ..verify import session
@@ -305,7 +342,17 @@ def check_agreement(bridge: Bridge, model: onnx.ModelProto, feeds: dict[str, np.
         torch_out = [t.cpu().numpy() for t in
                      bridge.forward({k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in feeds.items()})]
     worst = max(relative_errors(ort_out, torch_out), default=0.0)
-    if not worst <= AGREEMENT_RTOL:
+    if not worst <= tolerance:
         raise OnnxPruneError(f"{what}: the ONNX model and its torch conversion disagree (relative error "
-                             f"{worst:.2g} > {AGREEMENT_RTOL:g}); not fine-tuned")
+                             f"{worst:.2g} > {tolerance:.2g}); not fine-tuned")
     return worst
+
+
+def agreement_tolerance(bridge: Bridge, model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> tuple[float, float]:
+    """(tolerance, conversion error): the write-back check's tolerance for a model whose own
+    conversion already differs from onnxruntime by `conversion error` on `feeds` (float rounding
+    of two implementations, which an output such as the Sigmoid of large logits magnifies):
+    AGREEMENT_RTOL, or ten times that rounding where it is larger. A conversion error above
+    MAX_CONVERSION_ERROR is not rounding: an OnnxPruneError."""
+    error = check_agreement(bridge, model, feeds, "the converted model", tolerance=MAX_CONVERSION_ERROR)
+    return max(AGREEMENT_RTOL, 10 * error), error

@@ -28,7 +28,7 @@ import onnx
 from ..errors import OnnxPruneError
 from ..evaluate import fidelity_loss
 from .augment import DEFAULT_AUGMENT, augment, parse_augment
-from .bridge import Bridge, check_agreement, require_torch
+from .bridge import Bridge, agreement_tolerance, check_agreement, require_torch
 from .losses import distill_loss, feature_loss, output_kinds
 
 DEVICES = ("cpu", "cuda")
@@ -82,9 +82,9 @@ def check_ready(config: FinetuneConfig) -> None:
                                  "use --device cpu")
 
 
-def check_convertible(model: onnx.ModelProto, label: str = "model") -> None:
+def check_convertible(model: onnx.ModelProto, label: str = "model", input_shapes: dict | None = None) -> None:
     """Fail in one line, before pruning starts, when onnx2torch cannot convert `model`."""
-    Bridge(model, label)
+    Bridge(model, label, input_shapes=input_shapes)
 
 
 @dataclass
@@ -95,6 +95,7 @@ class _Teacher:
     model: onnx.ModelProto
     device: str
     hints: dict = field(default_factory=dict)
+    input_shapes: dict | None = None
     _run: object = field(default=None, init=False)
 
     def __post_init__(self):
@@ -111,7 +112,7 @@ class _Teacher:
         else:
             import torch
 
-            bridge = Bridge(self.model, "original")
+            bridge = Bridge(self.model, "original", input_shapes=self.input_shapes)
             bridge.module.to(self.device).eval()
             captured = bridge.capture(self.hints)
 
@@ -165,10 +166,13 @@ def finetune_model(original: onnx.ModelProto, pruned: onnx.ModelProto, data, ref
     held_labels = data.split_labels("holdout")
     start_loss = fidelity_loss(reference, _ort_outputs(pruned, data), held_labels)
 
-    student = Bridge(pruned, "pruned model", train_bn_stats=config.bn == "train")
+    shapes = {s.name: [max(1, s.batch), *s.sample_shape] for s in data.specs}
+    student = Bridge(pruned, "pruned model", train_bn_stats=config.bn == "train", input_shapes=shapes)
+    first = next(data.batches("holdout"))
+    tolerance, conversion_error = agreement_tolerance(student, pruned, first)
     student.module.to(config.device)
     hints = {k: v for k, v in (hints or {}).items() if config.features > 0 and student.produces(k)}
-    teacher = _Teacher(original, config.device, hints)
+    teacher = _Teacher(original, config.device, hints, shapes)
     captured = student.capture(hints)
     kinds = output_kinds(reference)
     params = student.trainable()
@@ -221,14 +225,14 @@ def finetune_model(original: onnx.ModelProto, pruned: onnx.ModelProto, data, ref
                              "no epoch lowered the held-out loss")
     student.module.load_state_dict(best_state)
     tuned = student.write_back()
-    first = next(data.batches("holdout"))
-    agreement = check_agreement(student, tuned, first, "fine-tuned model")
+    agreement = check_agreement(student, tuned, first, "fine-tuned model", tolerance)
     final = fidelity_loss(reference, _ort_outputs(tuned, data), held_labels)
     accepted = final < start_loss
     step = _step(config, t0, start_loss, final, train_losses, held_losses, best_epoch, accepted,
                  "held-out loss lower than the model it started from" if accepted
                  else "held-out loss not lower than the model it started from")
     step["onnx_torch_relative_error"] = agreement
+    step["conversion_relative_error"] = conversion_error
     return (tuned if accepted else pruned), step
 
 
