@@ -65,25 +65,36 @@ def run(model, feeds):
     return dict(zip(names, session(model).run(names, feeds)))
 
 
-def check_oracle(model, criterion="l1", ratio=0.5, input_shape=None, seed=0, rtol=1e-4, **select_kw):
-    """Prune `model` and assert pruned == masked original on seeded inputs. Returns (pruned, analysis, removed)."""
+def check_oracle(model, criterion="l1", ratio=0.5, input_shape=None, seed=0, rtol=1e-4, min_removed=1, **select_kw):
+    """Prune `model` and assert pruned == masked original on seeded inputs. Returns (pruned, analysis, removed).
+
+    At least `min_removed` channels must go (a pruning that removed nothing would pass the
+    comparison trivially); pass 0 only where "nothing removed" is itself a correct outcome.
+    """
     prep = prepare(model, input_shape)
     an = prep.analysis
     scores = criteria.score(criterion, criteria.ScoreContext(an, seed=seed))
     plan, _ = select(an, scores, SelectConfig(ratio=ratio, **select_kw))
     removed = plan.removed_units(an)
+    assert len(removed) >= min_removed, f"{criterion}@{ratio}: {len(removed)} channels removed, want >= {min_removed}"
     pruned = rewrite.apply(an, removed)
+    assert_matches_masked(prep.original, an, removed, pruned, prep.input_shapes, seed=seed, rtol=rtol)
+    return pruned, an, removed
+
+
+def assert_matches_masked(original, an, removed, pruned, input_shapes, seed=0, rtol=1e-4):
+    """The oracle proper: `pruned` (checked) computes what `original` does with `removed` masked to zero."""
     onnx.checker.check_model(pruned)
     masked = masked_model(an, removed)
-    feeds = random_feeds(prep.original, prep.input_shapes, seed=seed)
+    feeds = random_feeds(original, input_shapes, seed=seed)
     ref, out = run(masked, feeds), run(pruned, feeds)
+    assert set(ref) == set(out), (sorted(ref), sorted(out))
     for name in ref:
         a, b = ref[name], out[name]
         assert a.shape == b.shape, (name, a.shape, b.shape)
         scale = max(float(np.max(np.abs(a))), 1e-6)
         diff = float(np.max(np.abs(a - b))) if a.size else 0.0
         assert diff <= rtol * scale + 1e-6, f"{name}: max|diff| {diff:.3g} vs scale {scale:.3g}"
-    return pruned, an, removed
 
 
 def make_model(nodes, inputs, outputs, initializers=(), opset=13, ir_version=8) -> onnx.ModelProto:

@@ -28,6 +28,7 @@ from fuzzgen import _dims, feeds_for, generate, random_cnn, run_model
 from helpers import check_oracle
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph import real_inputs
+from onnxprune.pipeline import prepare
 
 N_SEEDS = int(os.environ.get("ONNXPRUNE_FUZZ_SEEDS", "300"))
 START = int(os.environ.get("ONNXPRUNE_FUZZ_START", "0"))
@@ -50,11 +51,14 @@ REGRESSIONS: dict[int, str] = {
     **{s: BUG2 for s in (2571, 2728, 4187, 6837, 9354)},
 }
 
-# shrunk reproducers: file -> (seed whose options are used, bug)
+# shrunk reproducers: file -> (seed whose options are used, bug, the right outcome, a reason the analysis must give)
 REPROS = {
-    "fuzz_repro_1.onnx": (3748, BUG1),   # Conv -> Concat(input, conv) as graph output
-    "fuzz_repro_2.onnx": (2571, BUG2),   # Conv -> Slice -> Conv -> Conv -> Add, ratio 0
-    "fuzz_repro_3.onnx": (1, BUG1),      # Concat(conv, input) -> Slice step 2 -> Conv: broken model
+    # Conv -> Concat(input, conv) as graph output: the conv's channels reach the output, so nothing
+    "fuzz_repro_1.onnx": (3748, BUG1, "nothing", "reaches graph output 'cat4'"),
+    # Conv -> Slice -> Conv -> Conv -> Add, ratio 0 (0.2 of 2 channels removes none)
+    "fuzz_repro_2.onnx": (2571, BUG2, "unchanged", None),
+    # Concat(conv, input) -> Slice step 2 -> Conv: was a broken model; the stepped Slice blocks it
+    "fuzz_repro_3.onnx": (1, BUG1, "nothing", "steps over channels"),
 }
 
 
@@ -111,7 +115,7 @@ def check_model(model: onnx.ModelProto, seed: int, stages: list | None = None) -
 
     # 3. pruned == masked original
     stages.append("oracle")
-    _, _, removed = check_oracle(model, "random", ratio, seed=seed, **kw)
+    _, _, removed = check_oracle(model, "random", ratio, seed=seed, min_removed=0, **kw)
 
     # 4. ratio 0 is the identity
     stages.append("ratio0")
@@ -145,9 +149,16 @@ def test_fuzz_properties(seed):
 
 @pytest.mark.parametrize("name", [pytest.param(n, id=n[:-5]) for n in REPROS])
 def test_fuzz_repro(name):
-    seed, _ = REPROS[name]
+    seed, _, outcome, reason = REPROS[name]
     model = onnx.load(os.path.join(HERE, name))
-    assert check_model(model, seed) in ("pruned", "nothing", "unchanged")
+    assert check_model(model, seed) == outcome
+    groups = prepare(model).analysis.groups
+    if reason is not None:
+        assert not any(g.prunable for g in groups)
+        assert any(reason in r for g in groups for r in g.reasons), [g.reasons for g in groups]
+    else:  # the prunable conv is pruned correctly at a ratio that removes a channel
+        assert any(g.prunable for g in groups)
+        check_oracle(model, "l1", 0.5)
 
 
 def test_fuzz_generator_is_deterministic_and_valid():
