@@ -23,6 +23,9 @@ def masked_model(analysis, removed_units) -> onnx.ModelProto:
     model = onnx.ModelProto()
     model.CopyFrom(analysis.model)
     kept = analysis.kept_channels(np.asarray(removed_units, dtype=np.int64))
+    elem = {vi.name: vi.type.tensor_type.elem_type
+            for vi in [*onnx.shape_inference.infer_shapes(model).graph.value_info, *model.graph.input, *model.graph.output]}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     new_nodes = []
     renames = {}
     for name, idx in kept.items():
@@ -36,8 +39,22 @@ def masked_model(analysis, removed_units) -> onnx.ModelProto:
         else:
             shape[t.axis] = t.size
         mname, oname = f"__mask_{name}", f"__masked_{name}"
-        model.graph.initializer.append(numpy_helper.from_array(mask.reshape(shape), mname))
-        new_nodes.append((name, helper.make_node("Mul", [name, mname], [oname], name=f"__maskmul_{name}")))
+        # Where(mask, x, 0): a removed channel reads as exactly 0 even where x is inf (Log, Reciprocal of
+        # a zeroed channel), for float and integer (ArgMax) tensors; booleans (comparisons) are and-ed;
+        # before opset 9 (no Where) a 0/1 Mul
+        dtype = helper.tensor_dtype_to_np_dtype(elem.get(name, onnx.TensorProto.FLOAT))
+        keep = mask.reshape(shape) > 0
+        if dtype == np.bool_:
+            model.graph.initializer.append(numpy_helper.from_array(keep, mname))
+            mask_node = helper.make_node("And", [name, mname], [oname], name=f"__maskmul_{name}")
+        elif opset < 9:
+            model.graph.initializer.append(numpy_helper.from_array(keep.astype(dtype), mname))
+            mask_node = helper.make_node("Mul", [name, mname], [oname], name=f"__maskmul_{name}")
+        else:
+            model.graph.initializer.append(numpy_helper.from_array(keep, mname))
+            model.graph.initializer.append(numpy_helper.from_array(np.zeros((), dtype=dtype), f"__zero_{name}"))
+            mask_node = helper.make_node("Where", [mname, name, f"__zero_{name}"], [oname], name=f"__maskmul_{name}")
+        new_nodes.append((name, mask_node))
         renames[name] = oname
     for node in model.graph.node:
         for i, inp in enumerate(node.input):
