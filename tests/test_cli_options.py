@@ -261,3 +261,26 @@ def test_bench_spin_turns_spinning_on(tmp_path, sessions, spin, entry):
     result = invoke(*args)
     assert result.exit_code == 0, result.output
     assert sessions and all(e == entry and t == 2 for t, e in sessions)
+
+
+def test_latency_batch_and_threads_reach_the_latency_search(tmp_path, monkeypatch):
+    """--target-latency measures where --latency-batch/--latency-threads say (a fake meter records them)."""
+    from onnxprune import latency
+    from test_latency import MacMeter, macs
+
+    made = []
+
+    def make(original, provider="cpu", batch=None, threads=0, *args, **kwargs):
+        m = MacMeter()
+        m.total = macs(onnx.load(original) if isinstance(original, str) else original)
+        m.describe = lambda: {"provider": provider, "batch": batch, "threads": threads, "warmup": 0, "repeat": 0}
+        made.append((provider, batch, threads))
+        return m
+    monkeypatch.setattr(latency, "Meter", make)
+    rep = tmp_path / "r.json"
+    result = invoke(RESNET, "--criterion", "l1", "--target-latency", "0.7", "--latency-batch", "3",
+                    "--latency-threads", "1", "-o", tmp_path / "p.onnx", "--report", rep)
+    assert result.exit_code == 0, result.output
+    assert made == [("cpu", 3, 1)]
+    doc = json.load(open(rep))["latency_search"]
+    assert (doc["batch"], doc["threads"]) == (3, 1) and doc["met"]
