@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from onnx import helper
 
 from fixtures import B
 from helpers import run
@@ -39,7 +40,6 @@ def removed_units(an, group_name, channels):
 
 def channel_means(model, tensor):
     """Per-channel mean of `tensor` over batch and space, from a run of `model` exposing it."""
-    from onnx import helper
     m = type(model)()
     m.CopyFrom(model)
     m.graph.output.append(helper.make_tensor_value_info(tensor, 1, None))
@@ -64,7 +64,7 @@ def test_mean_compensation_grouped_conv(k):
     b = B(30)
     h = constant_channels(b, {0: 0.9, 4: 0.4})
     w = b.rng.standard_normal((8, 4, k, k)).astype(np.float32)
-    b.nodes.append(__import__("onnx").helper.make_node(
+    b.nodes.append(helper.make_node(
         "Conv", [h, b.f32("g_w", w), b.f32("g_b", b.rng.normal(0, 0.1, 8))], ["y"], name="g", group=2,
         kernel_shape=[k, k]))   # no padding: a constant input is constant in every window
     model = b.model({"x": [2, 3, 12, 12]}, ["y"])

@@ -15,15 +15,12 @@ import os
 import re
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from fixtures import B, X, node, weight
-from helpers import check_oracle, tensor
-from onnxprune.graph import attr
+from fixtures import B, X, weight
+from helpers import bn_params, tensor
 from onnxprune.ops import RULES
-from onnxprune.pipeline import prepare
 from test_topologies import assert_blocked, assert_prunable, groups, kept, oracle
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -353,7 +350,7 @@ def test_training_mode_batchnorm_outputs_block():
     b = B(28)
     h = b.relu(b.conv("x", 3, 8, "c0"), "r0")
     h = b.conv(h, 8, 8, "c1")
-    p = {k: b.const(k, v) for k, v in __import__("helpers").bn_params(b.rng, 8, "bn").items()}
+    p = {k: b.const(k, v) for k, v in bn_params(b.rng, 8, "bn").items()}
     y, rm, rv = b.op("BatchNormalization", [h, *p], "bn", n_out=3, training_mode=1)
     model = b.model(X, [b.conv(y, 8, 4, "c2"), b.op("Identity", [rm], "rm_out")], opset=15)
     g = groups(model)
@@ -453,7 +450,6 @@ def _fixture_ops():
     return ops | {"MaxRoiPool", "Gemm", "If"}
 
 
-# ops covered by test_topologies.py / test_tf2onnx.py fixtures (their op names appear there as node ops)
 def test_every_rule_op_has_a_fixture():
     covered = _fixture_ops()
     texts = "\n".join(_test_sources().values())

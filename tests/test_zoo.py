@@ -6,7 +6,6 @@ tolerance (1e-4 of the output scale), all nine (VGG-19, AlexNet and ZFNet take ~
 file's CPU time, mostly onnxruntime sessions of their 60-140M parameters).
 """
 
-import numpy as np
 import pytest
 
 import onnxprune
