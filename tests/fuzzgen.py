@@ -16,8 +16,9 @@ bias); and, beyond the issue's list, ConvTranspose, channel shuffle, Pad, Instan
 ReduceMean/Max gates and channels-last MatMul; then (EXTRA_BLOCKS, their own random stream, so the
 graphs above are unchanged with ``extras=False``) ArgMax/ArgMin gates, LpPool/GlobalLpPool, Pow,
 comparison and logical gates, ReduceSum with noop_with_empty_axes, barrier ops (DepthToSpace,
-SpaceToDepth, Tile, Expand, Einsum, LpNormalization) and Gemm heads with
-a per-row bias. Constants are initializers or, in some graphs,
+SpaceToDepth, Tile, Expand, Einsum, LpNormalization), Gemm heads with a per-row bias, and, in most
+opset-17 graphs lifted to opset 18 (Reduce axes as inputs, Split num_outputs), Resize with `axes`.
+Constants are initializers or, in some graphs,
 Constant nodes. 1-2 inputs [N ('N' dynamic or 1/2), C 2-8, H/W 6-16]; opset 13 (some 11/17);
 IR 7/8. Every leaf tensor becomes a graph output (most graphs first end their leaves in a conv
 or a head), and a few intermediate tensors do too.
@@ -787,9 +788,46 @@ def barrier(g: _Gen) -> T | None:
     return g.add(out, c, h, w)
 
 
+def resize_axes(g: _Gen) -> T | None:
+    """Resize with an `axes` attribute (opset 18): scales or sizes for the spatial axes only, or sizes for
+    [C, H, W] (the channel entry is rewritten)."""
+    if g.opset < 18:
+        return None
+    rng = g.rng
+    x = g.pick_feature(lambda t: t.h <= 16 and t.w <= 16)
+    if x is None:
+        return None
+    g.use(x)
+    r = rng.random()
+    if r < 0.4:
+        out = g.node("Resize", [x.name, "", g.f32([2.0, 2.0], "scales")], "resize", mode="nearest", axes=[2, 3])
+    elif r < 0.7:
+        out = g.node("Resize", [x.name, "", "", g.i64([x.h * 2, x.w * 2], "sizes")], "resize", mode="nearest",
+                     axes=[-2, -1])
+    else:
+        out = g.node("Resize", [x.name, "", "", g.i64([x.c, x.h * 2, x.w * 2], "sizes")], "resize", mode="nearest",
+                     axes=[1, 2, 3])
+    return g.add(out, x.c, x.h * 2, x.w * 2)
+
+
+def _to_opset18(g: _Gen) -> None:
+    """Lift the regular blocks' nodes to opset 18: Reduce axes become inputs, equal Splits get num_outputs."""
+    for node in g.nodes:
+        if node.op_type.startswith("Reduce") and node.op_type != "ReduceSum":
+            axes = next((a for a in node.attribute if a.name == "axes"), None)
+            if axes is not None:
+                values = list(axes.ints)
+                node.attribute.remove(axes)
+                node.input.append(g.i64(values, "raxes"))
+        elif node.op_type == "Split" and len(node.input) == 1:
+            node.attribute.append(helper.make_attribute("num_outputs", len(node.output)))
+    g.opset = 18
+
+
 EXTRA_BLOCKS = {
     "argmax_gate": (argmax_gate, 1), "lp_pool": (lp_pool, 1), "pow": (pow_, 1), "compare_gate": (compare_gate, 1),
     "reduce_noop": (reduce_noop, 0.7), "barrier": (barrier, 1.2),
+    "resize_axes": (resize_axes, 0),   # once in every opset-18 graph
 }
 
 
@@ -841,10 +879,16 @@ def _build(seed: int, attempt: int, n_blocks: int | None, skip: frozenset,
         if out is None and block != "head":
             info.blocks[-1] += "(skipped)"
     if g.xrng is not None:   # the extra ops, after the regular blocks (whose graph stays); `skip` MAX_BLOCKS + j
+        if opset == 17 and g.xrng.random() < 0.7:
+            _to_opset18(g)
+            info.opset = 18
         n_extra = int(g.xrng.choice([0, 1, 1, 2, 3]))
-        names_x = list(EXTRA_BLOCKS)
-        wx = np.array([w for _, w in EXTRA_BLOCKS.values()], dtype=float)
-        for j, block in enumerate(g.xrng.choice(names_x, size=n_extra, p=wx / wx.sum())):
+        names_x = [n for n in EXTRA_BLOCKS if n != "resize_axes"]
+        wx = np.array([EXTRA_BLOCKS[n][1] for n in names_x], dtype=float)
+        extra = [str(b) for b in g.xrng.choice(names_x, size=n_extra, p=wx / wx.sum())]
+        if g.opset >= 18:
+            extra.insert(int(g.xrng.integers(len(extra) + 1)), "resize_axes")
+        for j, block in enumerate(extra):
             if MAX_BLOCKS + j in skip:
                 continue
             g.rng = np.random.default_rng([seed, attempt, 2000 + j])
@@ -867,7 +911,7 @@ def _build(seed: int, attempt: int, n_blocks: int | None, skip: frozenset,
     for name, shape in g.heads:
         outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, shape))
     graph = helper.make_graph(g.nodes, f"fuzz_{seed}_{attempt}", inputs, outputs, initializer=g.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir,
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", g.opset)], ir_version=ir,
                               producer_name="onnxprune-fuzz")
     return model, info
 

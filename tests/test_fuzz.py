@@ -204,6 +204,7 @@ def test_fuzz_not_vacuous():
     for seed in SEEDS:
         model = fuzz_graph(seed)
         ops |= {n.op_type for n in model.graph.node}
+        ops |= {"Resize(axes)" for n in model.graph.node if n.op_type == "Resize" and any(a.name == "axes" for a in n.attribute)}
         an = prepare(model).analysis
         if not any(g.prunable for g in an.groups):
             nothing += 1
@@ -218,6 +219,7 @@ def test_fuzz_not_vacuous():
         f"only {pruned}/{len(SEEDS)} graphs have something pruned ({nothing} have nothing to prune)"
     if len(SEEDS) >= 100:   # the default run draws every extra op and every data-free criterion
         want = {"ArgMax", "ArgMin", "LpPool", "GlobalLpPool", "Pow", "Greater", "Less", "Equal", "And", "Or", "Xor",
-                "Not", "ReduceSum", "DepthToSpace", "SpaceToDepth", "Tile", "Expand", "Einsum", "LpNormalization"}
+                "Not", "ReduceSum", "DepthToSpace", "SpaceToDepth", "Tile", "Expand", "Einsum", "LpNormalization",
+                "Resize(axes)"}
         assert want <= ops, sorted(want - ops)
         assert crits == set(CRITERIA), crits
