@@ -260,14 +260,14 @@ def run_seed(args):
         if out_dir:
             import onnx
 
-            from test_fuzz import fuzz_options
+            from test_fuzz import fuzz_criterion, fuzz_options
 
             onnx.save(small, os.path.join(out_dir, f"seed_{seed}.onnx"))
             ratio, kw = fuzz_options(seed)
             with open(os.path.join(out_dir, f"seed_{seed}.txt"), "w") as f:
                 f.write(f"seed {seed}: {row['kind']} at stage '{stage}'\n")
                 f.write(f"signature: {sig}\n")
-                f.write(f"options: criterion=random ratio={ratio} {kw} seed={seed}\n")
+                f.write(f"options: criterion={fuzz_criterion(seed)} ratio={ratio} {kw} seed={seed}\n")
                 f.write(f"generator: opset {info.opset} ir {info.ir_version} dynamic_batch {info.dynamic_batch} "
                         f"attempt {info.attempt} blocks {info.blocks}\n")
                 f.write(f"nodes: {len(model.graph.node)} -> {len(small.graph.node)} after shrinking\n")

@@ -232,6 +232,7 @@ def analyse(model: onnx.ModelProto, shapes: dict) -> Analysis:
                 if an.channels(name) is not None:
                     domain = f"{node.domain}." if node.domain not in ("", "ai.onnx") else ""
                     an.block(name, f"read by unsupported op {domain}{node.op_type} '{node.name}'")
+            _block_subgraph_reads(node, an)   # If/Loop/Scan have no rule: their branches read outer tensors
             continue
         rule.analyse(node, an)
         _block_subgraph_reads(node, an)

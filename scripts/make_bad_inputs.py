@@ -16,7 +16,7 @@ Argument placeholders in the manifest (filled in by the test at run time):
 Inputs are copied into a work folder that is the subprocess's current directory, so the CLI
 arguments name them by their plain file names. `setup` asks the test to prepare state that cannot
 be a committed file: "mkdir:NAME" (a directory), "readonly_outdir" (the output folder made
-read-only; skipped when running as root, who may write anywhere).
+read-only; as root, who ignores permission bits, also immutable with `chattr +i`).
 """
 
 from __future__ import annotations

@@ -13,7 +13,12 @@ Max/AveragePool; nearest Resize by scales, constant sizes (static batch) or run-
 (Concat(Shape(x)[:2], [H, W]), sometimes the Shape of another tensor); channel-wise
 constants; Flatten/GlobalAveragePool + Gemm (or MatMul+Add) heads; convs sharing a weight (and
 bias); and, beyond the issue's list, ConvTranspose, channel shuffle, Pad, InstanceNormalization,
-ReduceMean/Max gates and channels-last MatMul. Constants are initializers or, in some graphs,
+ReduceMean/Max gates and channels-last MatMul; then (EXTRA_BLOCKS, their own random stream, so the
+graphs above are unchanged with ``extras=False``) ArgMax/ArgMin gates, LpPool/GlobalLpPool, Pow,
+comparison and logical gates, ReduceSum with noop_with_empty_axes, barrier ops (DepthToSpace,
+SpaceToDepth, Tile, Expand, Einsum, LpNormalization), Gemm heads with a per-row bias, and, in most
+opset-17 graphs lifted to opset 18 (Reduce axes as inputs, Split num_outputs), Resize with `axes`.
+Constants are initializers or, in some graphs,
 Constant nodes. 1-2 inputs [N ('N' dynamic or 1/2), C 2-8, H/W 6-16]; opset 13 (some 11/17);
 IR 7/8. Every leaf tensor becomes a graph output (most graphs first end their leaves in a conv
 or a head), and a few intermediate tensors do too.
@@ -68,8 +73,10 @@ class Info:
 
 
 class _Gen:
-    def __init__(self, rng: np.random.Generator, opset: int, batch, const_node_p: float):
+    def __init__(self, rng: np.random.Generator, opset: int, batch, const_node_p: float,
+                 xrng: np.random.Generator | None = None):
         self.rng = rng
+        self.xrng = xrng  # the stream of the extra ops (None: the graph of the original generator)
         self.opset = opset
         self.batch = batch  # int or "N"
         self.const_node_p = const_node_p
@@ -523,7 +530,10 @@ def head(g: _Gen, x: T | None = None) -> None:
         b = (rng.standard_normal((n, feats) if trans else (feats, n)) / np.sqrt(feats)).astype(np.float32)
         ins = [h, g.f32(b, "gemm_B")]
         if rng.random() < 0.8:
-            ins.append(g.f32(rng.normal(0, 0.1, n if rng.random() < 0.8 else (1, n)), "gemm_C"))
+            shape = n if rng.random() < 0.8 else (1, n)
+            if g.xrng is not None and g.batch == 2 and g.xrng.random() < 0.3:
+                shape = (2, n)   # a per-row bias (one row per batch row: static batch 2)
+            ins.append(g.f32(rng.normal(0, 0.1, shape), "gemm_C"))
         attrs = {"transB": trans} if trans or rng.random() < 0.3 else {}
         if rng.random() < 0.2:
             attrs["alpha"] = 0.5
@@ -661,6 +671,166 @@ def reduce_gate(g: _Gen) -> T:
     return g.add(out, x.c, x.h, x.w)
 
 
+# ---- extra ops (issue 22): ArgMax/ArgMin, LpPool, Pow, comparison and logical gates, ReduceSum with
+# noop_with_empty_axes, and barrier ops; drawn from their own stream after the regular blocks -------
+
+def _unsqueeze(g: _Gen, x: str, axis: int) -> str:
+    if g.opset >= 13:
+        return g.node("Unsqueeze", [x, g.i64([axis], "ax")], "unsq")
+    return g.node("Unsqueeze", [x], "unsq", axes=[axis])
+
+
+def argmax_gate(g: _Gen) -> T:
+    """x * Cast(ArgMax/ArgMin(x) over H or W): channels pass, on axis 1 (keepdims) or unsqueezed back."""
+    rng = g.rng
+    x = g.pick_feature()
+    op = str(rng.choice(["ArgMax", "ArgMin"]))
+    axis = int(rng.choice([2, 3, -1]))
+    keep = int(rng.random() < 0.5)
+    g.use(x)
+    a = g.node(op, [x.name], op.lower(), axis=axis, keepdims=keep)
+    a = g.node("Cast", [a], "cast", to=TensorProto.FLOAT)
+    if not keep:
+        a = _unsqueeze(g, a, 3 if axis in (3, -1) else 2)
+    out = g.node("Mul", [x.name, a], "amul")
+    return g.add(out, x.c, x.h, x.w)
+
+
+def lp_pool(g: _Gen) -> T | None:
+    rng = g.rng
+    x = g.pick_feature(lambda t: t.h >= 2 and t.w >= 2)
+    if x is None:
+        return None
+    g.use(x)
+    if rng.random() < 0.5:
+        s = int(rng.choice([1, 2]))
+        out = g.node("LpPool", [x.name], "lppool", kernel_shape=[2, 2], strides=[s, s], p=2)
+        return g.add(out, x.c, (x.h - 2) // s + 1, (x.w - 2) // s + 1)
+    p = g.node("GlobalLpPool", [x.name], "glppool", p=int(rng.choice([1, 2])))
+    out = g.node("Mul", [x.name, p], "glpmul")
+    return g.add(out, x.c, x.h, x.w)
+
+
+def pow_(g: _Gen) -> T:
+    """Pow(|x|, e) with a per-channel or scalar exponent in [0.5, 2]."""
+    rng = g.rng
+    x = g.pick_feature()
+    g.use(x)
+    shape = (1, x.c, 1, 1) if rng.random() < 0.6 else ()
+    a = g.node("Abs", [x.name], "abs")
+    out = g.node("Pow", [a, g.f32(rng.uniform(0.5, 2.0, shape), "exp")], "pow")
+    return g.add(out, x.c, x.h, x.w)
+
+
+def compare_gate(g: _Gen) -> T:
+    """x * Cast(cmp(x, per-channel threshold)) or a logical combination of two comparisons."""
+    rng = g.rng
+    x = g.pick_feature()
+    g.use(x)
+    cmps = ["Greater", "Less", "Equal"] + (["GreaterOrEqual", "LessOrEqual"] if g.opset >= 12 else [])
+    thr = lambda: g.f32(rng.uniform(-0.5, 0.5, (1, x.c, 1, 1) if rng.random() < 0.7 else ()), "thr")  # noqa: E731
+    m = g.node(str(rng.choice(cmps)), [x.name, thr()], "cmp")
+    r = rng.random()
+    if r < 0.4:
+        m2 = g.node(str(rng.choice(cmps)), [x.name, thr()], "cmp")
+        m = g.node(str(rng.choice(["And", "Or", "Xor"])), [m, m2], "logic")
+    elif r < 0.55:
+        m = g.node("Not", [m], "not")
+    m = g.node("Cast", [m], "cast", to=TensorProto.FLOAT)
+    out = g.node("Mul", [x.name, m] if rng.random() < 0.5 else [m, x.name], "cmul")
+    return g.add(out, x.c, x.h, x.w)
+
+
+def reduce_noop(g: _Gen) -> T | None:
+    """ReduceSum with an empty axes input and noop_with_empty_axes=1: the identity (opset >= 13)."""
+    if g.opset < 13:
+        return None
+    x = g.pick_feature()
+    g.use(x)
+    out = g.node("ReduceSum", [x.name, g.i64(np.zeros(0, np.int64), "axes")], "rsum", noop_with_empty_axes=1)
+    return g.add(out, x.c, x.h, x.w)
+
+
+def barrier(g: _Gen) -> T | None:
+    """An op that blocks the channels it reads: DepthToSpace, SpaceToDepth, Tile, Expand, Einsum, LpNormalization
+    (the pruned model must stay right around it)."""
+    rng = g.rng
+    # (MeanVarianceNormalization fails onnx's full-check shape inference here: its fixture is in test_rules.py)
+    kinds = ["Tile", "Expand", "LpNormalization", "Einsum", "DepthToSpace", "SpaceToDepth"]
+    kind = str(rng.choice(kinds))
+    if kind == "DepthToSpace":
+        x = g.pick_feature(lambda t: t.c % 4 == 0 and t.h <= 8 and t.w <= 8)
+    elif kind == "SpaceToDepth":
+        x = g.pick_feature(lambda t: t.h % 2 == 0 and t.w % 2 == 0 and t.c <= 8)
+    elif kind == "Tile":
+        x = g.pick_feature(lambda t: t.c <= 8)
+    else:
+        x = g.pick_feature()
+    if x is None:
+        return None
+    g.use(x)
+    c, h, w = x.c, x.h, x.w
+    if kind == "DepthToSpace":
+        out = g.node(kind, [x.name], "d2s", blocksize=2, **({"mode": "CRD"} if rng.random() < 0.5 else {}))
+        c, h, w = c // 4, h * 2, w * 2
+    elif kind == "SpaceToDepth":
+        out = g.node(kind, [x.name], "s2d", blocksize=2)
+        c, h, w = c * 4, h // 2, w // 2
+    elif kind == "Tile":
+        out = g.node(kind, [x.name, g.i64([1, 2, 1, 1], "reps")], "tile")
+        c *= 2
+    elif kind == "Expand":
+        out = g.node(kind, [x.name, g.i64([1, 1, 1, 1], "eshape")], "expand")
+    elif kind == "Einsum":
+        out = g.node(kind, [x.name, g.f32(rng.uniform(0.5, 1.5, w), "ew")], "einsum", equation="nchw,w->nchw")
+    else:
+        out = g.node(kind, [x.name], "lpnorm", axis=1, p=2)
+    return g.add(out, c, h, w)
+
+
+def resize_axes(g: _Gen) -> T | None:
+    """Resize with an `axes` attribute (opset 18): scales or sizes for the spatial axes only, or sizes for
+    [C, H, W] (the channel entry is rewritten)."""
+    if g.opset < 18:
+        return None
+    rng = g.rng
+    x = g.pick_feature(lambda t: t.h <= 16 and t.w <= 16)
+    if x is None:
+        return None
+    g.use(x)
+    r = rng.random()
+    if r < 0.4:
+        out = g.node("Resize", [x.name, "", g.f32([2.0, 2.0], "scales")], "resize", mode="nearest", axes=[2, 3])
+    elif r < 0.7:
+        out = g.node("Resize", [x.name, "", "", g.i64([x.h * 2, x.w * 2], "sizes")], "resize", mode="nearest",
+                     axes=[-2, -1])
+    else:
+        out = g.node("Resize", [x.name, "", "", g.i64([x.c, x.h * 2, x.w * 2], "sizes")], "resize", mode="nearest",
+                     axes=[1, 2, 3])
+    return g.add(out, x.c, x.h * 2, x.w * 2)
+
+
+def _to_opset18(g: _Gen) -> None:
+    """Lift the regular blocks' nodes to opset 18: Reduce axes become inputs, equal Splits get num_outputs."""
+    for node in g.nodes:
+        if node.op_type.startswith("Reduce") and node.op_type != "ReduceSum":
+            axes = next((a for a in node.attribute if a.name == "axes"), None)
+            if axes is not None:
+                values = list(axes.ints)
+                node.attribute.remove(axes)
+                node.input.append(g.i64(values, "raxes"))
+        elif node.op_type == "Split" and len(node.input) == 1:
+            node.attribute.append(helper.make_attribute("num_outputs", len(node.output)))
+    g.opset = 18
+
+
+EXTRA_BLOCKS = {
+    "argmax_gate": (argmax_gate, 1), "lp_pool": (lp_pool, 1), "pow": (pow_, 1), "compare_gate": (compare_gate, 1),
+    "reduce_noop": (reduce_noop, 0.7), "barrier": (barrier, 1.2),
+    "resize_axes": (resize_axes, 0),   # once in every opset-18 graph
+}
+
+
 BLOCKS = {
     "conv": (conv, 5), "conv_bn_act": (conv_bn_act, 6), "bn": (bn, 1), "act": (act, 2),
     "residual": (residual, 3), "concat": (concat, 2), "split": (split, 1.5), "slice": (slice_, 1.5),
@@ -672,13 +842,15 @@ BLOCKS = {
 }
 
 
-def _build(seed: int, attempt: int, n_blocks: int | None, skip: frozenset) -> tuple[onnx.ModelProto, Info]:
+def _build(seed: int, attempt: int, n_blocks: int | None, skip: frozenset,
+           extras: bool = True) -> tuple[onnx.ModelProto, Info]:
     rng = np.random.default_rng([seed, attempt])
     opset = int(rng.choice([13] * 6 + [11, 17]))
     ir = 7 if opset <= 13 and rng.random() < 0.5 else 8
     dynamic = rng.random() < 0.5
     batch = "N" if dynamic else int(rng.choice([1, 2]))
-    g = _Gen(rng, opset, batch, const_node_p=float(rng.choice([0.0, 0.0, 0.2, 0.5])))
+    g = _Gen(rng, opset, batch, const_node_p=float(rng.choice([0.0, 0.0, 0.2, 0.5])),
+             xrng=np.random.default_rng([seed, attempt, 3000]) if extras else None)
     info = Info(seed, attempt, opset, ir, dynamic)
     inputs = []
     n_in = 2 if rng.random() < 0.3 else 1
@@ -706,6 +878,22 @@ def _build(seed: int, attempt: int, n_blocks: int | None, skip: frozenset) -> tu
         info.blocks.append(block)
         if out is None and block != "head":
             info.blocks[-1] += "(skipped)"
+    if g.xrng is not None:   # the extra ops, after the regular blocks (whose graph stays); `skip` MAX_BLOCKS + j
+        if opset == 17 and g.xrng.random() < 0.7:
+            _to_opset18(g)
+            info.opset = 18
+        n_extra = int(g.xrng.choice([0, 1, 1, 2, 3]))
+        names_x = [n for n in EXTRA_BLOCKS if n != "resize_axes"]
+        wx = np.array([EXTRA_BLOCKS[n][1] for n in names_x], dtype=float)
+        extra = [str(b) for b in g.xrng.choice(names_x, size=n_extra, p=wx / wx.sum())]
+        if g.opset >= 18:
+            extra.insert(int(g.xrng.integers(len(extra) + 1)), "resize_axes")
+        for j, block in enumerate(extra):
+            if MAX_BLOCKS + j in skip:
+                continue
+            g.rng = np.random.default_rng([seed, attempt, 2000 + j])
+            out = EXTRA_BLOCKS[str(block)][0](g)
+            info.blocks.append(str(block) + ("(skipped)" if out is None else ""))
     g.rng = np.random.default_rng([seed, attempt, 1000])
     if g.rng.random() < 0.75:  # most graphs end in convs or heads, so the last features are prunable
         for t in [t for t in g.pool if t.uses == 0 and not t.may_dangle and not t.is_input]:
@@ -723,7 +911,7 @@ def _build(seed: int, attempt: int, n_blocks: int | None, skip: frozenset) -> tu
     for name, shape in g.heads:
         outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, shape))
     graph = helper.make_graph(g.nodes, f"fuzz_{seed}_{attempt}", inputs, outputs, initializer=g.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir,
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", g.opset)], ir_version=ir,
                               producer_name="onnxprune-fuzz")
     return model, info
 
@@ -800,12 +988,17 @@ def run_model(model: onnx.ModelProto, feeds: dict) -> dict:
     return dict(zip(names, sess.run(names, feeds)))
 
 
-def generate(seed: int, n_blocks: int | None = None, skip=(), run: bool = True) -> tuple[onnx.ModelProto, Info]:
-    """The model of `seed` and how it was made; retries (counting discards) until a candidate is valid."""
+def generate(seed: int, n_blocks: int | None = None, skip=(), run: bool = True,
+             extras: bool = True) -> tuple[onnx.ModelProto, Info]:
+    """The model of `seed` and how it was made; retries (counting discards) until a candidate is valid.
+
+    `extras=False` gives the graph the generator made before the extra ops (issue 22) existed: the
+    regression seeds of test_fuzz.py keep the graphs that exposed their bugs.
+    """
     discards = []
     for attempt in range(MAX_ATTEMPTS):
         try:
-            model, info = _build(seed, attempt, n_blocks, frozenset(skip))
+            model, info = _build(seed, attempt, n_blocks, frozenset(skip), extras)
         except Exception as exc:  # a generator bug: report it as a discard, do not hide it
             discards.append(f"build error: {type(exc).__name__}: {exc}")
             continue
@@ -817,6 +1010,6 @@ def generate(seed: int, n_blocks: int | None = None, skip=(), run: bool = True) 
     raise RuntimeError(f"seed {seed}: no valid graph in {MAX_ATTEMPTS} attempts: {discards[-3:]}")
 
 
-def random_cnn(seed: int) -> onnx.ModelProto:
+def random_cnn(seed: int, extras: bool = True) -> onnx.ModelProto:
     """A random valid CNN graph for `seed` (deterministic)."""
-    return generate(seed)[0]
+    return generate(seed, extras=extras)[0]

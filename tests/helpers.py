@@ -23,6 +23,9 @@ def masked_model(analysis, removed_units) -> onnx.ModelProto:
     model = onnx.ModelProto()
     model.CopyFrom(analysis.model)
     kept = analysis.kept_channels(np.asarray(removed_units, dtype=np.int64))
+    elem = {vi.name: vi.type.tensor_type.elem_type
+            for vi in [*onnx.shape_inference.infer_shapes(model).graph.value_info, *model.graph.input, *model.graph.output]}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     new_nodes = []
     renames = {}
     for name, idx in kept.items():
@@ -36,8 +39,22 @@ def masked_model(analysis, removed_units) -> onnx.ModelProto:
         else:
             shape[t.axis] = t.size
         mname, oname = f"__mask_{name}", f"__masked_{name}"
-        model.graph.initializer.append(numpy_helper.from_array(mask.reshape(shape), mname))
-        new_nodes.append((name, helper.make_node("Mul", [name, mname], [oname], name=f"__maskmul_{name}")))
+        # Where(mask, x, 0): a removed channel reads as exactly 0 even where x is inf (Log, Reciprocal of
+        # a zeroed channel), for float and integer (ArgMax) tensors; booleans (comparisons) are and-ed;
+        # before opset 9 (no Where) a 0/1 Mul
+        dtype = helper.tensor_dtype_to_np_dtype(elem.get(name, onnx.TensorProto.FLOAT))
+        keep = mask.reshape(shape) > 0
+        if dtype == np.bool_:
+            model.graph.initializer.append(numpy_helper.from_array(keep, mname))
+            mask_node = helper.make_node("And", [name, mname], [oname], name=f"__maskmul_{name}")
+        elif opset < 9:
+            model.graph.initializer.append(numpy_helper.from_array(keep.astype(dtype), mname))
+            mask_node = helper.make_node("Mul", [name, mname], [oname], name=f"__maskmul_{name}")
+        else:
+            model.graph.initializer.append(numpy_helper.from_array(keep, mname))
+            model.graph.initializer.append(numpy_helper.from_array(np.zeros((), dtype=dtype), f"__zero_{name}"))
+            mask_node = helper.make_node("Where", [mname, name, f"__zero_{name}"], [oname], name=f"__maskmul_{name}")
+        new_nodes.append((name, mask_node))
         renames[name] = oname
     for node in model.graph.node:
         for i, inp in enumerate(node.input):
@@ -65,25 +82,36 @@ def run(model, feeds):
     return dict(zip(names, session(model).run(names, feeds)))
 
 
-def check_oracle(model, criterion="l1", ratio=0.5, input_shape=None, seed=0, rtol=1e-4, **select_kw):
-    """Prune `model` and assert pruned == masked original on seeded inputs. Returns (pruned, analysis, removed)."""
+def check_oracle(model, criterion="l1", ratio=0.5, input_shape=None, seed=0, rtol=1e-4, min_removed=1, **select_kw):
+    """Prune `model` and assert pruned == masked original on seeded inputs. Returns (pruned, analysis, removed).
+
+    At least `min_removed` channels must go (a pruning that removed nothing would pass the
+    comparison trivially); pass 0 only where "nothing removed" is itself a correct outcome.
+    """
     prep = prepare(model, input_shape)
     an = prep.analysis
     scores = criteria.score(criterion, criteria.ScoreContext(an, seed=seed))
     plan, _ = select(an, scores, SelectConfig(ratio=ratio, **select_kw))
     removed = plan.removed_units(an)
+    assert len(removed) >= min_removed, f"{criterion}@{ratio}: {len(removed)} channels removed, want >= {min_removed}"
     pruned = rewrite.apply(an, removed)
+    assert_matches_masked(prep.original, an, removed, pruned, prep.input_shapes, seed=seed, rtol=rtol)
+    return pruned, an, removed
+
+
+def assert_matches_masked(original, an, removed, pruned, input_shapes, seed=0, rtol=1e-4):
+    """The oracle proper: `pruned` (checked) computes what `original` does with `removed` masked to zero."""
     onnx.checker.check_model(pruned)
     masked = masked_model(an, removed)
-    feeds = random_feeds(prep.original, prep.input_shapes, seed=seed)
+    feeds = random_feeds(original, input_shapes, seed=seed)
     ref, out = run(masked, feeds), run(pruned, feeds)
+    assert set(ref) == set(out), (sorted(ref), sorted(out))
     for name in ref:
         a, b = ref[name], out[name]
         assert a.shape == b.shape, (name, a.shape, b.shape)
         scale = max(float(np.max(np.abs(a))), 1e-6)
         diff = float(np.max(np.abs(a - b))) if a.size else 0.0
         assert diff <= rtol * scale + 1e-6, f"{name}: max|diff| {diff:.3g} vs scale {scale:.3g}"
-    return pruned, an, removed
 
 
 def make_model(nodes, inputs, outputs, initializers=(), opset=13, ir_version=8) -> onnx.ModelProto:

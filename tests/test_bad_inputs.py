@@ -49,6 +49,25 @@ def _listing(folder):
                   for n in [*names, *(x + "/" for x in dirs)])
 
 
+class _Result:
+    def __init__(self, ok: bool, why: str = ""):
+        self.ok, self.why = ok, why
+
+    def __bool__(self):
+        return self.ok
+
+
+def _immutable(folder, on: bool) -> _Result:
+    """`chattr +i/-i folder`; true when the folder then refuses writes (also checked with os.access)."""
+    try:
+        proc = subprocess.run(["chattr", "+i" if on else "-i", str(folder)], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return _Result(False, f"{type(exc).__name__}: {exc}")
+    if proc.returncode != 0:
+        return _Result(False, proc.stderr.strip()[:200])
+    return _Result(not os.access(folder, os.W_OK) if on else True, "os.access still reports the folder writable")
+
+
 def execute(case: dict, base) -> dict:
     """Run one manifest case in `base` (a fresh folder); returns what the test checks."""
     work, outdir = base / "work", base / "out"
@@ -60,9 +79,11 @@ def execute(case: dict, base) -> dict:
         if step.startswith("mkdir:"):
             (work / step.split(":", 1)[1]).mkdir()
         elif step == "readonly_outdir":
-            if IS_ROOT:
-                return {"skip": "root may write into a read-only folder"}
             outdir.chmod(stat.S_IRUSR | stat.S_IXUSR)
+            if IS_ROOT:   # root ignores permission bits, not the immutable flag
+                immutable = _immutable(outdir, True)
+                if not immutable:
+                    return {"skip": f"running as root and `chattr +i` is not available here: {immutable.why}"}
         else:
             raise ValueError(f"unknown setup step {step}")
     out = outdir / "pruned.onnx"
@@ -73,6 +94,8 @@ def execute(case: dict, base) -> dict:
         proc = subprocess.run([sys.executable, "-m", "onnxprune", *args], cwd=work, env=env, capture_output=True,
                               text=True, timeout=300)
     finally:
+        if IS_ROOT and "readonly_outdir" in case.get("setup", []):
+            _immutable(outdir, False)
         outdir.chmod(stat.S_IRWXU)
     return {"rc": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr, "before": before,
             "after": _hashes(work), "listing_before": listing_before, "listing_after": _listing(work),

@@ -1,4 +1,8 @@
-"""Models exported from PyTorch (tests/models, see its README): oracle for every weight criterion.
+"""Models exported from PyTorch (tests/models, see its README): oracle for every criterion.
+
+The six data-free criteria run on all 16 models; the calibrated ones (with random calibration
+data, uniform ratios and recovery off, so the oracle applies) on a few, since `ensemble` and
+`interactions` cost seconds each (they run on the smallest, shufflenet_style).
 
 Each architecture comes twice: with randomised BN statistics, and with default init, where the
 exporter shares identical bias initializers between convs (a trap for in-place slicing).
@@ -11,7 +15,8 @@ import onnx
 import pytest
 
 import onnxprune
-from helpers import check_oracle
+from helpers import assert_matches_masked, check_oracle
+from onnxprune import graph
 from onnxprune.cli import CRITERIA
 from onnxprune.criteria import DATA_CRITERIA
 
@@ -28,6 +33,24 @@ def test_fixtures_present():
 @pytest.mark.parametrize("path", MODELS, ids=NAMES)
 def test_oracle_every_criterion(path, criterion):
     check_oracle(onnx.load(path), criterion=criterion, ratio=0.5)
+
+
+CHEAP_DATA = [c for c in DATA_CRITERIA if c not in ("ensemble", "interactions")] + ["blend"]
+
+
+@pytest.mark.parametrize("name,criterion", [("shufflenet_style", c) for c in (*DATA_CRITERIA, "blend")]
+                         + [(m, c) for m in ("resnet_style", "mobilenetv3_style", "yolo_style_definit")
+                            for c in CHEAP_DATA])
+def test_oracle_data_criteria(name, criterion):
+    path = os.path.join(HERE, "models", f"{name}.onnx")
+    model = onnx.load(path)
+    result = onnxprune.prune(path, criterion=criterion, ratio=0.5, calib="random", calib_samples=16, batch_size=8,
+                             recover=False, allocate="uniform", variety="off", order_check=False, verify=False)
+    assert result.report["criterion"] == criterion
+    an = result.analysis
+    removed = result.plan.removed_units(an)
+    assert len(removed) >= 0.3 * sum(g.size for g in an.groups if g.prunable)
+    assert_matches_masked(model, an, removed, result.model, graph.fixed_input_shapes(model, None))
 
 
 @pytest.mark.parametrize("path", MODELS, ids=NAMES)

@@ -377,11 +377,17 @@ def test_sweep_plot_groups(tmp_path):
 # --- one real run ------------------------------------------------------------------------------------
 
 def test_end_to_end_target_latency_cli(tmp_path):
-    """Real timing on a tiny model with a loose target: only checks that it completes and reports."""
+    """Real timing on a tiny model with a loose target. Timing is real, so a loaded machine can miss even
+    0.95: that outcome is the documented failure (one line with the ratio reached, nothing written),
+    checked as such, never skipped."""
     rep, out = tmp_path / "r.json", tmp_path / "p.onnx"
     result = invoke(RESNET, "--criterion", "l1", "--target-latency", "0.95", "-o", out, "--report", rep)
-    if result.exit_code == 1 and "cannot be reached" in result.stderr:
-        pytest.skip(f"the machine was too noisy for a 0.95 target: {result.stderr.strip()}")
+    if result.exit_code == 1:
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "cannot be reached" in lines[0], result.output
+        assert "of the MACs removed" in lines[0] and "x the original's latency" in lines[0], lines[0]
+        assert not out.exists() and not rep.exists()
+        return
     assert result.exit_code == 0, result.output
     assert out.exists()
     report = json.load(open(rep))

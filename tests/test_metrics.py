@@ -39,8 +39,11 @@ def test_conv_depthwise_convtranspose_gemm_macs():
 
 def test_matmul_macs():
     w = np.ones((6, 5), np.float32)
-    model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
-                       [tensor("x", [1, 7, 6])], [tensor("y", [1, 7, 5])], {"w": w})
-    macs, _ = _stats(model)
+    shape = np.array([1, 7, 5], np.int64)                   # an int64 constant: not a parameter
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"),
+                        helper.make_node("Reshape", ["m", "shape"], ["y"], name="rs")],
+                       [tensor("x", [1, 7, 6])], [tensor("y", [1, 7, 5])], {"w": w, "shape": shape})
+    macs, params = _stats(model)
     assert macs["mm"] == 7 * 5 * 6
-    assert TensorProto.FLOAT == 1
+    assert params == 6 * 5
+    assert {i.name: i.data_type for i in model.graph.initializer} == {"w": TensorProto.FLOAT, "shape": TensorProto.INT64}

@@ -2,6 +2,7 @@
 and Sigmoid class scores on one axis) are compared part by part (evaluate.output_parts/Reference)."""
 
 import numpy as np
+import onnx
 import pytest
 from onnx import helper
 
@@ -128,13 +129,24 @@ def test_a_score_part_without_objects_is_not_judged_on_its_noise():
 
 
 def test_onnxprune_eval_reports_each_part(tmp_path):
-    import onnx
-
     from onnxprune.evaluate import evaluate_files
 
     original, data = tmp_path / "m.onnx", tmp_path / "d.npz"
     onnx.save(yolo_like_model(), original)
     np.savez(data, x=np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32))
-    outputs = evaluate_files(str(original), str(original), str(data))["outputs"]
+    # a changed class head (convD's weights halved): the box part is untouched, the score part is not
+    changed = yolo_like_model()
+    wd = next(i for i in changed.graph.initializer if i.name == "wd")
+    wd.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(wd) * 0.5, "wd"))
+    other = tmp_path / "changed.onnx"
+    onnx.save(changed, other)
+    outputs = evaluate_files(str(original), str(other), str(data))["outputs"]
     assert list(outputs) == ["y[:, 0:4]", "y[:, 4:7]"]
-    assert all(m["rel_sq_error"] == 0.0 for m in outputs.values())
+    x = np.load(data)["x"]
+    a, b = run(yolo_like_model(), {"x": x})["y"], run(changed, {"x": x})["y"]
+    assert outputs["y[:, 0:4]"]["rel_sq_error"] == 0.0
+    want = float(((b[:, 4:] - a[:, 4:]) ** 2).sum() / (a[:, 4:] ** 2).sum())
+    assert want > 1e-3
+    assert outputs["y[:, 4:7]"]["rel_sq_error"] == pytest.approx(want, rel=1e-4)
+    same = evaluate_files(str(original), str(original), str(data))["outputs"]
+    assert all(m["rel_sq_error"] == 0.0 for m in same.values())

@@ -410,9 +410,14 @@ def test_joint_ensemble_scores_share_loss_units_across_groups(tmp_path):
     assert a.shape == (4,) and b.shape == (4,)
     assert a.max() < b.min() and np.abs(a).mean() < 0.1 * b.mean()    # A's units matter ~1000x less
     assert ctx.extras["ensemble"]["mode"] == "joint" and ctx.extras["ensemble"]["shared_scale"]
-    # the per-group mode ranks within each group only: both groups' scores span a similar range
-    group = criteria.score("ensemble", criteria.ScoreContext(an, data=data, options={"ensemble_masks": 256}))
+    # the per-group mode plays one game per group: its scores order the units within a group (for B,
+    # whose units matter, the joint game's order) but share no scale across groups
+    gctx = criteria.ScoreContext(an, data=data, options={"ensemble_masks": 256})
+    group = criteria.score("ensemble", gctx)
     assert set(group) == set(joint)
+    b_id = by_name["convB"]
+    assert np.array_equal(np.argsort(group[b_id]), np.argsort(joint[b_id]))
+    assert gctx.extras["ensemble"]["mode"] == "group" and not gctx.extras["ensemble"].get("shared_scale")
 
 
 def test_joint_ensemble_with_global_allocation_prunes_the_weak_branch(tmp_path):

@@ -1,19 +1,17 @@
 """The nine model-zoo architectures shipped in the `onnx` wheel, materialised with seeded weights.
 
 Each is pruned at ratio 0.5: it must come out valid (checker + onnxruntime, same output shapes)
-with fewer MACs, and the pruned == masked oracle must hold on its logits.
+with fewer MACs, and the pruned == masked oracle must hold on its logits at the standard
+tolerance (1e-4 of the output scale), all nine (VGG-19, AlexNet and ZFNet take ~35 s of the
+file's CPU time, mostly onnxruntime sessions of their 60-140M parameters).
 """
 
-import numpy as np
 import pytest
 
 import onnxprune
 import zoo
-from helpers import check_oracle
-
-# AlexNet/ZFNet/VGG carry 60-140M parameters: slower, still run in CI
-HEAVY = {"vgg19", "bvlc_alexnet", "zfnet512"}
-
+from helpers import assert_matches_masked
+from onnxprune import graph
 
 def without_softmax(model):
     """Expose the logits: random weights saturate the final softmax, hiding differences."""
@@ -29,18 +27,21 @@ def without_softmax(model):
 
 
 @pytest.mark.parametrize("name", zoo.NAMES)
-def test_zoo_prunes_valid_with_fewer_macs(name):
-    result = onnxprune.prune(zoo.materialise(name), criterion="l1", ratio=0.5)
+def test_zoo_prunes_valid_with_fewer_macs_and_oracle(name):
+    """One prune per model (the heavy three take most of the time): the report, then the oracle on its plan."""
+    model = without_softmax(zoo.materialise(name))
+    result = onnxprune.prune(model, criterion="l1", ratio=0.5)
     rep = result.report
     assert rep["verification"]["valid"], rep["verification"]["problems"]
     assert rep["after"]["macs"] < rep["before"]["macs"]
     assert rep["after"]["params"] < rep["before"]["params"]
-    assert result.model.ir_version == zoo.materialise(name).ir_version
-
-
-@pytest.mark.parametrize("name", [n for n in zoo.NAMES if n not in HEAVY])
-def test_zoo_oracle(name):
-    check_oracle(without_softmax(zoo.materialise(name)), criterion="l1", ratio=0.5, rtol=1e-3)
+    assert result.model.ir_version == model.ir_version
+    an = result.analysis
+    removed = result.plan.removed_units(an)
+    # at ratio 0.5 every model loses at least a quarter of its prunable channels
+    prunable = sum(g.size for g in an.groups if g.prunable)
+    assert len(removed) >= 0.25 * prunable, (len(removed), prunable)
+    assert_matches_masked(model, an, removed, result.model, graph.fixed_input_shapes(model, None))
 
 
 def test_resnet50_macs_kept_like_torch_pruning():
