@@ -4,6 +4,7 @@ dataset-fashion-mnist), no labels used in pruning or fine-tuning.
 
     python benchmarks/finetune.py                      # --ratio 0.5 and --target-macs 0.5, 512 bundled images
     python benchmarks/finetune.py --train 5000         # ... with 5000 unlabelled train images instead
+    python benchmarks/finetune.py --synthetic          # ... with 512 synthetic inputs (--calib synthetic)
     python benchmarks/finetune.py --criteria           # l1, mean_act and the default, each fine-tuned, --ratio 0.5
     python benchmarks/finetune.py --runs ratio --epochs 30 --lr 3e-4   # one setting, other schedule
 
@@ -64,6 +65,7 @@ def main() -> int:
     ap.add_argument("--train", type=int, default=512, help="calibration images: 512 (bundled) or N train images")
     ap.add_argument("--runs", default="ratio,macs", help="ratio (--ratio 0.5), macs (--target-macs 0.5)")
     ap.add_argument("--criteria", action="store_true", help="l1, mean_act and blend at --ratio 0.5")
+    ap.add_argument("--synthetic", action="store_true", help="calibrate on 512 synthetic inputs (--calib synthetic)")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--augment", default="default")
@@ -78,7 +80,8 @@ def main() -> int:
     runs = [("ratio", c) for c in ("l1", "mean_act", "blend")] if args.criteria else \
         [(r, "blend") for r in args.runs.split(",")]
     with tempfile.TemporaryDirectory() as folder:
-        calib = unlabelled(args.train, folder)
+        calib = "synthetic" if args.synthetic else unlabelled(args.train, folder)
+        label = "synthetic" if args.synthetic else f"{args.train} images"
         for budget, criterion in runs:
             t0 = time.time()
             kw = {"ratio": 0.5} if budget == "ratio" else {"target_macs": 0.5}
@@ -92,7 +95,7 @@ def main() -> int:
                                     **kw)
             t_tuned = time.time() - t0
             step = next(s for s in tuned.report["recovery"] if s["step"] == "finetune")
-            print(f"{budget:<5} {criterion:<8} {args.train} images  MACs kept {tuned.report['macs_kept']:.3f}  "
+            print(f"{budget:<5} {criterion:<8} {label}  MACs kept {tuned.report['macs_kept']:.3f}  "
                   f"training-free {accuracy(plain.model, x, y, 'input'):.4f} ({t_plain:.0f} s)  fine-tuned {accuracy(tuned.model, x, y, 'input'):.4f} "
                   f"({t_tuned:.0f} s; fine-tuning {step['seconds']:.0f} s, best epoch {step['best_epoch']} of "
                   f"{step['epochs_run']}, {'kept' if step['kept'] else 'not kept'})", flush=True)

@@ -151,89 +151,108 @@ def finetune_model(original: onnx.ModelProto, pruned: onnx.ModelProto, data, ref
         (model, step): the fine-tuned model when its held-out loss beats `pruned`'s, else `pruned`
         itself; `step` is the report entry (epochs, losses per epoch, best epoch, accepted, why).
     """
-    import torch
-
     check_ready(config)
     if data.size("holdout") == 0 or data.size("score") == 0:
         raise OnnxPruneError("fine-tuning needs both a training and a held-out split: more --calib-samples "
                              "or a --holdout in (0, 1)")
     t0 = time.perf_counter()
-    torch.manual_seed(config.seed)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    rng = np.random.default_rng(config.seed)
-    labels_all = data.labels
     held_labels = data.split_labels("holdout")
     start_loss = fidelity_loss(reference, _ort_outputs(pruned, data), held_labels)
-
-    shapes = {s.name: [max(1, s.batch), *s.sample_shape] for s in data.specs}
-    student = Bridge(pruned, "pruned model", train_bn_stats=config.bn == "train", input_shapes=shapes)
-    first = next(data.batches("holdout"))
-    tolerance, conversion_error = agreement_tolerance(student, pruned, first)
-    student.module.to(config.device)
-    hints = {k: v for k, v in (hints or {}).items() if config.features > 0 and student.produces(k)}
-    teacher = _Teacher(original, config.device, hints, shapes)
-    captured = student.capture(hints)
-    kinds = output_kinds(reference)
-    params = student.trainable()
-    if not params:
+    run = _Run(original, pruned, data, reference, config, hints or {})
+    if not run.params:
         return pruned, _step(config, t0, start_loss, None, [], [], 0, False,
                              "nothing to train: no Conv, Gemm or BatchNormalization weight of single use")
-    optimizer = torch.optim.Adam(params, lr=config.lr)
-    lo, hi = data.split_range("score")
-    steps_per_epoch = -(-(hi - lo) // config.batch_size)
-    total_steps = config.epochs * steps_per_epoch
-    # one epoch of linear warm-up (the first full-rate steps undo much of the training-free repair), then cosine decay
-    warm = min(steps_per_epoch, max(1, total_steps // 10))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: min(1.0, (k + 1) / warm) * 0.5 * (
-        1 + np.cos(np.pi * min(1.0, k / total_steps))))
     patience = config.patience or max(6, config.epochs // 4)
     train_losses, held_losses = [], []
     best_loss, best_epoch, best_state = start_loss, 0, None
     for epoch in range(1, config.epochs + 1):
-        _train_mode(student.module, config.bn)
-        order = lo + rng.permutation(hi - lo)
-        total, seen = 0.0, 0
-        for b in range(0, len(order), config.batch_size):
-            idx = order[b:b + config.batch_size]
-            feeds = augment(data.samples(idx), data.specs, config.augment, rng)
-            targets, target_hints = teacher(feeds)
-            outs = student.forward({k: torch.from_numpy(v).to(config.device) for k, v in feeds.items()})
-            # a blend of two inputs has no one label: the teacher's soft targets carry the mixture
-            labels = None if labels_all is None or "mix" in config.augment else \
-                torch.from_numpy(labels_all[idx]).to(config.device)
-            loss = distill_loss(outs, targets, kinds, config.temperature, labels)
-            if hints:
-                loss = loss + config.features * feature_loss([captured[k] for k in hints], target_hints)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total += float(loss.detach()) * len(idx)
-            seen += len(idx)
-        train_losses.append(total / max(seen, 1))
-        held = fidelity_loss(reference, _torch_outputs(student, data, config.device), held_labels)
-        held_losses.append(held)
-        if held < best_loss:
-            best_loss, best_epoch, best_state = held, epoch, copy.deepcopy(student.module.state_dict())
+        train_losses.append(run.train_epoch())
+        held_losses.append(run.held_out_loss())
+        if held_losses[-1] < best_loss:
+            best_loss, best_epoch, best_state = held_losses[-1], epoch, copy.deepcopy(run.student.module.state_dict())
         if progress is not None:
-            progress(epoch, config.epochs, train_losses[-1], held)
+            progress(epoch, config.epochs, train_losses[-1], held_losses[-1])
         if epoch - max(best_epoch, 1) >= patience:
             break
     if best_state is None:
         return pruned, _step(config, t0, start_loss, None, train_losses, held_losses, 0, False,
                              "no epoch lowered the held-out loss")
-    student.module.load_state_dict(best_state)
-    tuned = student.write_back()
-    agreement = check_agreement(student, tuned, first, "fine-tuned model", tolerance)
+    run.student.module.load_state_dict(best_state)
+    tuned = run.student.write_back()
+    agreement = check_agreement(run.student, tuned, run.first, "fine-tuned model", run.tolerance)
     final = fidelity_loss(reference, _ort_outputs(tuned, data), held_labels)
     accepted = final < start_loss
     step = _step(config, t0, start_loss, final, train_losses, held_losses, best_epoch, accepted,
                  "held-out loss lower than the model it started from" if accepted
                  else "held-out loss not lower than the model it started from")
     step["onnx_torch_relative_error"] = agreement
-    step["conversion_relative_error"] = conversion_error
+    step["conversion_relative_error"] = run.conversion_error
     return (tuned if accepted else pruned), step
+
+
+class _Run:
+    """One fine-tuning run: the student (converted, its conversion checked), the teacher, the
+    optimiser with its schedule, and the data order."""
+
+    def __init__(self, original, pruned, data, reference, config: FinetuneConfig, hints: dict):
+        import torch
+
+        torch.manual_seed(config.seed)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.config, self.data, self.reference = config, data, reference
+        self.rng = np.random.default_rng(config.seed)
+        shapes = {s.name: [max(1, s.batch), *s.sample_shape] for s in data.specs}
+        self.student = Bridge(pruned, "pruned model", train_bn_stats=config.bn == "train", input_shapes=shapes)
+        self.first = next(data.batches("holdout"))
+        self.tolerance, self.conversion_error = agreement_tolerance(self.student, pruned, self.first)
+        self.student.module.to(config.device)
+        self.hints = {k: v for k, v in hints.items() if config.features > 0 and self.student.produces(k)}
+        self.teacher = _Teacher(original, config.device, self.hints, shapes)
+        self.captured = self.student.capture(self.hints)
+        self.kinds = output_kinds(reference)
+        self.params = self.student.trainable()
+        if self.params:
+            self.optimizer = torch.optim.Adam(self.params, lr=config.lr)
+            lo, hi = data.split_range("score")
+            total = config.epochs * -(-(hi - lo) // config.batch_size)
+            # a warm-up (one epoch at most: the first full-rate steps undo much of the training-free
+            # repair), then cosine decay
+            warm = min(-(-(hi - lo) // config.batch_size), max(1, total // 10))
+            self.schedule = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, lambda k: min(1.0, (k + 1) / warm) * 0.5 * (1 + np.cos(np.pi * min(1.0, k / total))))
+
+    def train_epoch(self) -> float:
+        """One pass over the 'score' split in a new order; returns the mean training loss."""
+        import torch
+
+        config, data = self.config, self.data
+        _train_mode(self.student.module, config.bn)
+        lo, hi = data.split_range("score")
+        order = lo + self.rng.permutation(hi - lo)
+        total = 0.0
+        for b in range(0, len(order), config.batch_size):
+            idx = order[b:b + config.batch_size]
+            feeds = augment(data.samples(idx), data.specs, config.augment, self.rng)
+            targets, target_hints = self.teacher(feeds)
+            outs = self.student.forward({k: torch.from_numpy(v).to(config.device) for k, v in feeds.items()})
+            # a blend of two inputs has no one label: the teacher's soft targets carry the mixture
+            labels = None if data.labels is None or "mix" in config.augment else \
+                torch.from_numpy(data.labels[idx]).to(config.device)
+            loss = distill_loss(outs, targets, self.kinds, config.temperature, labels)
+            if self.hints:
+                loss = loss + config.features * feature_loss([self.captured[k] for k in self.hints], target_hints)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.schedule.step()
+            total += float(loss.detach()) * len(idx)
+        return total / max(len(order), 1)
+
+    def held_out_loss(self) -> float:
+        """The pipeline's fidelity loss of the student (torch, eval mode) on the held-out split."""
+        outputs = _torch_outputs(self.student, self.data, self.config.device)
+        return fidelity_loss(self.reference, outputs, self.data.split_labels("holdout"))
 
 
 def _train_mode(module, bn: str) -> None:
