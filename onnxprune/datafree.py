@@ -1,0 +1,373 @@
+"""Data-free repair: what a pruned network's consumers lose, estimated from the weights alone.
+
+Without calibration data the only description of what a layer computes on real inputs is the
+BatchNormalization after it: in inference mode its output channel c is, on the training
+distribution, ``y_c ~ N(beta_c, gamma_c^2)`` (mean beta, standard deviation |gamma|). From that,
+per channel-tensor moments are propagated through the graph (`moments`):
+
+- Conv -> BN: the BN output has mean beta and variance gamma^2 per channel; the *correlation*
+  between two output channels is that of their pre-activations, ``w_i' S w_j / sqrt(..)``, with
+  the flattened filters ``w`` and the input patch covariance ``S = Sigma_in (x) K``: ``Sigma_in``
+  the channel covariance of the conv's input (propagated, identity for a graph input) and ``K``
+  a spatial correlation ``rho^(|dy|+|dx|)`` whose ``rho`` is fitted so that the predicted
+  pre-activation variances ``w_o' S w_o`` best match (up to one scale) the BN's running variances,
+  the one measured fact about the inputs the file keeps;
+- element-wise activations f (Relu, Clip/ReLU6, LeakyRelu, Sigmoid, Tanh, HardSigmoid, HardSwish,
+  Elu, Softplus, ...): ``E f(y)`` and ``E f(y)^2`` in closed form for Relu and Clip (truncated
+  Gaussian moments), by Gauss-Hermite quadrature for the others; covariances ``E f(y_i) f(y_j)``
+  by 2-D quadrature on the bivariate Gaussian;
+- Add/Sum: means and covariances add (branches taken as independent); pass-through ops (pooling,
+  Flatten, Identity, Dropout) keep them.
+
+Repairs (each gives `rewrite.apply` its existing `means` / `merges` inputs, so the data-free steps
+reuse the rewrite path of the data-driven ones):
+
+1. expected-activation compensation: a removed channel is replaced by its expected value ``m_c``
+   in the consumers' biases, the data-free form of mean compensation (lossless for a constant
+   channel, gamma = 0);
+2. neuron merging (Kim et al., NeurIPS 2020): a removed channel j whose estimated correlation
+   with a kept channel i is at least MERGE_MIN_CORR is folded into i with the fitted scale
+   ``alpha = cov_ij / var_i`` (and ``m_j - alpha m_i`` into the bias);
+3. linear reconstruction, the data-free form of least squares: the removed channels R are
+   replaced by their best linear estimate from the kept ones S under the propagated moments,
+   ``a_R ~ m_R + B (a_S - m_S)``, ``B = Sigma_RS (Sigma_SS + lambda I)^-1``; consumers get
+   ``W_S += W_R B`` (per kernel tap: the estimate is per pixel) and ``b += W_R (m_R - B m_S)``.
+
+Each step is kept only where it lowers the output error on check inputs (synthetic inputs when
+given, else seeded random inputs like the verification's): `repair`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from .graph import GraphIndex, attr
+
+ACTIVATIONS = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu",
+               "Softplus", "Gelu", "PRelu", "Softsign", "Mish"}
+PASS_THROUGH = {"Identity", "Dropout", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
+                "Flatten", "Pad", "Resize", "Upsample"}
+RHO_GRID = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0)
+MERGE_MIN_CORR = 0.5      # neuron merging: estimated correlation a removed channel needs with a kept one
+RIDGE = 1e-2              # linear reconstruction: lambda relative to the mean variance of the kept channels
+QUAD_POINTS = 24          # Gauss-Hermite points for 1-D expectations
+QUAD_POINTS_2D = 12       # per axis, for covariances
+MAX_COV_CHANNELS = 2048   # above this the covariance is kept diagonal (no merging or reconstruction there)
+
+
+class Moments:
+    """Per-channel mean `mean` [C] and covariance `cov` [C, C] of a channel tensor (at one pixel)."""
+
+    def __init__(self, mean: np.ndarray, cov: np.ndarray):
+        self.mean = np.asarray(mean, dtype=np.float64)
+        self.cov = np.asarray(cov, dtype=np.float64)
+
+    @property
+    def var(self) -> np.ndarray:
+        return np.clip(np.diag(self.cov), 0.0, None)
+
+
+# ---------------------------------------------------------------- 1-D and 2-D Gaussian expectations
+
+def _phi(x):
+    return np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi)
+
+
+def _Phi(x):
+    from scipy.special import ndtr
+    return ndtr(x)
+
+
+def clip_moments(mean, std, lo=-np.inf, hi=np.inf) -> tuple[np.ndarray, np.ndarray]:
+    """``E clip(y, lo, hi)`` and ``E clip(y, lo, hi)^2`` for ``y ~ N(mean, std^2)`` (Relu: lo=0, hi=inf).
+
+    Closed form (moments of the truncated Gaussian): with ``a = (lo-m)/s``, ``b = (hi-m)/s``,
+    ``E = lo Phi(a) + hi (1-Phi(b)) + m (Phi(b)-Phi(a)) + s (phi(a)-phi(b))`` and
+    ``E2 = lo^2 Phi(a) + hi^2 (1-Phi(b)) + (m^2+s^2)(Phi(b)-Phi(a)) + 2ms (phi(a)-phi(b)) + s^2 (a phi(a) - b phi(b))``.
+    """
+    m = np.asarray(mean, dtype=np.float64)
+    s = np.abs(np.asarray(std, dtype=np.float64))
+    m, s = np.broadcast_arrays(m, s)
+    safe = np.where(s > 0, s, 1.0)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        a, b = (lo - m) / safe, (hi - m) / safe
+        Pa, Pb = _Phi(a), _Phi(b)
+        pa, pb = _phi(a), _phi(b)
+        apa = np.where(np.isfinite(a), a * pa, 0.0)
+        bpb = np.where(np.isfinite(b), b * pb, 0.0)
+        low = np.where(np.isfinite(lo), lo * Pa, 0.0) if np.isfinite(lo) else 0.0
+        high = hi * (1 - Pb) if np.isfinite(hi) else 0.0
+        low2 = lo * lo * Pa if np.isfinite(lo) else 0.0
+        high2 = hi * hi * (1 - Pb) if np.isfinite(hi) else 0.0
+        e1 = low + high + m * (Pb - Pa) + s * (pa - pb)
+        e2 = low2 + high2 + (m * m + s * s) * (Pb - Pa) + 2 * m * s * (pa - pb) + s * s * (apa - bpb)
+    det = np.clip(m, lo, hi)
+    e1 = np.where(s > 0, e1, det)
+    e2 = np.where(s > 0, e2, det * det)
+    return e1, e2
+
+
+def _hermite(n):
+    x, w = np.polynomial.hermite_e.hermegauss(n)
+    return x, w / w.sum()
+
+
+def quad_moments(f, mean, std, n: int = QUAD_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """``E f(y)`` and ``E f(y)^2`` for ``y ~ N(mean, std^2)`` by Gauss-Hermite quadrature (vectorised f)."""
+    x, w = _hermite(n)
+    y = np.asarray(mean, dtype=np.float64)[..., None] + np.abs(np.asarray(std, dtype=np.float64))[..., None] * x
+    fy = f(y)
+    return fy @ w, (fy * fy) @ w
+
+
+def act_cov(f, mean, cov, e1, n: int = QUAD_POINTS_2D, diag2=None) -> np.ndarray:
+    """Covariance of ``f(y)`` for ``y ~ N(mean, cov)``: 2-D Gauss-Hermite on every channel pair.
+
+    `e1` are the 1-D means ``E f(y_i)``; `diag2` (``E f(y_i)^2``) replaces the diagonal when given.
+    """
+    C = len(mean)
+    s = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    out = np.zeros((C, C))
+    if C == 0:
+        return out
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = np.clip(np.nan_to_num(cov / np.outer(s, s)), -1.0, 1.0)
+    x, w = _hermite(n)
+    u, v = np.meshgrid(x, x, indexing="ij")
+    ww = np.outer(w, w).ravel()
+    u, v = u.ravel(), v.ravel()
+    fi = f(mean[:, None] + s[:, None] * u[None, :])            # [C, P]: channel i at u
+    step = max(1, int(4e6 // (C * len(u))))
+    for start in range(0, C, step):
+        r = rho[start:start + step]                                              # [c, C]
+        zj = mean[None, :, None] + s[None, :, None] * (r[..., None] * u + np.sqrt(1 - r[..., None] ** 2) * v)
+        out[start:start + step] = np.einsum("ip,ijp,p->ij", fi[start:start + step], f(zj), ww)
+    out = out - np.outer(e1, e1)
+    out = 0.5 * (out + out.T)
+    if diag2 is not None:
+        np.fill_diagonal(out, np.clip(diag2 - e1 * e1, 0.0, None))
+    return out
+
+
+def activation_fn(node: onnx.NodeProto, index: GraphIndex):
+    """(f, closed-form clip bounds or None) of an element-wise activation node; None when unknown."""
+    op = node.op_type
+    if op == "Relu":
+        return (lambda y: np.maximum(y, 0.0)), (0.0, np.inf)
+    if op == "Clip":
+        lo, hi = attr(node, "min", -np.inf), attr(node, "max", np.inf)
+        if len(node.input) > 1 and node.input[1]:
+            c = index.const(node.input[1])
+            if c is None:
+                return None
+            lo = float(c)
+        if len(node.input) > 2 and node.input[2]:
+            c = index.const(node.input[2])
+            if c is None:
+                return None
+            hi = float(c)
+        return (lambda y: np.clip(y, lo, hi)), (lo, hi)
+    if op == "LeakyRelu":
+        a = attr(node, "alpha", 0.01)
+        return (lambda y: np.where(y > 0, y, a * y)), None
+    if op == "Sigmoid":
+        return (lambda y: 0.5 * (1 + np.tanh(0.5 * y))), None
+    if op == "Tanh":
+        return np.tanh, None
+    if op == "HardSigmoid":
+        a, b = attr(node, "alpha", 0.2), attr(node, "beta", 0.5)
+        return (lambda y: np.clip(a * y + b, 0, 1)), None
+    if op == "HardSwish":
+        return (lambda y: y * np.clip(y / 6 + 0.5, 0, 1)), None
+    if op == "Elu":
+        a = attr(node, "alpha", 1.0)
+        return (lambda y: np.where(y > 0, y, a * np.expm1(np.minimum(y, 0)))), None
+    if op == "Selu":
+        a, g = attr(node, "alpha", 1.67326319217681884765625), attr(node, "gamma", 1.05070102214813232421875)
+        return (lambda y: g * np.where(y > 0, y, a * np.expm1(np.minimum(y, 0)))), None
+    if op == "Softplus":
+        return (lambda y: np.logaddexp(0, y)), None
+    if op == "Softsign":
+        return (lambda y: y / (1 + np.abs(y))), None
+    if op == "Mish":
+        return (lambda y: y * np.tanh(np.logaddexp(0, y))), None
+    if op == "Gelu":
+        from scipy.special import erf
+        return (lambda y: 0.5 * y * (1 + erf(y / np.sqrt(2)))), None
+    return None
+
+
+def _apply_activation(node, index, mom: Moments) -> Moments | None:
+    if node.op_type == "PRelu":
+        slope = index.const(node.input[1])
+        if slope is None:
+            return None
+        slope = np.broadcast_to(np.asarray(slope, dtype=np.float64).reshape(-1), mom.mean.shape) \
+            if slope.size in (1, mom.mean.size) else None
+        if slope is None:
+            return None
+        std = np.sqrt(mom.var)
+        x, w = _hermite(QUAD_POINTS)
+        y = mom.mean[:, None] + std[:, None] * x
+        fy = np.where(y > 0, y, slope[:, None] * y)
+        e1, e2 = fy @ w, (fy * fy) @ w
+        # per-channel slopes: the pair quadrature needs one function; use the mean slope there
+        f = (lambda y, s=float(slope.mean()): np.where(y > 0, y, s * y))
+    else:
+        found = activation_fn(node, index)
+        if found is None:
+            return None
+        f, bounds = found
+        std = np.sqrt(mom.var)
+        e1, e2 = clip_moments(mom.mean, std, *bounds) if bounds else quad_moments(f, mom.mean, std)
+    if len(e1) > MAX_COV_CHANNELS:
+        return Moments(e1, np.diag(np.clip(e2 - e1 * e1, 0.0, None)))
+    return Moments(e1, act_cov(f, mom.mean, mom.cov, e1, diag2=e2))
+
+
+# ---------------------------------------------------------------- propagation through the graph
+
+def _spatial_kernel(kh: int, kw: int, rho: float, dilations=(1, 1)) -> np.ndarray:
+    ys, xs = np.meshgrid(np.arange(kh) * dilations[0], np.arange(kw) * dilations[1], indexing="ij")
+    ys, xs = ys.ravel(), xs.ravel()
+    d = np.abs(ys[:, None] - ys[None, :]) + np.abs(xs[:, None] - xs[None, :])
+    return np.power(rho, d) if rho > 0 else (d == 0).astype(np.float64)
+
+
+def conv_output_corr(w: np.ndarray, in_cov: np.ndarray, dilations=(1, 1), running_var=None) -> tuple[np.ndarray, float]:
+    """Correlation of a (group 1) Conv's output channels, and the spatial rho it used.
+
+    ``cov = W (Sigma_in (x) K(rho)) W'`` on flattened filters; `rho` from RHO_GRID, the one whose
+    predicted variances best match `running_var` in log scale (up to one scale factor); 0.9
+    without running variances.
+    """
+    O, C, kh, kw = w.shape
+    wf = w.astype(np.float64).reshape(O, C, kh * kw)
+    best = None
+    for rho in (RHO_GRID if running_var is not None else (0.9,)):
+        K = _spatial_kernel(kh, kw, rho, dilations)
+        # cov_o,o' = sum_{c,c',p,q} w[o,c,p] S[c,c'] K[p,q] w[o',c',q]
+        t = np.einsum("ocp,pq->ocq", wf, K)            # [O, C, P]
+        t = np.einsum("ocq,cd->odq", t, in_cov)         # [O, C, P]
+        cov = np.einsum("odq,edq->oe", t, wf)           # [O, O]
+        var = np.clip(np.diag(cov), 1e-30, None)
+        if running_var is None:
+            best = (cov, rho)
+            break
+        ok = running_var > 0
+        err = np.log(var[ok]) - np.log(running_var[ok])
+        fit = float(np.mean((err - err.mean()) ** 2)) if ok.any() else 0.0
+        if best is None or fit < best[2] - 1e-12:
+            best = (cov, rho, fit)
+    cov, rho = best[0], best[1]
+    s = np.sqrt(np.clip(np.diag(cov), 1e-30, None))
+    return np.clip(cov / np.outer(s, s), -1.0, 1.0), rho
+
+
+def moments(model: onnx.ModelProto, shapes: dict | None = None) -> tuple[dict[str, Moments], dict]:
+    """Per-channel moments (at one pixel) of the tensors of `model` that follow from BN parameters.
+
+    Returns (tensor name -> Moments, info) where info maps each Conv output feeding a BN to the
+    spatial rho fitted there. Tensors whose distribution the rules cannot follow are absent.
+    """
+    index = GraphIndex(model)
+    result: dict[str, Moments] = {}
+    conv_corr: dict[str, np.ndarray] = {}
+    info = {}
+    for node in model.graph.node:
+        op = node.op_type
+        out = node.output[0] if node.output else None
+        if op == "BatchNormalization":
+            gamma, beta = index.const(node.input[1]), index.const(node.input[2])
+            if gamma is None or beta is None:
+                continue
+            gamma, beta = gamma.astype(np.float64), beta.astype(np.float64)
+            corr = conv_corr.get(node.input[0])
+            if corr is None or len(corr) != len(gamma):
+                corr = np.eye(len(gamma))
+            result[out] = Moments(beta, corr * np.outer(gamma, gamma))
+        elif op == "Conv":
+            w = index.const(node.input[1])
+            if w is None or w.ndim != 4 or attr(node, "group", 1) != 1 or len(w) > MAX_COV_CHANNELS:
+                continue
+            consumers = index.consumers.get(out, [])
+            bn = next((n for n, slot in consumers if n.op_type == "BatchNormalization" and slot == 0), None)
+            if bn is None:
+                continue
+            src = result.get(node.input[0])
+            in_cov = src.cov if src is not None and len(src.mean) == w.shape[1] else np.eye(w.shape[1])
+            rv = index.const(bn.input[4])
+            dil = tuple(attr(node, "dilations", [1, 1]))
+            corr, rho = conv_output_corr(w, in_cov, dil, None if rv is None else rv.astype(np.float64))
+            conv_corr[out] = corr
+            info[out] = rho
+        elif op in ACTIVATIONS:
+            src = result.get(node.input[0])
+            if src is not None:
+                mom = _apply_activation(node, index, src)
+                if mom is not None:
+                    result[out] = mom
+        elif op in ("Add", "Sum"):
+            parts = [result.get(i) for i in node.input]
+            if parts and all(p is not None for p in parts) and len({len(p.mean) for p in parts}) == 1:
+                result[out] = Moments(sum(p.mean for p in parts), sum(p.cov for p in parts))
+        elif op in PASS_THROUGH:
+            src = result.get(node.input[0]) if node.input else None
+            if src is not None:
+                result[out] = src
+    return result, info
+
+
+# ---------------------------------------------------------------- repairs as rewrite inputs
+
+def expected_means(an, mom: dict[str, Moments]) -> dict[str, np.ndarray]:
+    """Expected activation of every read channel tensor with known moments (rewrite's `means`)."""
+    return {t: mom[t].mean for t in an.read_tensors() if t in mom}
+
+
+def neuron_merges(mom: dict[str, Moments], kept: dict[str, np.ndarray], min_corr: float = MERGE_MIN_CORR) -> dict:
+    """Removed channels with a kept channel of estimated correlation >= `min_corr`: (j, i, alpha, beta0).
+
+    ``alpha = cov_ij / var_i`` (the least-squares scale), ``beta0 = m_j - alpha m_i``."""
+    result = {}
+    for tensor, keep in kept.items():
+        m = mom.get(tensor)
+        if m is None or len(keep) == 0 or len(keep) == len(m.mean):
+            continue
+        var = m.var
+        sd = np.sqrt(var)
+        removed = np.setdiff1d(np.arange(len(m.mean)), keep)
+        found = []
+        for j in removed:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                corr = np.nan_to_num(m.cov[j, keep] / (sd[j] * sd[keep]))
+            k = int(np.argmax(corr))
+            i = int(keep[k])
+            if corr[k] >= min_corr and var[i] > 0:
+                alpha = float(m.cov[j, i] / var[i])
+                found.append((int(j), i, alpha, float(m.mean[j] - alpha * m.mean[i])))
+        if found:
+            result[tensor] = found
+    return result
+
+
+def linear_merges(mom: dict[str, Moments], kept: dict[str, np.ndarray], ridge: float = RIDGE) -> dict:
+    """The removed channels as a linear function of the kept ones (``B = Sigma_RS (Sigma_SS + lambda I)^-1``),
+    as merge entries (j, i, B_ji, beta0 on the first entry of j): rewrite folds them exactly."""
+    result = {}
+    for tensor, keep in kept.items():
+        m = mom.get(tensor)
+        if m is None or len(keep) == 0 or len(keep) == len(m.mean):
+            continue
+        removed = np.setdiff1d(np.arange(len(m.mean)), keep)
+        css = m.cov[np.ix_(keep, keep)]
+        lam = ridge * max(float(np.mean(np.diag(css))), 1e-12)
+        B = np.linalg.solve(css + lam * np.eye(len(keep)), m.cov[np.ix_(keep, removed)]).T    # [R, S]
+        bias = m.mean[removed] - B @ m.mean[keep]
+        found = []
+        for r, j in enumerate(removed):
+            for s, i in enumerate(keep):
+                found.append((int(j), int(i), float(B[r, s]), float(bias[r]) if s == 0 else 0.0))
+        result[tensor] = found
+    return result
