@@ -456,34 +456,63 @@ def output_error(reference: list[np.ndarray], outputs: list[np.ndarray]) -> floa
 
 
 def repair(an, removed: np.ndarray, pruned: onnx.ModelProto, feeds: list[dict], reference: list[np.ndarray],
-           inputs: str = "synthetic") -> tuple[onnx.ModelProto, list[dict]]:
+           inputs: str = "synthetic", fit_feeds: list[dict] | None = None,
+           input_shapes: dict | None = None) -> tuple[onnx.ModelProto, list[dict]]:
     """Data-free recovery of `pruned` (= `an`'s model without `removed`): expected-activation
-    compensation, then neuron merging, then linear reconstruction, each kept only if it lowers
-    `output_error` against the original's `reference` outputs on `feeds`.
+    compensation, neuron merging, linear reconstruction, then (with `fit_feeds`) least squares
+    fitted on those synthetic inputs; each is kept only if it lowers `output_error` against the
+    original's `reference` outputs on `feeds` (other samples than `fit_feeds`).
 
     Returns the best model and the steps (as the data-driven recovery reports them, with
     ``"inputs"`` naming what the loss was measured on)."""
-    mom, _ = moments(an.model)
-    read = an.read_tensors()
-    kept = {t: k for t, k in an.kept_channels(np.asarray(removed, dtype=np.int64)).items() if t in read}
-    means = expected_means(an, mom)
     best, best_loss = pruned, output_error(reference, run_outputs(pruned, feeds))
     steps = []
-    if not any(t in mom for t in kept):
-        return best, [{"step": "datafree_skipped", "layers": ["no pruned tensor follows from BatchNormalization "
-                                                              "parameters"]}]
-    candidates = [("expected_compensation", {}), ("neuron_merging", neuron_merges(mom, kept)),
-                  ("linear_reconstruction", linear_merges(mom, kept))]
-    for name, merges in candidates:
-        if name != "expected_compensation" and not merges:
-            continue
-        model = rewrite.apply(an, removed, means=means, merges=merges)
+
+    def consider(name, model):
+        nonlocal best, best_loss
         loss = output_error(reference, run_outputs(model, feeds))
         accepted = bool(loss < best_loss)
         steps.append({"step": name, "loss_before": best_loss, "loss_after": loss, "kept": accepted, "inputs": inputs})
         if accepted:
             best, best_loss = model, loss
+
+    mom, _ = moments(an.model)
+    read = an.read_tensors()
+    kept = {t: k for t, k in an.kept_channels(np.asarray(removed, dtype=np.int64)).items() if t in read}
+    if any(t in mom for t in kept):
+        means = expected_means(an, mom)
+        consider("expected_compensation", rewrite.apply(an, removed, means=means))
+        for name, merges in (("neuron_merging", neuron_merges(mom, kept)),
+                             ("linear_reconstruction", linear_merges(mom, kept))):
+            if merges:
+                consider(name, rewrite.apply(an, removed, means=means, merges=merges))
+    else:
+        steps.append({"step": "compensation_skipped",
+                      "layers": ["no pruned tensor follows from BatchNormalization parameters"]})
+    if fit_feeds:
+        repaired, skipped = synthetic_least_squares(an, removed, best, fit_feeds, input_shapes or {})
+        consider("least_squares_synthetic", repaired)
+        if skipped:
+            steps.append({"step": "least_squares_skipped", "layers": [f"{n}: {why}" for n, why in skipped]})
     return best, steps
+
+
+def synthetic_least_squares(an, removed: np.ndarray, start: onnx.ModelProto, fit_feeds: list[dict],
+                            input_shapes: dict) -> tuple[onnx.ModelProto, list]:
+    """`reconstruct.reconstruct` (sequential anchored least squares) of `start` on synthetic inputs."""
+    import os
+    import tempfile
+
+    from .calib import CalibConfig, CalibData, input_specs
+    from .reconstruct import reconstruct
+
+    arrays = {k: np.concatenate([f[k] for f in fit_feeds]) for k in fit_feeds[0]}
+    n = len(next(iter(arrays.values())))
+    with tempfile.TemporaryDirectory(prefix="onnxprune-synthetic-") as tmp:
+        path = os.path.join(tmp, "synthetic.npz")
+        np.savez(path, **arrays)
+        data = CalibData(CalibConfig(path, n, 32, (0.0,), (1.0,), 1.0, 0.0, 0), input_specs(an.model, input_shapes))
+        return reconstruct(an.model, start, an.kept_channels(np.asarray(removed, dtype=np.int64)), data)
 
 
 def fidelity(reference: list[np.ndarray], outputs: list[np.ndarray], names: list[str],
@@ -539,6 +568,9 @@ def collapse_warning(fid: dict, calib: bool) -> str | None:
 
 CHECK_MAC_BUDGET = 2e10   # multiply-accumulates per model for the check inputs (ResNet-50 gets CHECK_MIN)
 CHECK_MIN = 8
+FIT_SAMPLES = 256         # synthetic inputs the least-squares step fits on ...
+FIT_MAC_BUDGET = 5e10     # ... at most this many MACs' worth (ResNet-50: FIT_MIN)
+FIT_MIN = 16
 
 
 class Checker:
@@ -552,13 +584,19 @@ class Checker:
         self.inputs = inputs
         self.reference = run_outputs(original, self.feeds)
         self.names = [o.name for o in original.graph.output]
+        self.input_shapes = input_shapes
+        self.fit_samples = int(np.clip(FIT_MAC_BUDGET // max(macs, 1.0), FIT_MIN, FIT_SAMPLES))
+        self.fit_feeds = None if feeds is not None else (lambda: check_feeds(original, input_shapes,
+                                                                             self.fit_samples, seed + 1000))
 
     def repair(self, an, removed, pruned) -> tuple[onnx.ModelProto, list[dict], int]:
         """`repair` on these inputs; returns (model, steps, image passes spent)."""
         if len(removed) == 0:
             return pruned, [], 0
-        model, steps = repair(an, removed, pruned, self.feeds, self.reference, self.inputs)
-        return model, steps, len(self.reference[0]) * (1 + sum("loss_after" in s for s in steps))
+        fit = self.fit_feeds() if self.fit_feeds is not None else None
+        model, steps = repair(an, removed, pruned, self.feeds, self.reference, self.inputs, fit, self.input_shapes)
+        checks = len(self.reference[0]) * (1 + sum("loss_after" in s for s in steps))
+        return model, steps, checks + (3 * self.fit_samples if fit else 0)   # teacher targets + one walk
 
     def fidelity(self, pruned: onnx.ModelProto) -> dict:
         """`fidelity` of `pruned` on these inputs."""

@@ -186,7 +186,8 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
         allocate, variety = allocate or "uniform", variety or "off"
     # a defaulted variety is the order check's to question; one the user asked for is kept as given
     variety_given = variety is not None
-    variety = variety or ("cluster" if criterion == "blend" else "off")
+    # without data the variety's weight signatures lowered the repaired accuracy (docs/benchmarks.md)
+    variety = variety or ("cluster" if criterion == "blend" and calib else "off")
     data, stats, reference = None, {}, None
     if calib:
         t = time.perf_counter()
