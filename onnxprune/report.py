@@ -106,15 +106,16 @@ def render_prune(report: dict, console: Console, show_groups: bool = False) -> N
 
 
 def fidelity_cell(fidelity: dict) -> str:
-    """'faithful' or 'collapsed', with the worst output's cosine and agreement on the check inputs."""
+    """'collapsed' or 'no collapse', with the worst output's cosine and agreement on the fidelity inputs."""
     outs = fidelity["outputs"]
     name = min(outs, key=lambda n: (not outs[n]["collapsed"], outs[n]["cosine"]))
     e = outs[name]
-    what = f"cos {e['cosine']:.2f}" + (f", top-1 agree {e['top1_agreement']:.2f}" if "top1_agreement" in e else "")
+    what = f"cos {e['cosine']:.2f}" + (f", top-1 agree {e['top1_agreement']:.2f} (chance {e['chance']:.2f})"
+                                        if "top1_agreement" in e else "")
     where = f"{fidelity['samples']} {fidelity['inputs']} inputs"
     if fidelity["collapsed"]:
         return f"[red]collapsed[/red] ({what}; {where})"
-    return f"[green]faithful[/green] ({what}; {where})"
+    return f"no collapse ({what}; {where})"
 
 
 def latency_summary(search: dict) -> str:
