@@ -13,8 +13,8 @@ per channel-tensor moments are propagated through the graph (`moments`):
   pre-activation variances ``w_o' S w_o`` best match (up to one scale) the BN's running variances,
   the one measured fact about the inputs the file keeps;
 - element-wise activations f (Relu, Clip/ReLU6, LeakyRelu, Sigmoid, Tanh, HardSigmoid, HardSwish,
-  Elu, Softplus, ...): ``E f(y)`` and ``E f(y)^2`` in closed form for Relu and Clip (truncated
-  Gaussian moments), by Gauss-Hermite quadrature for the others; covariances ``E f(y_i) f(y_j)``
+  Elu, Softplus, ...): ``E f(y)`` and ``E f(y)^2`` in closed form for Relu, Clip (truncated
+  Gaussian moments), LeakyRelu and PRelu, by Gauss-Hermite quadrature for the others; covariances ``E f(y_i) f(y_j)``
   by 2-D quadrature on the bivariate Gaussian;
 - Add/Sum: means and covariances add (branches taken as independent); pass-through ops (pooling,
   Flatten, Identity, Dropout) keep them.
@@ -52,7 +52,7 @@ PASS_THROUGH = {"Identity", "Dropout", "MaxPool", "AveragePool", "GlobalAverageP
 RHO_GRID = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0)
 MERGE_MIN_CORR = 0.5      # neuron merging: estimated correlation a removed channel needs with a kept one
 RIDGE = 1e-2              # linear reconstruction: lambda relative to the mean variance of the kept channels
-QUAD_POINTS = 24          # Gauss-Hermite points for 1-D expectations
+QUAD_POINTS = 64          # Gauss-Hermite points for 1-D expectations (kinks: HardSwish)
 QUAD_POINTS_2D = 12       # per axis, for covariances
 MAX_COV_CHANNELS = 1024   # above this the covariance is kept diagonal (no merging or reconstruction there)
 
@@ -63,6 +63,7 @@ class Moments:
     def __init__(self, mean: np.ndarray, cov: np.ndarray):
         self.mean = np.asarray(mean, dtype=np.float64)
         self.cov = np.asarray(cov, dtype=np.float64)
+        self.pre: Moments | None = None      # a Relu output's input (positively homogeneous: merges are exact there)
 
     @property
     def var(self) -> np.ndarray:
@@ -107,6 +108,14 @@ def clip_moments(mean, std, lo=-np.inf, hi=np.inf) -> tuple[np.ndarray, np.ndarr
     e1 = np.where(s > 0, e1, det)
     e2 = np.where(s > 0, e2, det * det)
     return e1, e2
+
+
+def leaky_moments(mean, std, slope) -> tuple[np.ndarray, np.ndarray]:
+    """``E`` and ``E^2`` of ``max(y, 0) + slope min(y, 0)`` (LeakyRelu, PRelu), closed form:
+    ``relu(y) - slope relu(-y)``, the two parts never both non-zero."""
+    p1, p2 = clip_moments(mean, std, 0.0, np.inf)
+    n1, n2 = clip_moments(-np.asarray(mean, dtype=np.float64), std, 0.0, np.inf)
+    return p1 - slope * n1, p2 + slope * slope * n2
 
 
 def _hermite(n):
@@ -208,11 +217,7 @@ def _apply_activation(node, index, mom: Moments) -> Moments | None:
             if slope.size in (1, mom.mean.size) else None
         if slope is None:
             return None
-        std = np.sqrt(mom.var)
-        x, w = _hermite(QUAD_POINTS)
-        y = mom.mean[:, None] + std[:, None] * x
-        fy = np.where(y > 0, y, slope[:, None] * y)
-        e1, e2 = fy @ w, (fy * fy) @ w
+        e1, e2 = leaky_moments(mom.mean, np.sqrt(mom.var), slope)
         # per-channel slopes: the pair quadrature needs one function; use the mean slope there
         f = (lambda y, s=float(slope.mean()): np.where(y > 0, y, s * y))
     else:
@@ -221,7 +226,10 @@ def _apply_activation(node, index, mom: Moments) -> Moments | None:
             return None
         f, bounds = found
         std = np.sqrt(mom.var)
-        e1, e2 = clip_moments(mom.mean, std, *bounds) if bounds else quad_moments(f, mom.mean, std)
+        if node.op_type == "LeakyRelu":
+            e1, e2 = leaky_moments(mom.mean, std, attr(node, "alpha", 0.01))
+        else:
+            e1, e2 = clip_moments(mom.mean, std, *bounds) if bounds else quad_moments(f, mom.mean, std)
     if len(e1) > MAX_COV_CHANNELS:
         return Moments(e1, np.diag(np.clip(e2 - e1 * e1, 0.0, None)))
     return Moments(e1, act_cov(f, mom.mean, mom.cov, e1, diag2=e2))
@@ -307,6 +315,7 @@ def moments(model: onnx.ModelProto, shapes: dict | None = None) -> tuple[dict[st
             if src is not None:
                 mom = _apply_activation(node, index, src)
                 if mom is not None:
+                    mom.pre = src if op == "Relu" else None    # neuron merging reads Relu inputs
                     result[out] = mom
         elif op in ("Add", "Sum"):
             parts = [result.get(i) for i in node.input]
@@ -329,23 +338,26 @@ def expected_means(an, mom: dict[str, Moments]) -> dict[str, np.ndarray]:
 def neuron_merges(mom: dict[str, Moments], kept: dict[str, np.ndarray], min_corr: float = MERGE_MIN_CORR) -> dict:
     """Removed channels with a kept channel of estimated correlation >= `min_corr`: (j, i, alpha, beta0).
 
-    ``alpha = cov_ij / var_i`` (the least-squares scale), ``beta0 = m_j - alpha m_i``."""
+    ``alpha = cov_ij / var_i`` (the least-squares scale), ``beta0 = m_j - alpha m_i``. Behind a Relu
+    both are taken on its input, the BN output (Kim et al.: cosine of the BN-folded filters; Relu
+    is positively homogeneous, so a positively scaled copy there merges exactly)."""
     result = {}
     for tensor, keep in kept.items():
         m = mom.get(tensor)
         if m is None or len(keep) == 0 or len(keep) == len(m.mean):
             continue
-        var = m.var
+        fit = m.pre if m.pre is not None else m
+        var = fit.var
         sd = np.sqrt(var)
         removed = np.setdiff1d(np.arange(len(m.mean)), keep)
         found = []
         for j in removed:
             with np.errstate(invalid="ignore", divide="ignore"):
-                corr = np.nan_to_num(m.cov[j, keep] / (sd[j] * sd[keep]))
+                corr = np.nan_to_num(fit.cov[j, keep] / (sd[j] * sd[keep]))
             k = int(np.argmax(corr))
             i = int(keep[k])
             if corr[k] >= min_corr and var[i] > 0:
-                alpha = float(m.cov[j, i] / var[i])
+                alpha = float(fit.cov[j, i] / var[i])
                 found.append((int(j), i, alpha, float(m.mean[j] - alpha * m.mean[i])))
         if found:
             result[tensor] = found
