@@ -493,7 +493,10 @@ def repair(an, removed: np.ndarray, pruned: onnx.ModelProto, feeds: list[dict], 
 
     def consider(name, model):
         nonlocal best, best_loss
-        loss = output_error(reference, run_outputs(model, feeds))
+        try:
+            loss = output_error(reference, run_outputs(model, feeds))
+        except Exception:  # noqa: BLE001 - a candidate onnxruntime rejects is not kept
+            loss = np.inf
         accepted = bool(loss < best_loss)
         steps.append({"step": name, "loss_before": best_loss, "loss_after": loss, "kept": accepted, "inputs": inputs})
         if accepted:
@@ -637,10 +640,21 @@ class Checker:
             self._reference = run_outputs(self.original, self.feeds)
         return self._reference
 
+    def runs(self) -> str | None:
+        """None when the original runs in onnxruntime on the check inputs, else why not (a custom op)."""
+        try:
+            self.reference
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
+            return f"the original does not run in onnxruntime: {str(exc).splitlines()[0][:200] if str(exc) else exc}"
+        return None
+
     def repair(self, an, removed, pruned) -> tuple[onnx.ModelProto, list[dict], int]:
         """`repair` on these inputs; returns (model, steps, image passes spent)."""
         if len(removed) == 0:
             return pruned, [], 0
+        why = self.runs()
+        if why:
+            return pruned, [{"step": "datafree_skipped", "layers": [why]}], 0
         fit = None if self.given else check_feeds(self.original, self.input_shapes, self.fit_samples, self.seed + 1000,
                                                        FIT_BLURS)
         model, steps = repair(an, removed, pruned, self.feeds, self.reference, self.inputs, fit, self.input_shapes)
@@ -652,7 +666,11 @@ class Checker:
         was chosen and fitted on: after least squares on them, a model at 23% test accuracy still
         had cosine 0.99 there)."""
         feeds = fidelity_feeds(self.original, self.input_shapes, self.samples, self.seed)
-        return fidelity(run_outputs(self.original, feeds), run_outputs(pruned, feeds), self.names, "random")
+        try:
+            reference = run_outputs(self.original, feeds)
+        except Exception:  # noqa: BLE001 - the original does not run (custom ops): verify says so
+            return None
+        return fidelity(reference, run_outputs(pruned, feeds), self.names, "random")
 
 
 def fidelity_failure(fid: dict | None, min_fidelity: float | None) -> str | None:
