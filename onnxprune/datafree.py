@@ -54,7 +54,7 @@ MERGE_MIN_CORR = 0.5      # neuron merging: estimated correlation a removed chan
 RIDGE = 1e-2              # linear reconstruction: lambda relative to the mean variance of the kept channels
 QUAD_POINTS = 64          # Gauss-Hermite points for 1-D expectations (kinks: HardSwish)
 QUAD_POINTS_2D = 12       # per axis, for covariances
-MAX_COV_CHANNELS = 1024   # above this the covariance is kept diagonal (no merging or reconstruction there)
+MAX_COV_CHANNELS = 512    # above this the covariance is kept diagonal (no merging or reconstruction there)
 
 
 class Moments:
@@ -366,7 +366,9 @@ def neuron_merges(mom: dict[str, Moments], kept: dict[str, np.ndarray], min_corr
 
 def linear_merges(mom: dict[str, Moments], kept: dict[str, np.ndarray], ridge: float = RIDGE) -> dict:
     """The removed channels as a linear function of the kept ones (``B = Sigma_RS (Sigma_SS + lambda I)^-1``),
-    as merge entries (j, i, B_ji, beta0 on the first entry of j): rewrite folds them exactly."""
+    as `ops.LinearMerge` entries: rewrite folds them exactly, per kernel tap."""
+    from .ops import LinearMerge
+
     result = {}
     for tensor, keep in kept.items():
         m = mom.get(tensor)
@@ -377,11 +379,7 @@ def linear_merges(mom: dict[str, Moments], kept: dict[str, np.ndarray], ridge: f
         lam = ridge * max(float(np.mean(np.diag(css))), 1e-12)
         B = np.linalg.solve(css + lam * np.eye(len(keep)), m.cov[np.ix_(keep, removed)]).T    # [R, S]
         bias = m.mean[removed] - B @ m.mean[keep]
-        found = []
-        for r, j in enumerate(removed):
-            for s, i in enumerate(keep):
-                found.append((int(j), int(i), float(B[r, s]), float(bias[r]) if s == 0 else 0.0))
-        result[tensor] = found
+        result[tensor] = LinearMerge(removed.astype(np.int64), np.asarray(keep, dtype=np.int64), B, bias)
     return result
 
 
