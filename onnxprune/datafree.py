@@ -33,8 +33,14 @@ reuse the rewrite path of the data-driven ones):
    ``a_R ~ m_R + B (a_S - m_S)``, ``B = Sigma_RS (Sigma_SS + lambda I)^-1``; consumers get
    ``W_S += W_R B`` (per kernel tap: the estimate is per pixel) and ``b += W_R (m_R - B m_S)``.
 
-Each step is kept only where it lowers the output error on check inputs (synthetic inputs when
-given, else seeded random inputs like the verification's): `repair`.
+4. least squares (`reconstruct.reconstruct`, as with calibration data) fitted on synthetic images
+   (FIT_BLURS) other than the check inputs.
+
+Each step is kept only where it lowers the output error (relative squared error against the
+original) on check inputs: synthetic images (`check_feeds`: Gaussian noise smoothed over the image
+plane, CHECK_BLURS, standardised per image), or inputs given to `Checker`: `repair`. The fidelity
+check (`Checker.fidelity`, `fidelity`) compares the outputs on seeded N(0, 1) inputs like the
+verification's, which no step fits.
 """
 
 from __future__ import annotations
