@@ -508,6 +508,8 @@ def repair(an, removed: np.ndarray, pruned: onnx.ModelProto, feeds: list[dict], 
 
     mom, _ = moments(an.model)
     read = an.read_tensors()
+    # per-channel moments only where the consumers read channels (not the C*H*W features of a Flatten)
+    mom = {t: m for t, m in mom.items() if t in an.tensors and len(m.mean) == an.tensors[t].size}
     kept = {t: k for t, k in an.kept_channels(np.asarray(removed, dtype=np.int64)).items() if t in read}
     if any(t in mom for t in kept):
         means = expected_means(an, mom)
