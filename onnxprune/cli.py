@@ -52,6 +52,20 @@ def parse_floats(value: str, flag: str) -> tuple[float, ...]:
         raise click.BadParameter(f"'{value}': expected a number or comma-separated numbers", param_hint=flag) from None
 
 
+def parse_fraction(value: str | None, flag: str) -> float | None:
+    """A number in [0, 1], or None; anything else is a usage error: one line, exit 2."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+        if not 0.0 <= number <= 1.0:
+            raise ValueError
+    except ValueError:
+        click.echo(f"error: {flag} must be a number in [0, 1], got '{value}'", err=True)
+        sys.exit(2)
+    return number
+
+
 def _fail(exc: Exception, debug: bool) -> None:
     if debug:
         raise exc
@@ -162,7 +176,11 @@ def main():
 @click.option("--scale", type=float, default=1 / 255, show_default="1/255", help="Pixel scale applied before mean/std.")
 @click.option("--holdout", type=click.FloatRange(0.0, 0.9), default=0.25, show_default=True,
               help="Fraction of calibration samples held out for accept/reject decisions.")
-@click.option("--recover/--no-recover", default=None, help="Training-free recovery [default: on with --calib].")
+@click.option("--recover/--no-recover", default=None,
+              help="Training-free recovery [default: on; without --calib the data-free steps].")
+@click.option("--min-fidelity", metavar="X",
+              help="Exit 1 and write nothing when an output collapsed on the check inputs or its cosine with "
+                   "the original's there is below X (0..1).")
 @click.option("--allocate", type=click.Choice(["uniform", "global", "sensitivity", "utilization", "redundancy"]),
               help="Per-group ratios [default: sensitivity with --calib, else uniform].")
 @click.option("--target-macs", type=float, help="Fraction of MACs to remove (instead of --ratio), e.g. 0.5.")
@@ -203,9 +221,10 @@ def prune(model, output, criterion, ratio, global_pruning, max_ratio, min_channe
           save_plan, input_shape, report_path, show, seed, no_verify, calib, calib_samples, batch_size, mean, std,
           scale, holdout, recover, allocate, target_macs, preset, variety, target_latency, latency_provider,
           latency_batch, latency_threads, then_bench, plot_groups, ensemble_mode, order_check, finetune, epochs, lr,
-          finetune_batch, augment, device, debug):
+          finetune_batch, augment, device, min_fidelity, debug):
     """Prune MODEL and write the smaller model."""
     shapes = parse_input_shapes(input_shape)
+    min_fidelity = parse_fraction(min_fidelity, "--min-fidelity")
     mean, std = parse_floats(mean, "--mean"), parse_floats(std, "--std")
 
     ratio_given = click.get_current_context().get_parameter_source("ratio") == click.core.ParameterSource.COMMANDLINE
@@ -237,7 +256,8 @@ def prune(model, output, criterion, ratio, global_pruning, max_ratio, min_channe
             preset=preset, target_latency=target_latency, latency_provider=latency_provider.lower(),
             latency_batch=latency_batch, latency_threads=latency_threads, for_speed=then_bench,
             ensemble_mode=ensemble_mode, order_check=order_check, finetune=finetune, epochs=epochs, lr=lr,
-            finetune_batch=finetune_batch, augment=augment, device=device, finetune_progress=epoch_progress())
+            finetune_batch=finetune_batch, augment=augment, device=device, finetune_progress=epoch_progress(),
+            min_fidelity=min_fidelity)
         console = Console()
         report.render_prune(result.report, console, show_groups="groups" in show)
         if result.verification is not None and not result.verification.valid:

@@ -13,6 +13,8 @@ An op that is not in ``RULES`` blocks every channel tensor it reads: nothing is 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .graph import attr, set_attr
@@ -323,11 +325,17 @@ class Conv(Rule):
         _set_bias(node, rw, 2, delta, keep_out)
 
     def _merge(self, node, rw, w, groups, keep_in):
-        """Fold removed near-copies into kept channels (§9.2): ``W_i += alpha W_j``, ``b += beta0 sum W_j``."""
+        """Fold removed near-copies into kept channels (§9.2): ``W_i += alpha W_j``, ``b += beta0 sum W_j``;
+        a `LinearMerge` folds ``a_R = B a_S + bias`` the same way, per kernel tap."""
         found = rw.merges.get(node.input[0]) if keep_in is not None else None
-        if not found or groups != 1 or self.transpose:
+        if found is None or (not isinstance(found, LinearMerge) and not found) or groups != 1 or self.transpose:
             return w, None, set()
         w = w.astype(np.float64, copy=True)
+        if isinstance(found, LinearMerge):
+            wr = w[:, found.removed]
+            delta = np.einsum("orkl,r->o", wr, found.bias)
+            w[:, found.keep] += np.einsum("orkl,rs->oskl", wr, found.B)
+            return w.astype(rw.const(node.input[1]).dtype), delta, set(found.removed.tolist())
         delta = np.zeros(w.shape[0])
         for j, i, alpha, beta in found:
             delta += beta * w[:, j].reshape(w.shape[0], -1).sum(axis=1)
@@ -356,6 +364,17 @@ class Conv(Rule):
         group_of = np.arange(w.shape[0]) // (w.shape[0] // groups)
         m = means[(group_of[:, None] * k_in) + local[None, :]]                          # [O, removed]
         return (per_tap[:, local] * m).sum(axis=1)
+
+
+@dataclass(frozen=True)
+class LinearMerge:
+    """Removed channels `removed` of a tensor replaced by ``B @ a[keep] + bias`` in its consumers
+    (B [len(removed), len(keep)]; `onnxprune.datafree.linear_merges`)."""
+
+    removed: np.ndarray
+    keep: np.ndarray
+    B: np.ndarray
+    bias: np.ndarray
 
 
 def _set_bias(node, rw, slot, delta, keep_out):
@@ -415,7 +434,14 @@ class Gemm(Rule):
         delta = None
         found = rw.merges.get(node.input[0]) if keep_in is not None else None
         skip = set()
-        if found and beta != 0 and (c is None or c.ndim < 2 or c.shape[0] == 1):
+        if found is not None and isinstance(found, LinearMerge) and beta != 0 and (c is None or c.ndim < 2 or c.shape[0] == 1):
+            # a_R = B a_S + bias (datafree.linear_merges): B_S += B' B_R, C += alpha/beta * bias B_R
+            b = np.moveaxis(b.astype(np.float64, copy=True), in_axis, 0)
+            delta = found.bias @ b[found.removed] * alpha / beta
+            b[found.keep] += found.B.T @ b[found.removed]
+            skip.update(found.removed.tolist())
+            b = np.moveaxis(b, 0, in_axis).astype(rw.const(node.input[1]).dtype)
+        elif found and beta != 0 and (c is None or c.ndim < 2 or c.shape[0] == 1):
             # merge compensation (§9.2): B_i += a B_j, C += alpha/beta * b0 * B_j
             b = np.moveaxis(b.astype(np.float64, copy=True), in_axis, 0)
             delta = np.zeros(b.shape[1])

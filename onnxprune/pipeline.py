@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from . import activations, criteria, graph, io, metrics, recover as recovery, rewrite
+from . import activations, criteria, datafree, graph, io, metrics, recover as recovery, rewrite
 from .calib import CalibConfig, CalibData, input_specs
 from .errors import OnnxPruneError
 from .evaluate import Reference, choice_loss, compare, warnings_for
@@ -87,7 +87,8 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
           latency_batch: int | None = None, latency_threads: int = 0, for_speed: bool = False,
           ensemble_mode: str = "group", order_check: bool | None = None, finetune: bool = False,
           epochs: int = 20, lr: float = 1e-3, finetune_batch: int = 32, augment: str | tuple = "default",
-          device: str = "cpu", finetune_progress=None) -> PruneResult:
+          device: str = "cpu", finetune_progress=None,
+          min_fidelity: float | None = None) -> PruneResult:
     """Prune a model's channels (the Python form of the `onnxprune` command).
 
     Args:
@@ -110,7 +111,10 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
         calib_samples, batch_size: how many calibration samples, and per onnxruntime call.
         mean, std, scale: image preprocessing ``(pixel * scale - mean) / std``.
         holdout: fraction of calibration samples kept apart for accept/reject decisions.
-        recover: training-free recovery (default: on when `calib` is given).
+        recover: training-free recovery (default: on). With `calib`, the data-driven steps; without,
+            the data-free ones (`onnxprune.datafree`: expected-activation compensation, neuron
+            merging, linear reconstruction, each kept only if it lowers the output error on
+            synthetic check inputs).
         allocate: per-group ratios: "uniform" (or "global" = `global_pruning`), or with `calib`:
             "sensitivity" (the default with `calib`), "utilization" (SNPFI: groups with weakly
             interacting filters lose more) or "redundancy" (groups with functional duplicates lose more).
@@ -133,6 +137,8 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
             representatives alone loses least on held-out data after cheap recovery at the
             allocated counts (default: on, except preset "fast"; not with `target_latency`,
             whose search would repeat it for every budget).
+        min_fidelity: raise instead of returning when an output collapsed on the check inputs or
+            its cosine with the original's there is below this (`datafree.fidelity`; needs `verify`).
         for_speed: the result is meant to be faster (the CLI's `--bench`): only changes the
             `round_to` default (see `resolve_round_to`); `target_latency` implies it.
         finetune: after the training-free recovery, fine-tune the pruned model against the
@@ -172,14 +178,16 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
                           min_channels=min_channels, round_to=round_to, ignore=tuple(ignore))
     if preset not in ("fast", "default", "thorough"):
         raise OnnxPruneError(f"unknown preset '{preset}'; choose fast, default or thorough")
-    recover = bool(calib) if recover is None else recover
+    if min_fidelity is not None and not 0.0 <= min_fidelity <= 1.0:
+        raise OnnxPruneError(f"--min-fidelity must be in [0, 1], got {min_fidelity}")
+    datafree_on = not calib and recover is not False   # no data: the data-free repair instead
+    recover = bool(calib) and recover is not False
     if preset == "fast":
         allocate, variety = allocate or "uniform", variety or "off"
     # a defaulted variety is the order check's to question; one the user asked for is kept as given
     variety_given = variety is not None
-    variety = variety or ("cluster" if criterion == "blend" else "off")
-    if recover and not calib:
-        raise OnnxPruneError("--recover needs calibration data: give --calib PATH")
+    # without data the variety's weight signatures lowered the repaired accuracy (docs/benchmarks.md)
+    variety = variety or ("cluster" if criterion == "blend" and calib else "off")
     data, stats, reference = None, {}, None
     if calib:
         t = time.perf_counter()
@@ -236,12 +244,23 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
         # per epoch: the teacher and the student over the training split, the student over the held-out one
         passes["finetune"] = step["epochs_run"] * (2 * data.size("score") + data.size("holdout"))
         timings["finetune"] = time.perf_counter() - t
+    before = metrics.stats(prep.original, an.shapes)
+    checker = datafree.Checker(prep.original, prep.input_shapes, seed, before.macs) if datafree_on or verify else None
+    if datafree_on:
+        t = time.perf_counter()
+        pruned, steps, passes["recovery"] = checker.repair(an, removed, pruned)
+        timings["recover"] = time.perf_counter() - t
 
     t = time.perf_counter()
     check = verify_model(prep.original, pruned, prep.input_shapes, seed=seed) if verify else None
+    fidelity = checker.fidelity(pruned) if verify and (check is None or check.valid) else None
+    warning = datafree.collapse_warning(fidelity, bool(calib))
+    if warning or datafree.fidelity_failure(fidelity, min_fidelity):
+        if min_fidelity is not None:
+            raise OnnxPruneError(datafree.fidelity_failure(fidelity, min_fidelity))
+        ctx.notes.append(warning)
     timings["verify"] = time.perf_counter() - t
 
-    before = metrics.stats(prep.original, an.shapes)
     after = metrics.stats(pruned, graph.infer_shapes(pruned, prep.input_shapes))
     holdout_metrics = _holdout_metrics(pruned, data, reference) if reference is not None else None
     if holdout_metrics:
@@ -265,6 +284,7 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
         "groups": _group_rows(an, chosen),
         "skipped": skipped,
         "verification": check.to_dict() if check else None,
+        "fidelity": fidelity,
         "scoring": {k: v for k, v in ctx.extras.items() if k != "ranks"},
         "allocation": allocation,
         "latency_search": latency_search,

@@ -53,6 +53,9 @@ def render_prune(report: dict, console: Console, show_groups: bool = False) -> N
             table.add_row("[red]verification[/red]", "", "[red]FAILED[/red]", "")
         else:
             table.add_row("verification", "", "[green]valid[/green]", "")
+    fidelity = report.get("fidelity")
+    if fidelity and fidelity.get("outputs"):
+        table.add_row("fidelity", "", fidelity_cell(fidelity), "")
     console.print(table)
     search = report.get("latency_search")
     if search:
@@ -88,7 +91,8 @@ def render_prune(report: dict, console: Console, show_groups: bool = False) -> N
         if step["step"] == "finetune":
             detail = (f", best epoch {step['best_epoch']} of {step['epochs_run']}" if step["kept"]
                       else f": {step['why']}; {step['epochs_run']} epochs") + f", {step['seconds']:g} s"
-        console.print(f"recovery {step['step']}: held-out loss {step['loss_before']:.4g} -> {step['loss_after']:.4g} "
+        where = f"error on {step['inputs']} inputs" if "inputs" in step else "held-out loss"
+        console.print(f"recovery {step['step']}: {where} {step['loss_before']:.4g} -> {step['loss_after']:.4g} "
                       f"({'kept' if step['kept'] else 'rejected'}{detail})", markup=False)
     passes = report.get("forward_passes") or {}
     if passes.get("total"):
@@ -99,6 +103,19 @@ def render_prune(report: dict, console: Console, show_groups: bool = False) -> N
         render_metrics(holdout, console, f"held-out split ({report['calibration']['holdout']} samples)")
     for note in report.get("notes", []):
         console.print(f"note: {note}", markup=False)
+
+
+def fidelity_cell(fidelity: dict) -> str:
+    """'collapsed' or 'no collapse', with the worst output's cosine and agreement on the fidelity inputs."""
+    outs = fidelity["outputs"]
+    name = min(outs, key=lambda n: (not outs[n]["collapsed"], outs[n]["cosine"]))
+    e = outs[name]
+    what = f"cos {e['cosine']:.2f}" + (f", top-1 agree {e['top1_agreement']:.2f} (chance {e['chance']:.2f})"
+                                        if "top1_agreement" in e else "")
+    where = f"{fidelity['samples']} {fidelity['inputs']} inputs"
+    if fidelity["collapsed"]:
+        return f"[red]collapsed[/red] ({what}; {where})"
+    return f"no collapse ({what}; {where})"
 
 
 def latency_summary(search: dict) -> str:
