@@ -132,13 +132,54 @@ def sync_initializer_inputs(model: onnx.ModelProto) -> None:
     graph.input.extend(fixed)
 
 
+# where an infinite constant is a bound, a threshold or a fill value, not a broken weight:
+# Clip(x, 0, +inf) (torch's clamp(min=0)), Max/Min against -inf/+inf, comparisons, masked fills,
+# Pad's constant value (-inf before a MaxPool)
+INF_OK = {"Clip": (1, 2), "Max": None, "Min": None, "Less": None, "Greater": None, "LessOrEqual": None,
+          "GreaterOrEqual": None, "Equal": None, "Where": (1, 2), "Pad": (2,), "IsInf": None, "IsNaN": None}
+
+
+def _inf_is_bound(name: str, consumers, seen: int = 0) -> bool:
+    """True when every reader of constant `name` (through Identity nodes) takes it where +-inf is valid."""
+    for node, slot in consumers.get(name, []):
+        if node.domain not in ("", "ai.onnx"):
+            return False
+        if node.op_type == "Identity" and seen < 64:
+            if not _inf_is_bound(node.output[0], consumers, seen + 1):
+                return False
+            continue
+        if node.op_type not in INF_OK:
+            return False
+        slots = INF_OK[node.op_type]
+        if slots is not None and slot not in slots:
+            return False
+    return True
+
+
 def check_finite(model: onnx.ModelProto, label: str) -> None:
-    """Refuse weights with NaN or Inf: scores and the verification would be meaningless."""
+    """Refuse weights with NaN, or with Inf where a weight must be finite: scores and the
+    verification would be meaningless.
+
+    An infinite value is valid where a constant is a bound or a threshold (`INF_OK`: the max of a
+    Clip, a Max/Min or comparison operand, a Where's fill, Pad's constant value); a weight read
+    inside a subgraph or by a custom op is held to the strict rule.
+    """
+    consumers = defaultdict(list)
+    sub_read = set()
+    for node in model.graph.node:
+        for slot, inp in enumerate(node.input):
+            if inp:
+                consumers[inp].append((node, slot))
+        sub_read.update(_subgraph_inputs(node))
     for init in model.graph.initializer:
         if init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
             value = numpy_helper.to_array(init)
-            if not np.all(np.isfinite(value)):
-                raise OnnxPruneError(f"{label}: weight '{init.name}' contains NaN or Inf values")
+            if np.all(np.isfinite(value)):
+                continue
+            if (not np.any(np.isnan(value)) and init.name not in sub_read
+                    and _inf_is_bound(init.name, consumers)):
+                continue
+            raise OnnxPruneError(f"{label}: weight '{init.name}' contains NaN or Inf values")
 
 
 class GraphIndex:
