@@ -88,3 +88,32 @@ def test_clip_inf_model_prunes_end_to_end_with_calibration():
     result = prune(_clip_inf(), "l1", 0.5, calib="random", calib_samples=32, batch_size=8)
     assert result.report["verification"]["valid"]
     assert result.report["macs_kept"] < 0.8
+
+
+# ---- counts ------------------------------------------------------------------------------------
+
+def _small_cnn():
+    b = B(5)
+    h = b.relu(b.bn(b.conv("x", 3, 8, "c0"), 8, "bn0"), "r0")
+    h = b.relu(b.conv(h, 8, 8, "c1"), "r1")
+    return b.model(X, [b.conv(h, 8, 4, "c2")])
+
+
+def test_params_counted_in_constant_nodes():
+    model = _small_cnn()
+    expected = 8 * 27 + 8 + 4 * 8 + 8 * 72 + 8 + 4 * 72 + 4
+    assert metrics.count_params(model) == expected
+    assert metrics.count_params(const_nodes(model)) == expected
+    scalar = const_nodes(model)
+    scalar.graph.node.insert(0, helper.make_node("Constant", [], ["k"], value_float=2.0))
+    scalar.graph.node.insert(0, helper.make_node("Constant", [], ["ks"], value_floats=[1.0, 2.0]))
+    scalar.graph.node.insert(0, helper.make_node("Constant", [], ["shape"], value_ints=[1, 2]))
+    assert metrics.count_params(scalar) == expected + 3
+
+
+def test_params_kept_with_constant_node_weights():
+    plain = prune(_small_cnn(), "l1", 0.5).report
+    consts = prune(const_nodes(_small_cnn()), "l1", 0.5).report
+    assert consts["before"]["params"] == plain["before"]["params"] > 0
+    assert consts["params_kept"] == pytest.approx(plain["params_kept"])
+    assert consts["params_kept"] < 0.6
