@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 
 from .calib import CalibData
+from .evaluate import join_batches
 from .verify import session
 
 ZERO_EPS = 1e-6
@@ -175,7 +176,7 @@ def outputs(model: onnx.ModelProto, data: CalibData, split: str = "holdout") -> 
     sess = session(model)
     names = [o.name for o in model.graph.output]
     parts = [sess.run(names, feeds) for feeds in data.batches(split)]
-    return [np.concatenate([p[i] for p in parts]) for i in range(len(names))]
+    return [join_batches([p[i] for p in parts]) for i in range(len(names))]
 
 
 def progress(batches, samples: int, batch_size: int, label: str):

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .evaluate import fidelity_loss
+from .evaluate import fidelity_loss, join_batches
 from .graph import sync_initializer_inputs
 from .groups import Analysis
 from .segments import Walker, clean_cuts, submodel
@@ -46,6 +46,7 @@ class MaskRunner:
         self.model = self._masked_model()
         self.session = session(self.model)
         self.static_batch = fixed_batch(analysis.model)
+        self.unaligned = False   # an output's axis 0 is not the batch (detections): one mask per call
         self.output_names = [o.name for o in analysis.model.graph.output]
         self.calls = 0
         self.samples = 0
@@ -117,9 +118,9 @@ class MaskRunner:
             b = self.static_batch
             parts = [self.run({k: v[i:i + b] for k, v in feeds.items()}, unit_masks)
                      for i in range(0, batch - batch % b, b)]
-            return [[np.concatenate([p[m][j] for p in parts]) for j in range(len(parts[0][m]))]
+            return [[join_batches([p[m][j] for p in parts]) for j in range(len(parts[0][m]))]
                     for m in range(len(unit_masks))]
-        per_call = 1 if self.static_batch else max(1, MAX_ROWS // batch)
+        per_call = 1 if self.static_batch or self.unaligned else max(1, MAX_ROWS // batch)
         results = []
         for start in range(0, len(unit_masks), per_call):
             chunk = unit_masks[start:start + per_call]
@@ -128,6 +129,14 @@ class MaskRunner:
             outs = self.session.run(self.output_names, inputs)
             self.calls += 1
             self.samples += batch * len(chunk)
+            if len(chunk) == 1:
+                results.append(list(outs))
+                continue
+            if any(o.ndim == 0 or o.shape[0] != batch * len(chunk) for o in outs):
+                # rows that are not the batch's (a data-dependent count of detections) cannot be
+                # cut per mask: from here on every mask runs alone, this chunk included
+                self.unaligned = True
+                return results + self.run(feeds, unit_masks[start:])
             for i in range(len(chunk)):
                 results.append([o[i * batch:(i + 1) * batch] for o in outs])
         return results
@@ -185,4 +194,4 @@ def outputs_of(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.
     sess = session(model)
     names = [o.name for o in model.graph.output]
     parts = [sess.run(names, part) for part in split_batch(feeds, fixed_batch(model))]
-    return [np.concatenate([p[i] for p in parts]) for i in range(len(names))]
+    return [join_batches([p[i] for p in parts]) for i in range(len(names))]

@@ -117,3 +117,91 @@ def test_params_kept_with_constant_node_weights():
     assert consts["before"]["params"] == plain["before"]["params"] > 0
     assert consts["params_kept"] == pytest.approx(plain["params_kept"])
     assert consts["params_kept"] < 0.6
+
+
+# ---- data-dependent output shapes --------------------------------------------------------------
+
+def detector(topk=False, threshold=0.0, width=5):
+    """A backbone, a 5-channel head (4 box values and a score per position), then the detections:
+    the rows whose score passes `threshold` (NonZero: a data-dependent count), and with `topk`
+    the scores of those rows again through a TopK whose K is their number (another output)."""
+    b = B(7)
+    h = b.relu(b.conv("x", 3, 8, "c0"), "r0")
+    h = b.relu(b.conv(h, 8, 8, "c1"), "r1")
+    head = b.conv(h, 8, width, "head")
+    rows = b.op("Transpose", [b.op("Reshape", [head, b.i64("flat", [width, -1])], "flat5")], "rows", perm=[1, 0])
+    score = b.op("Gather", [rows, b.i64("col", 4)], "score", axis=1)
+    passed = b.op("Greater", [score, b.f32("thr", threshold)], "passed")
+    idx = b.op("Squeeze", [b.op("NonZero", [passed], "nz"), b.i64("ax0", [0])], "idx")
+    dets = b.op("Gather", [rows, idx], "output0", axis=0)
+    outs = [dets]
+    if topk:
+        k = b.op("ReduceSum", [b.op("Cast", [passed], "passed_i", to=TensorProto.INT64)], "k", keepdims=1)
+        outs.append(b.op("TopK", [score, k], "top", n_out=2)[0])
+    m = b.model(X, outs)
+    return m
+
+
+def test_data_dependent_output_dims_found():
+    from onnxprune.verify import data_dependent_dims
+    m = detector(topk=True)
+    assert data_dependent_dims(m, {"x": [2, 3, 16, 16]}) == {"output0": [0], "top_0": [0]}
+    assert data_dependent_dims(_small_cnn(), {"x": [2, 3, 16, 16]}) == {}
+
+
+def test_detector_with_data_dependent_count_prunes_and_verifies():
+    model = detector(topk=True)
+    g = groups(model)
+    assert_prunable(g["c0"], 8)
+    assert_prunable(g["c1"], 8)
+    check_oracle(model, "l1", 0.5)
+    result = prune(model, "l1", 0.5)
+    ver = result.report["verification"]
+    assert ver["valid"], ver["problems"]
+    out = ver["outputs"]["output0"]
+    assert out["data_dependent_dims"] == [0]
+    assert out["pruned_shape"][1:] == out["shape"][1:] == [5]
+    assert out["shape"][0] != out["pruned_shape"][0]   # the number of detections changed: no refusal
+
+
+def test_static_dim_change_of_data_dependent_output_is_refused():
+    from onnxprune.verify import verify
+    a, b = detector(), detector(width=6)   # rows [K, 5] -> [K, 6]
+    for m in (a, b):   # declared with symbolic dims only: only the run can tell
+        m.graph.output[0].CopyFrom(helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["n", "m"]))
+    check = verify(a, b, {"x": [1, 3, 16, 16]})
+    assert not check.valid
+    assert any("output0" in p and "shape changed" in p for p in check.problems), check.problems
+
+
+def test_detector_with_data_dependent_count_prunes_with_calibration():
+    """Sensitivity probes, the order check and recovery compare outputs whose number of rows
+    differs from the original's (detections) without failing; the held-out table gives the shapes."""
+    from onnxprune.evaluate import compare, fidelity_loss
+    ref, out = [np.ones((7, 5), np.float32)], [np.ones((3, 5), np.float32)]
+    assert fidelity_loss(ref, out) == pytest.approx(4 / 7)
+    assert fidelity_loss(ref, ref) == pytest.approx(0.0, abs=1e-9)
+    assert compare(ref, out, ["dets"]) == {"dets": {"shape": [7, 5], "pruned_shape": [3, 5]}}
+    result = prune(detector(topk=True), "l1", 0.5, calib="random", calib_samples=24, batch_size=4)
+    assert result.report["verification"]["valid"]
+    assert result.report["macs_kept"] < 0.8
+    assert set(result.report["holdout"]) == {"output0", "top_0"}
+
+
+def test_mask_runner_runs_masks_alone_when_rows_are_not_the_batch():
+    """A dynamic batch lets several masks share one run; a NonZero output's rows are then not
+    per mask, so each mask runs alone and gets its own detections."""
+    from onnxprune.masking import MaskRunner
+    model = detector()
+    model.graph.input[0].CopyFrom(helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 16, 16]))
+    an = prepare(model).analysis
+    gid = next(g.id for g in an.groups if g.name == "c1")
+    runner = MaskRunner(an, [gid])
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)}
+    size = an.groups[gid].size
+    masks = [{gid: np.ones(size, np.float32)}, {gid: np.zeros(size, np.float32)}]
+    full, empty = runner.run(feeds, masks)
+    assert runner.unaligned
+    from helpers import run
+    assert np.array_equal(full[0], run(model, feeds)["output0"])
+    assert full[0].shape != empty[0].shape
