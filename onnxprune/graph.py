@@ -49,51 +49,23 @@ FOLD_LIMIT = 64 * 1024 * 1024  # elements
 LARGE_CONST = 64 * 1024 * 1024  # bytes: GraphIndex caches larger constant values only while they are in use
 
 
-def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
+def normalise(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None,
+              folded: dict | None = None) -> onnx.ModelProto:
     """Return a copy where `Constant` nodes became initializers and constant-only ops are folded.
 
-    The computation is unchanged; weights then reach every node as initializers.
+    The computation is unchanged; weights then reach every node as initializers. With
+    `input_shapes`, any op of the default domain over constants only is folded and the result
+    checked against the original (`onnxprune.fold`); `folded`, a dict, then receives the summary.
     """
+    from .fold import fold
+
     model = copy.deepcopy(model)
     _constants_to_initializers(model)
-    _fold_constants(model)
+    model, summary = fold(model, input_shapes)
+    if summary is not None and folded is not None:
+        folded.update(summary)
     sync_initializer_inputs(model)
     return model
-
-
-def _fold_constants(model: onnx.ModelProto) -> None:
-    from onnx.reference import ReferenceEvaluator
-
-    graph = model.graph
-    values = {i.name: i for i in graph.initializer}
-    outputs = {o.name for o in graph.output}
-    real = {i.name for i in real_inputs(model)}
-    keep = []
-    for node in graph.node:
-        ins = [i for i in node.input if i]
-        foldable = (node.op_type in FOLDABLE and node.domain in ("", "ai.onnx") and ins
-                    and all(i in values and i not in real for i in ins)
-                    and not any(o in outputs for o in node.output))
-        if foldable:
-            try:
-                sub = helper.make_model(
-                    helper.make_graph([node], "fold", [], [onnx.ValueInfoProto(name=o) for o in node.output],
-                                      initializer=[values[i] for i in dict.fromkeys(ins)]),
-                    opset_imports=list(model.opset_import), ir_version=max(model.ir_version, 4))
-                results = ReferenceEvaluator(sub).run(None, {})
-                if all(np.asarray(r).size <= FOLD_LIMIT for r in results):
-                    for name, value in zip(node.output, results):
-                        tensor = numpy_helper.from_array(np.asarray(value), name)
-                        graph.initializer.append(tensor)
-                        values[name] = tensor
-                    continue
-            except Exception:
-                pass
-        keep.append(node)
-    if len(keep) != len(graph.node):
-        del graph.node[:]
-        graph.node.extend(keep)
-        remove_dead(model)
 
 
 def _constants_to_initializers(model: onnx.ModelProto) -> None:

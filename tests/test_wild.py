@@ -205,3 +205,78 @@ def test_mask_runner_runs_masks_alone_when_rows_are_not_the_batch():
     from helpers import run
     assert np.array_equal(full[0], run(model, feeds)["output0"])
     assert full[0].shape != empty[0].shape
+
+
+# ---- constant folding --------------------------------------------------------------------------
+
+def _standardised(b, name, c_out, c_in, kind):
+    """NF-Net weight standardisation of a raw initializer: ``(w - mean) / std * gain`` per filter,
+    by ReduceMean/Sub/Mul/Sqrt/Div ("reduce") or by BatchNormalization(training_mode=1) over the
+    weight reshaped to [1, C_out, -1] and reshaped back ("bn", as torch exports timm's
+    ScaledStdConv2d)."""
+    raw = b.f32(f"{name}_raw", b.rng.standard_normal((c_out, c_in, 3, 3)))
+    if kind == "reduce":
+        mean = b.op("ReduceMean", [raw], f"{name}_mean", axes=[1, 2, 3], keepdims=1)
+        d = b.op("Sub", [raw, mean], f"{name}_d")
+        var = b.op("ReduceMean", [b.op("Mul", [d, d], f"{name}_d2")], f"{name}_var", axes=[1, 2, 3], keepdims=1)
+        std = b.op("Sqrt", [b.op("Add", [var, b.f32(f"{name}_eps", 1e-5)], f"{name}_ve")], f"{name}_std")
+        gain = b.f32(f"{name}_gain", b.rng.uniform(0.5, 1.5, (c_out, 1, 1, 1)) / np.sqrt(c_in * 9))
+        return b.op("Mul", [b.op("Div", [d, std], f"{name}_z"), gain], f"{name}_w")
+    flat = b.op("Reshape", [raw, b.i64(f"{name}_flat", [1, c_out, -1])], f"{name}_r")
+    ones, zeros = np.ones(c_out, np.float32), np.zeros(c_out, np.float32)
+    y = b.op("BatchNormalization", [flat, b.f32(f"{name}_gain", b.rng.uniform(0.5, 1.5, c_out) / np.sqrt(c_in * 9)),
+                                    b.f32(f"{name}_beta", zeros), b.f32(f"{name}_m0", zeros), b.f32(f"{name}_v0", ones)],
+             f"{name}_bn", n_out=3, epsilon=1e-5, training_mode=1)[0]   # Y, running mean and var
+    return b.op("Reshape", [y, b.i64(f"{name}_shape", [c_out, c_in, 3, 3])], f"{name}_w")
+
+
+def nfnet(kind="reduce"):
+    b = B(9)
+    h = b.relu(b.conv("x", 3, 8, "c0", weight=_standardised(b, "c0", 8, 3, kind)), "r0")
+    h = b.relu(b.conv(h, 8, 8, "c1", weight=_standardised(b, "c1", 8, 8, kind)), "r1")
+    return b.model(X, [b.conv(h, 8, 4, "c2")], opset=15, out_shapes=[[1, 4, 16, 16]])
+
+
+@pytest.mark.parametrize("kind", ["reduce", "bn"])
+def test_weight_standardisation_folds_and_prunes(kind):
+    model = nfnet(kind)
+    g = groups(model)
+    assert_prunable(g["c0"], 8)
+    assert_prunable(g["c1"], 8)
+    pruned, an, removed = check_oracle(model, "l1", 0.5)
+    assert weight(pruned, "c1").shape == (4, 4, 3, 3)
+    assert not any(n.op_type in ("ReduceMean", "BatchNormalization") for n in pruned.graph.node)
+    report = prune(model, "l1", 0.5).report
+    folded = report["folded"]
+    assert folded["kept"] and folded["check"].startswith("matches the original")
+    assert folded["ops"] == ({"Add": 2, "Div": 2, "Mul": 4, "ReduceMean": 4, "Sqrt": 2, "Sub": 2} if kind == "reduce"
+                             else {"BatchNormalization": 2, "Reshape": 2})
+    assert report["verification"]["valid"]
+    assert report["macs_kept"] < 0.6
+
+
+def test_fold_that_differs_from_the_original_is_dropped(monkeypatch):
+    from onnxprune import fold
+    monkeypatch.setattr(fold, "CHECK_RTOL", -1.0)   # no result passes the check
+    folded = {}
+    norm = graph.normalise(nfnet(), {"x": [1, 3, 16, 16]}, folded)
+    assert not folded["kept"] and folded["check"].startswith("differs")
+    assert any(n.op_type == "ReduceMean" for n in norm.graph.node)
+    assert "c0" not in {g.name for g in prepare(norm).analysis.groups if g.prunable}
+
+
+def test_fold_keeps_interface_and_reads_no_input():
+    """Only constants fold: a node that reads a graph input or writes a graph output stays."""
+    b = B(9)
+    w = _standardised(b, "c0", 8, 3, "reduce")
+    h = b.conv(b.op("Mul", ["x", b.op("ReduceMax", [b.f32("k", [1.0, 2.0])], "kmax", keepdims=1)], "xs"), 3, 8, "c0",
+               weight=w)
+    stat = b.op("ReduceMean", [b.f32("side", [1.0, 3.0])], "stat", keepdims=1)   # a graph output of constants
+    model = b.model(X, [h, stat])
+    folded = {}
+    norm = graph.normalise(model, {"x": [1, 3, 16, 16]}, folded)
+    assert [o.name for o in norm.graph.output] == ["c0", "stat"]
+    assert [i.name for i in graph.real_inputs(norm)] == ["x"]
+    assert any(n.output[0] == "stat" for n in norm.graph.node)
+    assert not any(n.op_type == "ReduceMax" for n in norm.graph.node)
+    assert folded["ops"] == {"Add": 1, "Div": 1, "Mul": 2, "ReduceMax": 1, "ReduceMean": 2, "Sqrt": 1, "Sub": 1}
