@@ -280,3 +280,78 @@ def test_fold_keeps_interface_and_reads_no_input():
     assert any(n.output[0] == "stat" for n in norm.graph.node)
     assert not any(n.op_type == "ReduceMax" for n in norm.graph.node)
     assert folded["ops"] == {"Add": 1, "Div": 1, "Mul": 2, "ReduceMax": 1, "ReduceMean": 2, "Sqrt": 1, "Sub": 1}
+
+
+# ---- run-time "same" pads ----------------------------------------------------------------------
+
+INT64_MIN = np.iinfo(np.int64).min
+
+
+def _same_pads(b, h, name, k=3, s=2, index_h=2, index_w=-1):
+    """timm's pad_same as torch exports it: pads from Shape(h)'s spatial dims,
+    ``max((ceil(i / s) - 1) * s + k - i, 0)`` split in halves, then F.pad's reordering of the
+    pads vector (zeros for the leading axes by ConstantOfShape, Reshape to pairs, reversed by a
+    Slice with step -1, Transpose, Reshape)."""
+    shape = b.op("Shape", [h], f"{name}_shape")
+    halves = []
+    for axis, idx in (("h", index_h), ("w", index_w)):
+        i = b.op("Gather", [shape, b.i64(f"{name}_{axis}_idx", idx)], f"{name}_{axis}")
+        fi = b.op("Cast", [i], f"{name}_{axis}_f", to=TensorProto.FLOAT)
+        steps = b.op("Ceil", [b.op("Div", [fi, b.f32(f"{name}_s", float(s))], f"{name}_{axis}_div")], f"{name}_{axis}_c")
+        span = b.op("Add", [b.op("Mul", [b.op("Sub", [steps, b.f32(f"{name}_one", 1.0)], f"{name}_{axis}_m1"),
+                                         f"{name}_s"], f"{name}_{axis}_ms"), b.f32(f"{name}_k", float(k))],
+                    f"{name}_{axis}_span")
+        pad = b.op("Clip", [b.op("Sub", [span, fi], f"{name}_{axis}_need"), b.f32(f"{name}_zero", 0.0)],
+                   f"{name}_{axis}_pad")
+        pad = b.op("Cast", [pad], f"{name}_{axis}_pad_i", to=TensorProto.INT64)
+        first = b.op("Div", [pad, b.i64(f"{name}_two", 2)], f"{name}_{axis}_lo")
+        halves.append((first, b.op("Sub", [pad, first], f"{name}_{axis}_hi")))
+    (top, bottom), (left, right) = halves
+    ax = b.i64(f"{name}_ax0", [0])
+    p4 = b.op("Concat", [b.op("Unsqueeze", [v, ax], f"{v}_u") for v in (left, right, top, bottom)],
+              f"{name}_p4", axis=0)
+    n = b.op("Gather", [b.op("Shape", [p4], f"{name}_p4_shape"), b.i64(f"{name}_i0", 0)], f"{name}_p4_n")
+    rest = b.op("Unsqueeze", [b.op("Sub", [b.i64(f"{name}_eight", 8), n], f"{name}_rest"), ax], f"{name}_rest_u")
+    zeros = b.op("ConstantOfShape", [rest], f"{name}_zeros", value=helper.make_tensor("v", TensorProto.INT64, [1], [0]))
+    pairs = b.op("Reshape", [b.op("Concat", [p4, zeros], f"{name}_p8", axis=0), b.i64(f"{name}_pairs", [-1, 2])],
+                 f"{name}_pairs_r")
+    rev = b.op("Slice", [pairs, b.i64(f"{name}_st", [-1]), b.i64(f"{name}_en", [INT64_MIN]), ax,
+                         b.i64(f"{name}_step", [-1])], f"{name}_rev")
+    flat = b.op("Reshape", [b.op("Transpose", [rev], f"{name}_t", perm=[1, 0]), b.i64(f"{name}_m1f", [-1])],
+                f"{name}_pads")
+    return b.op("Pad", [h, flat, b.f32(f"{name}_value", 0.0)], f"{name}_padded")
+
+
+def same_padded(reads_channels=False):
+    """c0 -> Relu -> same-pad -> c1 (stride 2, no pads) -> Relu -> same-pad -> c2 (graph output);
+    `reads_channels`: the second pads are computed from the channel dim instead (must block)."""
+    b = B(11)
+    h = b.relu(b.conv("x", 3, 8, "c0"), "r0")
+    h = b.op("Conv", [_same_pads(b, h, "p1"), b.f32("c1_w", b.rng.standard_normal((8, 8, 3, 3)) / 8)], "c1",
+             kernel_shape=[3, 3], strides=[2, 2])
+    h = b.relu(h, "r1")
+    h = b.op("Conv", [_same_pads(b, h, "p2", index_h=1 if reads_channels else 2),
+                      b.f32("c2_w", b.rng.standard_normal((4, 8, 3, 3)) / 8)], "c2", kernel_shape=[3, 3], strides=[2, 2])
+    return b.model({"x": ["n", 3, "h", "w"]}, ["c2"], out_shapes=[["n", 4, "oh", "ow"]])
+
+
+def test_runtime_same_pads_let_channels_pass():
+    model = same_padded()
+    shape = {"x": [1, 3, 17, 17]}
+    g = groups(model, shape)
+    assert_prunable(g["c0"], 8)
+    assert_prunable(g["c1"], 8)
+    pruned, an, removed = check_oracle(model, "l1", 0.5, input_shape=shape)
+    assert weight(pruned, "c1").shape == (4, 4, 3, 3)
+    assert any(n.op_type == "Shape" for n in pruned.graph.node)   # the pads stay computed at run time
+    # ... so the pruned model is right at other sizes too
+    from helpers import assert_matches_masked
+    for size in ([2, 3, 20, 23], [1, 3, 9, 16]):
+        assert_matches_masked(prepare(model, shape).original, an, removed, pruned, {"x": size})
+
+
+def test_runtime_pads_that_follow_the_channel_count_block():
+    g = groups(same_padded(reads_channels=True), {"x": [1, 3, 17, 17]})
+    assert_prunable(g["c0"], 8)
+    assert not g["c1"].prunable
+    assert any("has run-time pads" in r for r in g["c1"].reasons), g["c1"].reasons
