@@ -61,6 +61,11 @@ def render_prune(report: dict, console: Console, show_groups: bool = False) -> N
         console.print(latency_summary(search), markup=False)
     if show_groups:
         render_groups(groups, console)
+    folded = report.get("folded")
+    if folded:
+        console.print(f"constant folding: {folded['nodes']} node(s) over constants only ("
+                      + ", ".join(f"{k} {v}" for k, v in folded["ops"].items()) + f"): {folded['check']}"
+                      + ("" if folded["kept"] else "; not folded"), markup=False)
     skipped = report.get("skipped", [])
     if skipped:
         console.print(f"{len(skipped)} group(s) left as they are:")

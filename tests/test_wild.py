@@ -355,3 +355,54 @@ def test_runtime_pads_that_follow_the_channel_count_block():
     assert_prunable(g["c0"], 8)
     assert not g["c1"].prunable
     assert any("has run-time pads" in r for r in g["c1"].reasons), g["c1"].reasons
+
+
+# ---- N-D tensors on the data path --------------------------------------------------------------
+
+@pytest.mark.parametrize("spatial,kw", [
+    ((11,), dict(pads=[1, 2], strides=[2])),
+    ((9, 9), dict(strides=[2, 2], pads=[0, 1, 1, 0])),
+    ((5, 7, 6), dict(pads=[1, 1, 0, 1, 1, 1], strides=[1, 2, 2], dilations=[2, 1, 1])),
+    ((5, 6, 7), dict(auto_pad="SAME_UPPER", strides=[2, 2, 1])),
+])
+def test_im2col_rows_reproduce_nd_convs(spatial, kw):
+    from helpers import make_model, run, tensor
+    from onnxprune.reconstruct import _out_spatial, _positions, im2col_rows
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, *spatial)).astype(np.float32)
+    w = rng.standard_normal((4, 3, *([3] * len(spatial)))).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], **kw)
+    model = make_model([node], [tensor("x", list(x.shape))], [onnx.ValueInfoProto(name="y")], {"w": w})
+    y = run(model, {"x": x})["y"]
+    assert _out_spatial(node, x.shape, w.shape) == y.shape[2:]
+    pos = _positions(node, y.shape, 5, (0, 1, 2))
+    rows = im2col_rows(x, node, w.shape, pos)
+    np.testing.assert_allclose(rows @ w.reshape(4, -1).T, y[(pos[0], slice(None), *pos[1:])], atol=1e-4)
+
+
+def video_net(rank=3):
+    """Conv3d (or Conv1d with rank=1) -> BN -> Relu -> Conv -> Relu -> global pool -> Gemm head."""
+    b = B(13)
+    k = [3] * rank
+    spatial = [4, 8, 8][-rank:] if rank <= 3 else None
+
+    def conv(x, c_in, c_out, name):
+        w = b.f32(f"{name}_w", b.rng.standard_normal((c_out, c_in, *k)) / np.sqrt(c_in * 3 ** rank))
+        return b.op("Conv", [x, w, b.f32(f"{name}_b", b.rng.normal(0, 0.1, c_out))], name,
+                    kernel_shape=k, pads=[1] * (2 * rank))
+    h = b.relu(b.bn(conv("x", 3, 8, "c0"), 8, "bn0"), "r0")
+    h = b.relu(conv(h, 8, 8, "c1"), "r1")
+    h = b.op("Flatten", [b.op("GlobalAveragePool", [h], "gap")], "flat")
+    return b.model({"x": [1, 3, *spatial]}, [b.gemm(h, 8, 5, "fc")])
+
+
+@pytest.mark.parametrize("rank", [1, 3])
+@pytest.mark.parametrize("criterion", ["thinet", "blend"])
+def test_nd_convs_prune_with_calibration(rank, criterion):
+    model = video_net(rank)
+    check_oracle(model, "l1", 0.5)
+    result = prune(model, criterion, 0.5, calib="random", calib_samples=24, batch_size=4)
+    assert result.report["verification"]["valid"]
+    steps = {s["step"] for s in result.report["recovery"]}
+    assert "least_squares" in steps
