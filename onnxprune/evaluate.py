@@ -24,13 +24,15 @@ import numpy as np
 from .graph import attr
 
 
-def join_batches(parts: list[np.ndarray]) -> np.ndarray:
-    """One output's batches joined on axis 0; batches whose other dims differ (a data-dependent
-    count on another axis: NonZero's [rank, K]) are joined flattened, values in order."""
+def join_batches(parts: list[np.ndarray], axis: int = 0) -> np.ndarray:
+    """One output's batches joined on its batch `axis` (1 for a time-major [T, N, K]); batches
+    whose other dims differ (a data-dependent count on another axis: NonZero's [rank, K]) are
+    joined flattened, values in order."""
     if len(parts) == 1:
         return parts[0]
-    if all(p.ndim and p.shape[1:] == parts[0].shape[1:] for p in parts):
-        return np.concatenate(parts)
+    rest = [p.shape[:axis] + p.shape[axis + 1:] for p in parts]
+    if all(p.ndim > axis for p in parts) and all(r == rest[0] for r in rest):
+        return np.concatenate(parts, axis=axis)
     return np.concatenate([p.reshape(-1) for p in parts])
 
 

@@ -316,6 +316,51 @@ def inferred_skeleton(model: onnx.ModelProto, input_shapes: dict[str, list[int |
         return run_shape_inference(m, data_prop=False)
 
 
+def batch_axes(model: onnx.ModelProto, input_shapes: dict[str, list] | None = None) -> dict[str, int]:
+    """The axis that carries the batch, for every tensor whose shapes inference resolves.
+
+    Graph inputs carry it on axis 0 (the program's convention); inside and at the outputs it
+    may move (a recogniser's time-major ``[T, N, K]``: axis 1). Found by inferring the shapes
+    with the inputs' axis 0 set to 2 and to 3: the one axis that grows in proportion is the
+    batch axis; tensors without one (shape vectors, weights) are left out.
+    `input_shapes`: shapes of the real inputs (default: as declared; dynamic dims stay symbolic).
+    """
+    if input_shapes is None:
+        input_shapes = {vi.name: [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
+                                  for d in vi.type.tensor_type.shape.dim] for vi in real_inputs(model)}
+    if not input_shapes or any(not s for s in input_shapes.values()):
+        return {}
+
+    def shapes(batch):
+        m = inferred_skeleton(model, {k: [batch] + list(v[1:]) for k, v in input_shapes.items()})
+        result = {}
+        for vi in list(m.graph.value_info) + list(m.graph.output):
+            t = vi.type.tensor_type
+            if t.HasField("shape"):
+                result[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        return result
+
+    try:
+        two, three = shapes(2), shapes(3)
+    except Exception:   # noqa: BLE001 - without shapes every tensor keeps the batch on axis 0
+        return {}
+    axes = {name: 0 for name in input_shapes}
+    for name, a in two.items():
+        b = three.get(name)
+        if b is None or len(a) != len(b):
+            continue
+        moved = [k for k, (x, y) in enumerate(zip(a, b)) if x != y]
+        if len(moved) == 1 and a[moved[0]] and b[moved[0]] and a[moved[0]] * 3 == b[moved[0]] * 2:
+            axes[name] = moved[0]
+    return axes
+
+
+def output_batch_axes(model: onnx.ModelProto, input_shapes: dict[str, list] | None = None) -> list[int]:
+    """The batch axis of every graph output (`batch_axes`; 0 where it cannot be told)."""
+    axes = batch_axes(model, input_shapes)
+    return [axes.get(o.name, 0) for o in model.graph.output]
+
+
 def run_shape_inference(model: onnx.ModelProto, data_prop: bool = False) -> onnx.ModelProto:
     """`onnx.shape_inference.infer_shapes`, through files when `model` is above `io.PROTOBUF_LIMIT`.
 

@@ -406,3 +406,49 @@ def test_nd_convs_prune_with_calibration(rank, criterion):
     assert result.report["verification"]["valid"]
     steps = {s["step"] for s in result.report["recovery"]}
     assert "least_squares" in steps
+
+
+def recogniser(probabilities=True):
+    """A CNN+sequence recogniser whose output is time-major: conv features [N, C, H, W] averaged
+    over H, then [W, N, C] (time first, as an LSTM/CTC head takes them), a MatMul to K classes and
+    a Softmax: [T, N, K]."""
+    b = B(17)
+    h = b.relu(b.conv("x", 3, 8, "c0"), "r0")
+    h = b.relu(b.conv(h, 8, 8, "c1"), "r1")
+    seq = b.op("Transpose", [b.op("ReduceMean", [h], "col", axes=[2], keepdims=0)], "seq", perm=[2, 0, 1])
+    logits = b.matmul(seq, 8, 6, "cls")
+    out = b.op("Softmax", [logits], "probs", axis=2) if probabilities else logits
+    return b.model({"x": ["n", 3, 8, 12]}, [out], out_shapes=[[12, "n", 6]])
+
+
+def test_output_batch_axes_from_the_graph():
+    assert graph.output_batch_axes(recogniser()) == [1]
+    assert graph.output_batch_axes(_small_cnn()) == [0]
+    assert graph.output_batch_axes(video_net(3)) == [0]
+
+
+@pytest.mark.parametrize("probabilities", [True, False])
+def test_time_major_output_prunes_with_calibration(probabilities):
+    model = recogniser(probabilities)
+    g = groups(model)
+    assert_prunable(g["c0"], 8)
+    check_oracle(model, "l1", 0.5)
+    result = prune(model, "blend", 0.5, calib="random", calib_samples=24, batch_size=4)
+    assert result.report["verification"]["valid"]
+    assert result.report["holdout"]["probs" if probabilities else "cls"]["cosine"] > 0
+
+
+def test_mask_runner_cuts_masks_on_the_batch_axis():
+    """Masks batched into one run are cut apart on the output's batch axis (1 for [T, N, K])."""
+    from helpers import run
+    from onnxprune.masking import MaskRunner
+    model = recogniser()
+    an = prepare(model).analysis
+    gid = next(g.id for g in an.groups if g.name == "c1")
+    runner = MaskRunner(an, [gid])
+    feeds = {"x": np.random.default_rng(0).standard_normal((3, 3, 8, 12)).astype(np.float32)}
+    ones = np.ones(an.groups[gid].size, np.float32)
+    outs = runner.run(feeds, [{gid: ones}, {gid: ones}])
+    want = run(model, feeds)["probs"]
+    for out in outs:
+        np.testing.assert_allclose(out[0], want, rtol=1e-5, atol=1e-6)
