@@ -452,3 +452,18 @@ def test_mask_runner_cuts_masks_on_the_batch_axis():
     want = run(model, feeds)["probs"]
     for out in outs:
         np.testing.assert_allclose(out[0], want, rtol=1e-5, atol=1e-6)
+
+
+def test_cli_reports_folding_and_detection_counts(tmp_path):
+    from click.testing import CliRunner
+    from onnxprune.cli import main
+    for name, model, words in (("nf.onnx", nfnet("bn"), ["constant folding: 4 node(s)", "BatchNormalization 2",
+                                                         "matches the original"]),
+                               ("det.onnx", detector(), ["output 'output0' (data-dependent dims)", "valid"])):
+        onnx.save(model, str(tmp_path / name))
+        res = CliRunner().invoke(main, [str(tmp_path / name), "--ratio", "0.5", "--criterion", "l1",
+                                        "-o", str(tmp_path / f"p_{name}")], env={"COLUMNS": "200"})
+        assert res.exit_code == 0, res.output
+        text = " ".join(res.output.split())
+        for w in words:
+            assert w in text, (w, res.output)
