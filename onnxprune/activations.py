@@ -15,6 +15,8 @@ import numpy as np
 import onnx
 
 from .calib import CalibData
+from .evaluate import join_batches
+from .graph import batch_axes, output_batch_axes
 from .verify import session
 
 ZERO_EPS = 1e-6
@@ -35,6 +37,7 @@ class ChannelStats:
 
     axis: int
     want: frozenset = ALL_STATS
+    batch_axis: int = 0                  # where the samples are (1 in a time-major [T, N, C])
     count: int = 0                       # elements per channel seen (samples * spatial)
     samples: int = 0
     sum: np.ndarray | None = None
@@ -48,8 +51,11 @@ class ChannelStats:
     signature_samples: int = 0
 
     def update(self, value: np.ndarray, rank_budget: int = 0) -> None:
-        """Add one batch (any layout; channels on `self.axis`)."""
-        x = np.moveaxis(value, self.axis, 1)
+        """Add one batch (any layout; channels on `self.axis`, samples on `self.batch_axis`)."""
+        if self.batch_axis and self.batch_axis != self.axis:
+            x = np.moveaxis(value, (self.batch_axis, self.axis), (0, 1))
+        else:
+            x = np.moveaxis(value, self.axis, 1)
         n, c = x.shape[0], x.shape[1]
         flat = x.reshape(n, c, -1)
         if flat.dtype != np.float32:
@@ -162,7 +168,8 @@ def collect(model: onnx.ModelProto, axes: dict[str, int], data: CalibData, split
     """
     names = list(axes)
     sess = session(with_outputs(model, names))
-    stats = {name: ChannelStats(axis, frozenset(want)) for name, axis in axes.items()}
+    batch = batch_axes(model, {spec.name: [1, *spec.sample_shape] for spec in data.specs})
+    stats = {name: ChannelStats(axis, frozenset(want), batch.get(name, 0)) for name, axis in axes.items()}
     for feeds in progress(data.batches(split), data.size(split), data.config.batch_size, label):
         values = sess.run(names, feeds)
         for name, value in zip(names, values):
@@ -175,7 +182,10 @@ def outputs(model: onnx.ModelProto, data: CalibData, split: str = "holdout") -> 
     sess = session(model)
     names = [o.name for o in model.graph.output]
     parts = [sess.run(names, feeds) for feeds in data.batches(split)]
-    return [np.concatenate([p[i] for p in parts]) for i in range(len(names))]
+    if len(parts) == 1:
+        return list(parts[0])
+    axes = output_batch_axes(model, {spec.name: [1, *spec.sample_shape] for spec in data.specs})
+    return [join_batches([p[i] for p in parts], axes[i]) for i in range(len(names))]
 
 
 def progress(batches, samples: int, batch_size: int, label: str):

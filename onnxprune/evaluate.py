@@ -24,6 +24,18 @@ import numpy as np
 from .graph import attr
 
 
+def join_batches(parts: list[np.ndarray], axis: int = 0) -> np.ndarray:
+    """One output's batches joined on its batch `axis` (1 for a time-major [T, N, K]); batches
+    whose other dims differ (a data-dependent count on another axis: NonZero's [rank, K]) are
+    joined flattened, values in order."""
+    if len(parts) == 1:
+        return parts[0]
+    rest = [p.shape[:axis] + p.shape[axis + 1:] for p in parts]
+    if all(p.ndim > axis for p in parts) and all(r == rest[0] for r in rest):
+        return np.concatenate(parts, axis=axis)
+    return np.concatenate([p.reshape(-1) for p in parts])
+
+
 def log_softmax(z: np.ndarray) -> np.ndarray:
     """Row-wise log-softmax in float64."""
     z = z.astype(np.float64)
@@ -196,6 +208,9 @@ def _losses(reference: list[np.ndarray], outputs: list[np.ndarray], labels, answ
                 total += rows.kl(lq)
             if answers:
                 disagreement = (disagreement or 0.0) + float((lq.argmax(1) != rows.top).mean())
+        elif out.shape != ref.shape:
+            # a data-dependent count (detections after NMS) changed: the relative change of the count
+            total += abs(out.size - ref.size) / max(ref.size, 1)
         else:
             denom = scale or float((ref.astype(np.float64) ** 2).sum()) or 1.0
             total += float(((out.astype(np.float64) - ref) ** 2).sum()) / denom
@@ -232,6 +247,9 @@ def compare(reference: list[np.ndarray], outputs: list[np.ndarray], names: list[
     for i, label, ref, out, _ in _pieces(reference, outputs):
         name = names[i] if label is None else f"{names[i]}{label}"
         entry = {}
+        if out.shape != ref.shape:   # data-dependent dims (detections): the shapes, no fidelity numbers
+            result[name] = {"shape": list(ref.shape), "pruned_shape": list(out.shape)}
+            continue
         if np.issubdtype(ref.dtype, np.floating):
             fr, fo = ref.astype(np.float64).ravel(), out.astype(np.float64).ravel()
             denom = np.linalg.norm(fr) * np.linalg.norm(fo)

@@ -49,51 +49,23 @@ FOLD_LIMIT = 64 * 1024 * 1024  # elements
 LARGE_CONST = 64 * 1024 * 1024  # bytes: GraphIndex caches larger constant values only while they are in use
 
 
-def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
+def normalise(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None,
+              folded: dict | None = None) -> onnx.ModelProto:
     """Return a copy where `Constant` nodes became initializers and constant-only ops are folded.
 
-    The computation is unchanged; weights then reach every node as initializers.
+    The computation is unchanged; weights then reach every node as initializers. With
+    `input_shapes`, any op of the default domain over constants only is folded and the result
+    checked against the original (`onnxprune.fold`); `folded`, a dict, then receives the summary.
     """
+    from .fold import fold
+
     model = copy.deepcopy(model)
     _constants_to_initializers(model)
-    _fold_constants(model)
+    model, summary = fold(model, input_shapes)
+    if summary is not None and folded is not None:
+        folded.update(summary)
     sync_initializer_inputs(model)
     return model
-
-
-def _fold_constants(model: onnx.ModelProto) -> None:
-    from onnx.reference import ReferenceEvaluator
-
-    graph = model.graph
-    values = {i.name: i for i in graph.initializer}
-    outputs = {o.name for o in graph.output}
-    real = {i.name for i in real_inputs(model)}
-    keep = []
-    for node in graph.node:
-        ins = [i for i in node.input if i]
-        foldable = (node.op_type in FOLDABLE and node.domain in ("", "ai.onnx") and ins
-                    and all(i in values and i not in real for i in ins)
-                    and not any(o in outputs for o in node.output))
-        if foldable:
-            try:
-                sub = helper.make_model(
-                    helper.make_graph([node], "fold", [], [onnx.ValueInfoProto(name=o) for o in node.output],
-                                      initializer=[values[i] for i in dict.fromkeys(ins)]),
-                    opset_imports=list(model.opset_import), ir_version=max(model.ir_version, 4))
-                results = ReferenceEvaluator(sub).run(None, {})
-                if all(np.asarray(r).size <= FOLD_LIMIT for r in results):
-                    for name, value in zip(node.output, results):
-                        tensor = numpy_helper.from_array(np.asarray(value), name)
-                        graph.initializer.append(tensor)
-                        values[name] = tensor
-                    continue
-            except Exception:
-                pass
-        keep.append(node)
-    if len(keep) != len(graph.node):
-        del graph.node[:]
-        graph.node.extend(keep)
-        remove_dead(model)
 
 
 def _constants_to_initializers(model: onnx.ModelProto) -> None:
@@ -132,13 +104,54 @@ def sync_initializer_inputs(model: onnx.ModelProto) -> None:
     graph.input.extend(fixed)
 
 
+# where an infinite constant is a bound, a threshold or a fill value, not a broken weight:
+# Clip(x, 0, +inf) (torch's clamp(min=0)), Max/Min against -inf/+inf, comparisons, masked fills,
+# Pad's constant value (-inf before a MaxPool)
+INF_OK = {"Clip": (1, 2), "Max": None, "Min": None, "Less": None, "Greater": None, "LessOrEqual": None,
+          "GreaterOrEqual": None, "Equal": None, "Where": (1, 2), "Pad": (2,), "IsInf": None, "IsNaN": None}
+
+
+def _inf_is_bound(name: str, consumers, seen: int = 0) -> bool:
+    """True when every reader of constant `name` (through Identity nodes) takes it where +-inf is valid."""
+    for node, slot in consumers.get(name, []):
+        if node.domain not in ("", "ai.onnx"):
+            return False
+        if node.op_type == "Identity" and seen < 64:
+            if not _inf_is_bound(node.output[0], consumers, seen + 1):
+                return False
+            continue
+        if node.op_type not in INF_OK:
+            return False
+        slots = INF_OK[node.op_type]
+        if slots is not None and slot not in slots:
+            return False
+    return True
+
+
 def check_finite(model: onnx.ModelProto, label: str) -> None:
-    """Refuse weights with NaN or Inf: scores and the verification would be meaningless."""
+    """Refuse weights with NaN, or with Inf where a weight must be finite: scores and the
+    verification would be meaningless.
+
+    An infinite value is valid where a constant is a bound or a threshold (`INF_OK`: the max of a
+    Clip, a Max/Min or comparison operand, a Where's fill, Pad's constant value); a weight read
+    inside a subgraph or by a custom op is held to the strict rule.
+    """
+    consumers = defaultdict(list)
+    sub_read = set()
+    for node in model.graph.node:
+        for slot, inp in enumerate(node.input):
+            if inp:
+                consumers[inp].append((node, slot))
+        sub_read.update(_subgraph_inputs(node))
     for init in model.graph.initializer:
         if init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
             value = numpy_helper.to_array(init)
-            if not np.all(np.isfinite(value)):
-                raise OnnxPruneError(f"{label}: weight '{init.name}' contains NaN or Inf values")
+            if np.all(np.isfinite(value)):
+                continue
+            if (not np.any(np.isnan(value)) and init.name not in sub_read
+                    and _inf_is_bound(init.name, consumers)):
+                continue
+            raise OnnxPruneError(f"{label}: weight '{init.name}' contains NaN or Inf values")
 
 
 class GraphIndex:
@@ -301,6 +314,51 @@ def inferred_skeleton(model: onnx.ModelProto, input_shapes: dict[str, list[int |
         return run_shape_inference(m, data_prop=True)
     except Exception:
         return run_shape_inference(m, data_prop=False)
+
+
+def batch_axes(model: onnx.ModelProto, input_shapes: dict[str, list] | None = None) -> dict[str, int]:
+    """The axis that carries the batch, for every tensor whose shapes inference resolves.
+
+    Graph inputs carry it on axis 0 (the program's convention); inside and at the outputs it
+    may move (a recogniser's time-major ``[T, N, K]``: axis 1). Found by inferring the shapes
+    with the inputs' axis 0 set to 2 and to 3: the one axis that grows in proportion is the
+    batch axis; tensors without one (shape vectors, weights) are left out.
+    `input_shapes`: shapes of the real inputs (default: as declared; dynamic dims stay symbolic).
+    """
+    if input_shapes is None:
+        input_shapes = {vi.name: [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
+                                  for d in vi.type.tensor_type.shape.dim] for vi in real_inputs(model)}
+    if not input_shapes or any(not s for s in input_shapes.values()):
+        return {}
+
+    def shapes(batch):
+        m = inferred_skeleton(model, {k: [batch] + list(v[1:]) for k, v in input_shapes.items()})
+        result = {}
+        for vi in list(m.graph.value_info) + list(m.graph.output):
+            t = vi.type.tensor_type
+            if t.HasField("shape"):
+                result[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        return result
+
+    try:
+        two, three = shapes(2), shapes(3)
+    except Exception:   # noqa: BLE001 - without shapes every tensor keeps the batch on axis 0
+        return {}
+    axes = {name: 0 for name in input_shapes}
+    for name, a in two.items():
+        b = three.get(name)
+        if b is None or len(a) != len(b):
+            continue
+        moved = [k for k, (x, y) in enumerate(zip(a, b)) if x != y]
+        if len(moved) == 1 and a[moved[0]] and b[moved[0]] and a[moved[0]] * 3 == b[moved[0]] * 2:
+            axes[name] = moved[0]
+    return axes
+
+
+def output_batch_axes(model: onnx.ModelProto, input_shapes: dict[str, list] | None = None) -> list[int]:
+    """The batch axis of every graph output (`batch_axes`; 0 where it cannot be told)."""
+    axes = batch_axes(model, input_shapes)
+    return [axes.get(o.name, 0) for o in model.graph.output]
 
 
 def run_shape_inference(model: onnx.ModelProto, data_prop: bool = False) -> onnx.ModelProto:

@@ -13,8 +13,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .evaluate import fidelity_loss
-from .graph import sync_initializer_inputs
+from .evaluate import fidelity_loss, join_batches
+from .graph import batch_axes, output_batch_axes, real_inputs, sync_initializer_inputs
 from .groups import Analysis
 from .segments import Walker, clean_cuts, submodel
 from .verify import session
@@ -43,10 +43,13 @@ class MaskRunner:
                               key=lambda t: analysis.tensors[t].base)
         self.positions = {(gid, t): analysis.positions(gid, t) for gid in self.group_ids
                           for t in analysis.groups[gid].tensors}
+        self.axes = tensor_batch_axes(analysis)
         self.model = self._masked_model()
         self.session = session(self.model)
         self.static_batch = fixed_batch(analysis.model)
+        self.unaligned = False   # an output's axis 0 is not the batch (detections): one mask per call
         self.output_names = [o.name for o in analysis.model.graph.output]
+        self.output_axes = [self.axes.get(o, 0) for o in self.output_names]
         self.calls = 0
         self.samples = 0
 
@@ -62,7 +65,8 @@ class MaskRunner:
         for name in self.tensors:
             t = an.tensors[name]
             rank = len(an.shapes[name])
-            shape = ["mask_batch"] + [1] * (rank - 1)
+            shape = [1] * rank
+            shape[self._batch_axis(name)] = "mask_batch"
             if t.split:
                 shape[t.axis], shape[t.axis + 1] = t.split
             else:
@@ -102,13 +106,23 @@ class MaskRunner:
                     if gid in masks:
                         per_mask[m, valid] *= masks[gid][pos[valid]]
             rows = np.repeat(per_mask, rows_per_mask, axis=0)
-            shape = [rows.shape[0]] + [1] * (rank - 1)
+            axis = self._batch_axis(name)
+            shape = [1] * rank
+            shape[axis] = rows.shape[0]
             if t.split:
                 shape[t.axis], shape[t.axis + 1] = t.split
             else:
                 shape[t.axis] = t.size
+            if axis > t.axis:   # the batch after the channels ([C, N, ...]): rows go last in memory
+                rows = np.ascontiguousarray(rows.T)
             feeds[f"__mask__{name}"] = rows.reshape(shape)
         return feeds
+
+    def _batch_axis(self, name: str) -> int:
+        """Where tensor `name` carries the batch (`tensor_batch_axes`), never its channel axis."""
+        t = self.analysis.tensors[name]
+        axis = self.axes.get(name, 0)
+        return 0 if axis in (t.axis, t.axis + 1 if t.split else t.axis) else axis
 
     def run(self, feeds: dict[str, np.ndarray], unit_masks: list[dict[int, np.ndarray]]) -> list[list[np.ndarray]]:
         """Outputs of the network for each mask (a list per mask of its graph outputs)."""
@@ -117,9 +131,9 @@ class MaskRunner:
             b = self.static_batch
             parts = [self.run({k: v[i:i + b] for k, v in feeds.items()}, unit_masks)
                      for i in range(0, batch - batch % b, b)]
-            return [[np.concatenate([p[m][j] for p in parts]) for j in range(len(parts[0][m]))]
+            return [[join_batches([p[m][j] for p in parts], self.output_axes[j]) for j in range(len(parts[0][m]))]
                     for m in range(len(unit_masks))]
-        per_call = 1 if self.static_batch else max(1, MAX_ROWS // batch)
+        per_call = 1 if self.static_batch or self.unaligned else max(1, MAX_ROWS // batch)
         results = []
         for start in range(0, len(unit_masks), per_call):
             chunk = unit_masks[start:start + per_call]
@@ -128,8 +142,18 @@ class MaskRunner:
             outs = self.session.run(self.output_names, inputs)
             self.calls += 1
             self.samples += batch * len(chunk)
+            if len(chunk) == 1:
+                results.append(list(outs))
+                continue
+            axes = self.output_axes
+            if any(o.ndim <= a or o.shape[a] != batch * len(chunk) for o, a in zip(outs, axes)):
+                # rows that are not the batch's (a data-dependent count of detections) cannot be
+                # cut per mask: from here on every mask runs alone, this chunk included
+                self.unaligned = True
+                return results + self.run(feeds, unit_masks[start:])
             for i in range(len(chunk)):
-                results.append([o[i * batch:(i + 1) * batch] for o in outs])
+                results.append([o[(slice(None),) * a + (slice(i * batch, (i + 1) * batch),)]
+                                for o, a in zip(outs, axes)])
         return results
 
     def losses(self, feeds, unit_masks, reference: list[np.ndarray], labels=None) -> np.ndarray:
@@ -166,6 +190,18 @@ def suffix_runners(analysis: Analysis, group_ids, feeds: dict[str, np.ndarray], 
         yield gid, MaskRunner(analysis, [gid], start=starts[gid], input_types={k: v.dtype for k, v in state.items()}), state
 
 
+def tensor_batch_axes(analysis: Analysis) -> dict[str, int]:
+    """`graph.batch_axes` of the analysed model (its input shapes as analysed), computed once per
+    analysis: every probe builds a MaskRunner."""
+    cached = analysis.__dict__.get("_batch_axes")
+    if cached is None:
+        inputs = {vi.name: list(analysis.shapes[vi.name]) for vi in real_inputs(analysis.model)
+                  if vi.name in analysis.shapes}
+        cached = batch_axes(analysis.model, inputs)
+        analysis.__dict__["_batch_axes"] = cached
+    return cached
+
+
 def fixed_batch(model: onnx.ModelProto) -> int:
     """The batch size fixed by the first graph input's shape (0 when dynamic)."""
     dims = model.graph.input[0].type.tensor_type.shape.dim if model.graph.input else []
@@ -185,4 +221,7 @@ def outputs_of(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.
     sess = session(model)
     names = [o.name for o in model.graph.output]
     parts = [sess.run(names, part) for part in split_batch(feeds, fixed_batch(model))]
-    return [np.concatenate([p[i] for p in parts]) for i in range(len(names))]
+    if len(parts) == 1:
+        return list(parts[0])
+    axes = output_batch_axes(model, {k: [1, *v.shape[1:]] for k, v in feeds.items()})
+    return [join_batches([p[i] for p in parts], axes[i]) for i in range(len(names))]

@@ -34,10 +34,26 @@ class ModelStats:
         return {"params": self.params, "macs": self.macs, "convs": self.convs, "bytes": self.bytes}
 
 
+FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+
+
 def count_params(model: onnx.ModelProto) -> int:
-    """Number of float parameters stored in initializers (shape constants and integers excluded)."""
-    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
-    return int(sum(int(np.prod(i.dims, dtype=np.int64)) for i in model.graph.initializer if i.data_type in floats))
+    """Number of float parameters, wherever the weights live: initializers and `Constant` nodes
+    (PaddlePaddle and some torch exports keep every weight in one); shape constants and
+    integers are excluded."""
+    total = sum(int(np.prod(i.dims, dtype=np.int64)) for i in model.graph.initializer if i.data_type in FLOATS)
+    inits = {i.name for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or node.output[0] in inits:
+            continue
+        for a in node.attribute:
+            if a.name == "value" and a.type == onnx.AttributeProto.TENSOR and a.t.data_type in FLOATS:
+                total += int(np.prod(a.t.dims, dtype=np.int64))
+            elif a.name == "value_floats":
+                total += len(a.floats)
+            elif a.name == "value_float":
+                total += 1
+    return int(total)
 
 
 def node_macs(model: onnx.ModelProto, shapes: dict) -> dict[str, int]:

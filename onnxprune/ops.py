@@ -918,6 +918,8 @@ class Pad(Rule):
         rank = an.rank(x.name)
         pads = attr(node, "pads") if an.opset < 11 else an.index.const(node.input[1])
         if pads is None:
+            pads = self._shape_pads(node, an, x)
+        if pads is None:
             an.block(x.name, f"Pad '{node.name}' has run-time pads")
             return
         pads = list(pads)
@@ -935,6 +937,21 @@ class Pad(Rule):
                 return
         if an.register(node.output[0], x.axis, like=x) is not None:
             an.tie_same(x.name, node.output[0])
+
+    @staticmethod
+    def _shape_pads(node, an, x):
+        """Run-time pads computed from Shape(x) and constants (TF-style "same" padding: timm's
+        Conv2dSame, efficientnet_pytorch): their values, when the shape evaluator shows that they
+        stay the same with fewer channels; else None."""
+        evaluate = shape_evaluator([node.input[1]], an, x)
+        if evaluate is None:
+            return None
+        step = x.split[0] if x.split else 1
+        try:
+            (now,), (fewer,) = evaluate(x.size), evaluate(x.size - step)
+        except Exception:   # noqa: BLE001 - a shape computation the evaluator cannot run stays blocked
+            return None
+        return [int(v) for v in now] if np.array_equal(now, fewer) else None
 
 
 _UNARY = [

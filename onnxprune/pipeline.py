@@ -51,6 +51,7 @@ class Prepared:
     analysis: Analysis
     input_shapes: dict
     source: str
+    folded: dict | None = None   # the constant folding beyond graph.FOLDABLE (onnxprune.fold), for the report
 
 
 def prepare(model_or_path, input_shape: dict | None = None) -> Prepared:
@@ -65,10 +66,10 @@ def prepare(model_or_path, input_shape: dict | None = None) -> Prepared:
     if not any(n.op_type in ("Conv", "ConvTranspose") for n in model.graph.node):
         raise OnnxPruneError(f"{source}: nothing to prune: the model has no Conv or ConvTranspose node")
     input_shapes = graph.fixed_input_shapes(model, input_shape)
-    norm = graph.normalise(model)
+    norm = graph.normalise(model, input_shapes, folded := {})
     graph.check_finite(norm, source)
     shapes = graph.infer_shapes(norm, input_shapes)
-    return Prepared(model, analyse_groups(norm, shapes), input_shapes, source)
+    return Prepared(model, analyse_groups(norm, shapes), input_shapes, source, folded or None)
 
 
 def analyse(model_or_path, input_shape: dict | None = None) -> Analysis:
@@ -277,6 +278,7 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
                     "round_to": round_to, "round_to_source": round_to_source, "for_speed": for_speed,
                     "ignore": list(ignore), "seed": seed, "finetune": tuning.to_dict() if tuning else None},
         "input_shapes": prep.input_shapes,
+        "folded": prep.folded,
         "before": before.to_dict(),
         "after": after.to_dict(),
         "macs_kept": after.macs / before.macs if before.macs else 1.0,

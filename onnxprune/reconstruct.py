@@ -1,7 +1,7 @@
 """Least-squares reconstruction of consumer weights after pruning (criteria.md §9.3).
 
-For a consumer Conv (group 1) or Gemm whose input lost channels, sample P output locations
-(n, y, x) per batch and gather the im2col rows ``X_S`` of its kept inputs (stride, dilation and
+For a consumer Conv (group 1; any number of spatial axes) or Gemm whose input lost channels,
+sample P output locations (n, y, x) per batch and gather the im2col rows ``X_S`` of its kept inputs (stride, dilation and
 padding honoured) from the *pruned* network, and the *original* network's outputs ``Y`` at the
 same locations. Then solve, with the bias free and the weights pulled towards their current
 values ``W0`` (ridge anchored at the original weights):
@@ -53,35 +53,44 @@ def solve_ridge(G: np.ndarray, H: np.ndarray, w0: np.ndarray, eta: float) -> np.
 
 
 def _conv_geometry(node, x_shape, w_shape):
-    kh, kw = w_shape[2], w_shape[3]
-    strides = attr(node, "strides", [1, 1])
-    dil = attr(node, "dilations", [1, 1])
-    pads = attr(node, "pads", [0, 0, 0, 0])
+    """(kernel, strides, dilations, pads) of a Conv over the spatial axes of `x_shape` (any
+    number: Conv1d, Conv2d, Conv3d); pads as ONNX orders them, every begin then every end."""
+    kernel = list(w_shape[2:])
+    r = len(kernel)
+    strides = list(attr(node, "strides", [1] * r))
+    dil = list(attr(node, "dilations", [1] * r))
+    pads = list(attr(node, "pads", [0] * (2 * r)))
     auto = attr(node, "auto_pad", b"NOTSET")
     auto = auto.decode() if isinstance(auto, bytes) else auto
     if auto in ("SAME_UPPER", "SAME_LOWER"):
-        pads = []
-        for i, (size, k) in enumerate(zip(x_shape[2:], (kh, kw))):
+        lo_hi = []
+        for i, (size, k) in enumerate(zip(x_shape[2:], kernel)):
             out = -(-size // strides[i])
             total = max(0, (out - 1) * strides[i] + (k - 1) * dil[i] + 1 - size)
             lo = total // 2 if auto == "SAME_UPPER" else total - total // 2
-            pads.append((lo, total - lo))
-        pads = [pads[0][0], pads[1][0], pads[0][1], pads[1][1]]
+            lo_hi.append((lo, total - lo))
+        pads = [lo for lo, _ in lo_hi] + [hi for _, hi in lo_hi]
     elif auto == "VALID":
-        pads = [0, 0, 0, 0]
-    return kh, kw, strides, dil, pads
+        pads = [0] * (2 * r)
+    return kernel, strides, dil, pads
 
 
 def im2col_rows(x: np.ndarray, node, w_shape, positions) -> np.ndarray:
-    """Rows ``[P, C*kh*kw]`` of the conv input `x` ([N, C, H, W]) at output `positions` (n, y, x)."""
-    kh, kw, s, d, p = _conv_geometry(node, x.shape, w_shape)
-    xp = np.pad(x, ((0, 0), (0, 0), (p[0], p[2]), (p[1], p[3])))
-    n, oy, ox = positions
-    ys = oy[:, None] * s[0] + np.arange(kh)[None, :] * d[0]               # [P, kh]
-    xs = ox[:, None] * s[1] + np.arange(kw)[None, :] * d[1]               # [P, kw]
-    patches = xp[n[:, None, None, None], np.arange(x.shape[1])[None, :, None, None],
-                 ys[:, None, :, None], xs[:, None, None, :]]              # [P, C, kh, kw]
-    return patches.reshape(len(n), -1)
+    """Rows ``[P, C*prod(kernel)]`` of the conv input `x` ([N, C, *spatial], any number of spatial
+    axes) at output `positions` (n, then one coordinate array per spatial axis)."""
+    kernel, s, d, p = _conv_geometry(node, x.shape, w_shape)
+    r = len(kernel)
+    xp = np.pad(x, ((0, 0), (0, 0)) + tuple((p[i], p[i + r]) for i in range(r)))
+    n, coords = positions[0], positions[1:]
+    # index arrays broadcast to [P, C, k_1, ..., k_r]
+    lead = (1,) * r
+    index = [n.reshape((-1, 1) + lead), np.arange(x.shape[1]).reshape((1, -1) + lead)]
+    for i in range(r):
+        shape = [1] * (r + 2)
+        shape[0], shape[2 + i] = -1, kernel[i]
+        taps = coords[i][:, None] * s[i] + np.arange(kernel[i])[None, :] * d[i]       # [P, k_i]
+        index.append(taps.reshape(shape))
+    return xp[tuple(index)].reshape(len(n), -1)
 
 
 def _targets(model: onnx.ModelProto, kept: dict, max_dim: int) -> tuple[list, list]:
@@ -134,14 +143,14 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[s
             if o in kept:                       # the consumer's own outputs were pruned too
                 y = np.take(y, kept[o], axis=1)
             pos = _positions(wanted[o][0], y.shape, per_image, (seed, k, targets.index(o)))
-            y_samples[o].append(y if pos is None else y[pos[0], :, pos[1], pos[2]])
+            y_samples[o].append(y if pos is None else y[(pos[0], slice(None), *pos[1:])])
     positions = {n.output[0]: k for k, n in enumerate(model.graph.node)}
 
     def design(o, x, k):
         """(G, H) of layer `o` from its input batch `x` (the k-th score batch)."""
         node, w_shape = wanted[o]
         if node.op_type == "Conv":
-            out_shape = (x.shape[0], 0) + _out_hw(node, x.shape, w_shape)
+            out_shape = (x.shape[0], 0) + _out_spatial(node, x.shape, w_shape)
             rows = im2col_rows(x, node, w_shape, _positions(node, out_shape, per_image, (seed, k, targets.index(o))))
         else:
             rows = x.reshape(x.shape[0], -1)
@@ -195,21 +204,24 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[s
     return model, skipped
 
 
-def _out_hw(node, x_shape, w_shape) -> tuple[int, int]:
-    kh, kw, s, d, p = _conv_geometry(node, x_shape, w_shape)
-    return ((x_shape[2] + p[0] + p[2] - d[0] * (kh - 1) - 1) // s[0] + 1,
-            (x_shape[3] + p[1] + p[3] - d[1] * (kw - 1) - 1) // s[1] + 1)
+def _out_spatial(node, x_shape, w_shape) -> tuple[int, ...]:
+    """Output size of a Conv on every spatial axis."""
+    kernel, s, d, p = _conv_geometry(node, x_shape, w_shape)
+    r = len(kernel)
+    return tuple((x_shape[2 + i] + p[i] + p[i + r] - d[i] * (kernel[i] - 1) - 1) // s[i] + 1 for i in range(r))
 
 
 def _positions(node, out_shape, per_image, seed):
-    """Sampled output locations (n, y, x) of a Conv for one batch, reproducible from `seed`; None for Gemm."""
+    """Sampled output locations (n, then a coordinate per spatial axis) of a Conv for one batch,
+    reproducible from `seed`; None for Gemm."""
     if node.op_type != "Conv":
         return None
     rng = np.random.default_rng(list(seed))
-    n, oh, ow = out_shape[0], out_shape[2], out_shape[3]
-    take = min(per_image, oh * ow)
-    flat = np.concatenate([rng.choice(oh * ow, take, replace=False) for _ in range(n)])
-    return np.repeat(np.arange(n), take), flat // ow, flat % ow
+    n, spatial = out_shape[0], tuple(out_shape[2:])
+    size = int(np.prod(spatial, dtype=np.int64))
+    take = min(per_image, size)
+    flat = np.concatenate([rng.choice(size, take, replace=False) for _ in range(n)])
+    return (np.repeat(np.arange(n), take), *np.unravel_index(flat, spatial))
 
 
 def _replace(model, node, slot, value, names) -> None:

@@ -49,6 +49,8 @@ def render_prune(report: dict, console: Console, show_groups: bool = False) -> N
                 if "top1_agreement" in out:
                     fid += f"  top-1 agree {out['top1_agreement']:.2f}"
                 table.add_row(f"output '{name}'", "", fid, "")
+            elif "pruned_shape" in out:   # data-dependent dims (detections): the counts, no fidelity
+                table.add_row(f"output '{name}' (data-dependent dims)", str(out["shape"]), str(out["pruned_shape"]), "")
         if not verification["valid"]:
             table.add_row("[red]verification[/red]", "", "[red]FAILED[/red]", "")
         else:
@@ -62,6 +64,11 @@ def render_prune(report: dict, console: Console, show_groups: bool = False) -> N
         console.print(latency_summary(search), markup=False)
     if show_groups:
         render_groups(groups, console)
+    folded = report.get("folded")
+    if folded:
+        console.print(f"constant folding: {folded['nodes']} node(s) over constants only ("
+                      + ", ".join(f"{k} {v}" for k, v in folded["ops"].items()) + f"): {folded['check']}"
+                      + ("" if folded["kept"] else "; not folded"), markup=False)
     skipped = report.get("skipped", [])
     if skipped:
         console.print(f"{len(skipped)} group(s) left as they are:")
@@ -186,8 +193,14 @@ def render_metrics(outputs: dict, console: Console, title: str) -> None:
     table.add_column("output")
     for c in present:
         table.add_column(c.replace("_", " "), justify="right")
+    shapes = any("pruned_shape" in m for m in outputs.values())   # data-dependent dims (detections)
+    if shapes:
+        table.add_column("shape -> pruned", justify="right")
     for name, m in outputs.items():
-        table.add_row(name, *[f"{m[c]:.4f}" if c in m else "" for c in present])
+        row = [f"{m[c]:.4f}" if c in m else "" for c in present]
+        if shapes:
+            row.append(f"{m['shape']} -> {m['pruned_shape']}" if "pruned_shape" in m else "")
+        table.add_row(name, *row)
     console.print(table)
 
 

@@ -38,6 +38,8 @@ def _count_escapes(tensor, pos, x, an, depth) -> str | None:
             found = _count_escapes(user.output[0], pos if op in ("Cast", "Identity") else None, x, an, depth + 1)
         elif (op == "Reshape" and slot == 1 or op == "Slice" and slot in (1, 2)) and an.channels(user.input[0]):
             continue  # the Reshape/Slice rules check that these values follow the channel count
+        elif op == "Pad" and slot == 1 and an.channels(user.input[0]):
+            continue  # run-time pads: the Pad rule checks that they do not follow the channel count
         elif op == "Resize" and slot == 3 and user.input[0] == x.name:
             continue  # sizes of x's own resize: the Resize rule checks that they follow x's channel count
         else:
@@ -51,11 +53,15 @@ def _picks(node, an, pos):
     """Whether a Gather/Slice on a 1-D shape vector takes element `pos` (True/False/new position)."""
     if pos is None:
         return True
+    vec = an.shape(node.input[0])
+    length = vec[0] if vec is not None and len(vec) == 1 and isinstance(vec[0], int) else None
     if node.op_type == "Gather":
         idx = an.index.const(node.input[1])
         if idx is None:
             return True
         idx = [int(i) for i in np.asarray(idx).reshape(-1)]
+        if length is not None:   # x.shape[-2] picks from the end of the shape vector
+            idx = [i + length if i < 0 else i for i in idx]
         if pos not in idx and all(i >= 0 for i in idx):
             return False
         return True if np.asarray(an.index.const(node.input[1])).ndim else True
@@ -65,6 +71,8 @@ def _picks(node, an, pos):
     if starts is None or ends is None or (steps is not None and int(steps[0]) != 1) or starts.size != 1:
         return True
     lo, hi = int(starts[0]), int(ends[0])
+    if length is not None:   # x.shape[-2:]: bounds from the end of the shape vector, clamped
+        lo, hi = (max(0, b + length) if b < 0 else min(b, length) for b in (lo, hi))
     if lo >= 0 and hi >= 0 and not lo <= pos < hi:
         return False
     return pos - lo if lo >= 0 else True
@@ -170,7 +178,10 @@ def _shape_entry(node, ctx, out_axis):
 
 
 SHAPE_OPS = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Div", "Mul", "Add", "Sub", "Cast",
-             "Slice", "Identity", "Floor", "Ceil"}
+             "Slice", "Identity", "Floor", "Ceil",
+             # TF-style "same" pads (timm's pad_same): max(..., 0) as Clip/Max, and F.pad's reordering
+             # of the pads vector (ConstantOfShape, Reshape, Slice with step -1, Transpose)
+             "Clip", "Max", "Min", "Neg", "Abs", "Mod", "ConstantOfShape", "Reshape", "Transpose"}
 
 
 def shape_subgraph(targets: list[str], an, shape_read) -> tuple[list, list] | None:
@@ -188,10 +199,13 @@ def shape_subgraph(targets: list[str], an, shape_read) -> tuple[list, list] | No
         if producer is None or producer.op_type not in SHAPE_OPS or producer.domain not in ("", "ai.onnx"):
             return None
         if producer.op_type == "Shape":
-            if not shape_read(producer):
+            if shape_read(producer):
+                shape_nodes.append(producer)
+                continue
+            inner = an.index.producer.get(producer.input[0])
+            if an.channels(producer.input[0]) is not None or inner is None or inner.op_type not in SHAPE_OPS:
                 return None
-            shape_nodes.append(producer)
-            continue
+            # the shape of a value computed here from shapes (F.pad's pads vector): evaluated too
         nodes.append(producer)
         stack.extend(producer.input)
     order = {id(n): i for i, n in enumerate(an.index.model.graph.node)}

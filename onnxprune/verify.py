@@ -5,6 +5,13 @@ dynamic dims as they were); both models run in onnxruntime on the same seeded in
 and give outputs of the same shapes; fidelity numbers per output (cosine, max abs diff, top-1
 agreement for classifier-like outputs).
 
+Outputs whose dims depend on the data (a detector's NonMaxSuppression, NonZero or TopK with a
+run-time K: how many detections) may change those dims when pruning changes the values; such
+dims (`data_dependent_dims`: unresolved by shape inference with the inputs fixed, behind one of
+`DATA_DEPENDENT_OPS`) are compared as such: rank, dtype and the static dims must match, the
+counts are reported side by side (`shape`, `pruned_shape`), and fidelity numbers exist only where
+the shapes agree.
+
 `OrtModel` is how any model reaches onnxruntime: the program's sessions are built by `session`
 (bench keeps an `OrtModel` per model), so models above the protobuf limit (2 GiB), which cannot be
 serialized, go as temporary files with external data; `verify` hands the checker a path for them.
@@ -19,7 +26,11 @@ import numpy as np
 import onnx
 
 from . import io
-from .graph import real_inputs
+from .graph import inferred_skeleton, real_inputs
+
+# ops whose output shape can follow the values of their inputs (an op of another domain may too)
+DATA_DEPENDENT_OPS = {"NonZero", "NonMaxSuppression", "TopK", "Unique", "Compress", "Loop", "If", "Scan",
+                      "Range", "ConstantOfShape", "Tile", "Expand"}
 
 
 @dataclass(frozen=True)
@@ -120,15 +131,74 @@ def _io_signature(values) -> list[tuple]:
     return sig
 
 
-def compare_outputs(ref: list[np.ndarray], out: list[np.ndarray], names: list[str]) -> dict:
-    """Fidelity of `out` against `ref`, per output name."""
+def _data_dependent_ops(model: onnx.ModelProto) -> bool:
+    return any(n.op_type in DATA_DEPENDENT_OPS or n.domain not in ("", "ai.onnx") for n in model.graph.node)
+
+
+def data_dependent_dims(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> dict[str, list[int]]:
+    """{output: its data-dependent axes}: the dims shape inference leaves open with every input's
+    shape fixed to `input_shapes`, of outputs computed behind an op of `DATA_DEPENDENT_OPS` (or
+    of another domain). An output whose rank inference cannot give has every axis listed (its
+    rank is still compared). Outputs without such dims are left out."""
+    if not _data_dependent_ops(model):
+        return {}
+    try:
+        inferred = inferred_skeleton(model, input_shapes)
+    except Exception:
+        return {}
+    producer = {o: n for n in model.graph.node for o in n.output if o}
+    shapes = {}
+    for vi in inferred.graph.output:
+        t = vi.type.tensor_type
+        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim] \
+            if t.HasField("shape") else None
+    result = {}
+    for out in model.graph.output:
+        shape = shapes.get(out.name)
+        if shape is not None and None not in shape:
+            continue
+        stack, seen, behind = [out.name], set(), False
+        while stack and not behind:
+            node = producer.get(stack.pop())
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            behind = node.op_type in DATA_DEPENDENT_OPS or node.domain not in ("", "ai.onnx")
+            stack.extend(i for i in node.input if i)
+        if behind:
+            result[out.name] = [k for k, d in enumerate(shape) if d is None] if shape is not None else None
+    return result
+
+
+def compare_outputs(ref: list[np.ndarray], out: list[np.ndarray], names: list[str],
+                    dynamic: dict[str, list[int] | None] | None = None) -> dict:
+    """Fidelity of `out` against `ref`, per output name.
+
+    `dynamic` maps outputs to their data-dependent axes (None: every axis): those axes may differ
+    (the entry then has `pruned_shape` and no fidelity numbers); any other difference of shape
+    (rank included) or of dtype is a `shape_mismatch` / `dtype_mismatch`.
+    """
+    dynamic = dynamic or {}
     result = {}
     for name, a, b in zip(names, ref, out):
         entry = {"shape": list(a.shape)}
-        if a.shape != b.shape:
-            entry["shape_mismatch"] = [list(a.shape), list(b.shape)]
+        if name in dynamic:
+            axes = dynamic[name]
+            entry["data_dependent_dims"] = list(range(a.ndim)) if axes is None else list(axes)
+        if a.dtype != b.dtype:
+            entry["dtype_mismatch"] = [str(a.dtype), str(b.dtype)]
             result[name] = entry
             continue
+        if a.shape != b.shape:
+            free = set(entry.get("data_dependent_dims", ()))
+            if a.ndim == b.ndim and all(x == y or k in free for k, (x, y) in enumerate(zip(a.shape, b.shape))):
+                entry["pruned_shape"] = list(b.shape)
+            else:
+                entry["shape_mismatch"] = [list(a.shape), list(b.shape)]
+            result[name] = entry
+            continue
+        if name in dynamic:
+            entry["pruned_shape"] = list(b.shape)
         if np.issubdtype(a.dtype, np.floating):
             fa, fb = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
             denom = np.linalg.norm(fa) * np.linalg.norm(fb)
@@ -180,8 +250,11 @@ def _verify(original: onnx.ModelProto, pruned: onnx.ModelProto, pruned_src: onnx
         except Exception as exc:
             problems.append(f"pruned model fails in onnxruntime: {str(exc).splitlines()[0][:300]}")
         else:
-            outputs = compare_outputs(ref, out, names)
+            dynamic = data_dependent_dims(original, {k: list(v.shape) for k, v in feeds.items()})
+            outputs = compare_outputs(ref, out, names, dynamic)
             for name, entry in outputs.items():
                 if "shape_mismatch" in entry:
                     problems.append(f"output '{name}' shape changed: {entry['shape_mismatch'][0]} -> {entry['shape_mismatch'][1]}")
+                if "dtype_mismatch" in entry:
+                    problems.append(f"output '{name}' dtype changed: {entry['dtype_mismatch'][0]} -> {entry['dtype_mismatch'][1]}")
     return Verification(not problems, tuple(problems), outputs)

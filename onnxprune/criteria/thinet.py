@@ -14,7 +14,7 @@ import numpy as np
 from ..activations import with_outputs
 from ..errors import OnnxPruneError
 from ..graph import GraphIndex, attr
-from ..reconstruct import _out_hw, im2col_rows
+from ..reconstruct import _out_spatial, im2col_rows
 from ..verify import session
 from . import ScoreContext, register
 
@@ -30,11 +30,10 @@ def contributions(node, w: np.ndarray, x: np.ndarray, rng) -> np.ndarray:
         n = np.repeat(np.arange(x.shape[0]), SAMPLES_PER_IMAGE)
         return (x[n].T * b[o.ravel()].T)                               # [K, M]
     n_img, c = x.shape[0], x.shape[1]
-    kh, kw = w.shape[2], w.shape[3]
-    oh, ow = _out_hw(node, x.shape, w.shape)
+    spatial = _out_spatial(node, x.shape, w.shape)                 # Conv1d, Conv2d, Conv3d
     n = np.repeat(np.arange(n_img), SAMPLES_PER_IMAGE)
-    flat = rng.integers(0, oh * ow, size=len(n))
-    rows = im2col_rows(x, node, w.shape, (n, flat // ow, flat % ow)).reshape(len(n), c, kh * kw)
+    flat = rng.integers(0, int(np.prod(spatial, dtype=np.int64)), size=len(n))
+    rows = im2col_rows(x, node, w.shape, (n, *np.unravel_index(flat, spatial))).reshape(len(n), c, -1)
     o = rng.integers(0, w.shape[0], size=len(n))
     return np.einsum("mck,mck->cm", rows, w.reshape(w.shape[0], c, -1)[o])
 
