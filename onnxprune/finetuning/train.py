@@ -44,7 +44,8 @@ class FinetuneConfig:
     augment: tuple[str, ...] = DEFAULT_AUGMENT
     temperature: float = 4.0
     bn: str = "train"
-    patience: int | None = None   # epochs without a better held-out loss before stopping (None: max(6, epochs // 4))
+    patience: int | None = None   # epochs without a better held-out loss before stopping, counted from half
+                                  # of the schedule (None: max(6, epochs // 4))
     device: str = "cpu"
     seed: int = 0
     threads: int = 0          # torch intra-op threads (0: torch's default)
@@ -172,7 +173,10 @@ def finetune_model(original: onnx.ModelProto, pruned: onnx.ModelProto, data, ref
             best_loss, best_epoch, best_state = held_losses[-1], epoch, copy.deepcopy(run.student.module.state_dict())
         if progress is not None:
             progress(epoch, config.epochs, train_losses[-1], held_losses[-1])
-        if epoch - max(best_epoch, 1) >= patience:
+        # no stop in the first half: the first epochs at a high rate often undo part of the
+        # training-free repair, and the gain comes as the rate decays (--target-macs 0.5 on the
+        # demo model: no better epoch among the first 7)
+        if epoch >= config.epochs // 2 and epoch - max(best_epoch, config.epochs // 2) >= patience:
             break
     if best_state is None:
         return pruned, _step(config, t0, start_loss, None, train_losses, held_losses, 0, False,
