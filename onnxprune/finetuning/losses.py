@@ -60,16 +60,8 @@ def _log_probs(x, axis: int, probabilities: bool, temperature: float):
 
 def _relative_se(s, t, floor: bool = False):
     energy = (t.double() ** 2).sum()
-    if floor:
-        energy = torch_max(energy, t.numel() * PART_SCORE_FLOOR ** 2)
-    return ((s.double() - t.double()) ** 2).sum() / energy.clamp_min(1e-12)
-
-
-def torch_max(a, b: float):
-    """max(tensor a, number b) as a tensor."""
-    import torch
-
-    return torch.maximum(a, torch.tensor(b, dtype=a.dtype, device=a.device))
+    lowest = t.numel() * PART_SCORE_FLOOR ** 2 if floor else 1e-12
+    return ((s.double() - t.double()) ** 2).sum() / energy.clamp_min(lowest)
 
 
 def distill_loss(student: list, teacher: list, kinds: list[OutputKind], temperature: float, labels=None):
