@@ -8,7 +8,6 @@ does not change them beyond float rounding.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,6 +16,7 @@ import onnx
 from .calib import CalibData
 from .evaluate import join_batches
 from .graph import batch_axes, output_batch_axes
+from .progress import iterate as stage_iterate
 from .verify import session
 
 ZERO_EPS = 1e-6
@@ -189,20 +189,8 @@ def outputs(model: onnx.ModelProto, data: CalibData, split: str = "holdout") -> 
 
 
 def progress(batches, samples: int, batch_size: int, label: str):
-    """Yield from `batches` with a rich progress bar on stderr (off when stderr is not a terminal)."""
-    if not sys.stderr.isatty():
-        yield from batches
-        return
-    from rich.progress import Progress
-
-    with Progress(transient=True, console=_stderr_console()) as bar:
-        task = bar.add_task(label, total=max(1, -(-samples // batch_size)))
-        for item in batches:
-            yield item
-            bar.advance(task)
+    """Yield from `batches` with a progress bar on stderr labelled `label` (onnxprune/progress.py:
+    off when stderr is not a terminal)."""
+    yield from stage_iterate(batches, label, max(1, -(-samples // batch_size)))
 
 
-def _stderr_console():
-    from rich.console import Console
-
-    return Console(stderr=True)

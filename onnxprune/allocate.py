@@ -23,6 +23,7 @@ from .evaluate import Reference, fidelity_loss
 from .groups import Analysis
 from .masking import fixed_batch, group_starts, outputs_of, suffix_runners
 from .metrics import MacModel
+from .progress import iterate as stage_iterate
 from .select import SelectConfig, limit_removal, select
 
 GRID = tuple(round(0.1 * k, 1) for k in range(1, 10))
@@ -110,7 +111,8 @@ def sensitivity_curves(analysis: Analysis, scores, group_ids, feeds: dict[str, n
     # the reference run; `repeatable`: a second probe would repeat this one (the order check reads it)
     cost = {"sample_rows": rows, "full_model_passes": float(rows), "repeatable": bool(repeatable)}
     curves = {}
-    for gid, runner, cut_feeds in suffix_runners(analysis, group_ids, feeds, start):
+    label = "sensitivity probes (groups)" if not second else "sensitivity probes again (groups)"
+    for gid, runner, cut_feeds in stage_iterate(suffix_runners(analysis, group_ids, feeds, start), label, len(group_ids)):
         size = analysis.groups[gid].size
         units = analysis.group_units[gid]
         order = np.argsort(np.where(analysis.unit_blocked[units], np.inf, scores[gid]), kind="stable")

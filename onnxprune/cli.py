@@ -110,30 +110,6 @@ def finetune_options(command):
     return command
 
 
-def epoch_progress():
-    """A callback(epoch, epochs, train_loss, held_out_loss) drawing a progress bar on stderr (None
-    when stderr is not a terminal)."""
-    if not sys.stderr.isatty():
-        return None
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    state = {}
-
-    def update(epoch, epochs, train_loss, held_out_loss):
-        if "bar" not in state:
-            bar = Progress(TextColumn("fine-tuning"), BarColumn(), TextColumn("epoch {task.completed}/{task.total}"),
-                           TextColumn("{task.fields[losses]}"), TimeElapsedColumn(),
-                           console=Console(stderr=True), transient=True)
-            bar.start()
-            state["bar"], state["task"] = bar, bar.add_task("finetune", total=epochs, losses="")
-        state["bar"].update(state["task"], completed=epoch,
-                            losses=f"train loss {train_loss:.4g}  held-out loss {held_out_loss:.4g}")
-        if epoch >= epochs:
-            state.pop("bar").stop()
-    return update
-
-
 @click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="onnxprune")
 def main():
@@ -256,7 +232,7 @@ def prune(model, output, criterion, ratio, global_pruning, max_ratio, min_channe
             preset=preset, target_latency=target_latency, latency_provider=latency_provider.lower(),
             latency_batch=latency_batch, latency_threads=latency_threads, for_speed=then_bench,
             ensemble_mode=ensemble_mode, order_check=order_check, finetune=finetune, epochs=epochs, lr=lr,
-            finetune_batch=finetune_batch, augment=augment, device=device, finetune_progress=epoch_progress(),
+            finetune_batch=finetune_batch, augment=augment, device=device,
             min_fidelity=min_fidelity)
         console = Console()
         report.render_prune(result.report, console, show_groups="groups" in show)
@@ -438,7 +414,7 @@ def finetune_command(original, pruned, calib, output, calib_samples, batch_size,
         result = finetune(str(original), str(pruned), calib, epochs=epochs, lr=lr, finetune_batch=finetune_batch,
                           augment=augment, device=device, seed=seed, calib_samples=calib_samples,
                           batch_size=batch_size, mean=mean, std=std, scale=scale, holdout=holdout,
-                          input_shape=shapes, progress=epoch_progress())
+                          input_shape=shapes)
         step = result.step
         click.echo(f"fine-tuning: held-out loss {step['loss_before']:.4g} -> {step['loss_after']:.4g}, best epoch "
                    f"{step['best_epoch']} of {step['epochs_run']}, {step['seconds']:g} s: "

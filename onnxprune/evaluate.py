@@ -222,6 +222,28 @@ def fidelity_loss(reference: list[np.ndarray], outputs: list[np.ndarray], labels
     return _losses(reference, outputs, labels, answers=False)[0]
 
 
+def loss_names(reference: list[np.ndarray], labels: np.ndarray | None = None) -> dict[str, str]:
+    """What `fidelity_loss` and `choice_loss` measure on this reference, in words, for the report:
+    {"fidelity": e.g. "KL to the original's class scores", "choice": ...}."""
+    kinds = []
+    for _, _, ref, _, _ in _pieces(reference, reference):
+        if not np.issubdtype(ref.dtype, np.floating):
+            continue
+        if reference_rows(ref) is None:
+            kind = "relative squared error"
+        elif labels is not None and len(reference) == 1:
+            kind = "cross-entropy with the labels"
+        else:
+            kind = "KL to the original's class scores"
+        if kind not in kinds:
+            kinds.append(kind)
+    fidelity = " + ".join(kinds) or "none"
+    classifier = any(k != "relative squared error" for k in kinds)
+    choice = (f"top-1 disagreement with the original + {CHECK_LOSS_WEIGHT:g} x ({fidelity})" if classifier
+              else fidelity)
+    return {"fidelity": fidelity, "choice": choice}
+
+
 CHECK_LOSS_WEIGHT = 0.01   # the fidelity loss's weight behind the top-1 disagreement in `choice_loss`
 
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from . import activations, criteria, datafree, graph, io, metrics, recover as recovery, rewrite
+from . import activations, criteria, datafree, graph, io, metrics, progress, recover as recovery, rewrite
 from .calib import CalibConfig, CalibData, input_specs
 from .errors import OnnxPruneError
-from .evaluate import Reference, choice_loss, compare, warnings_for
+from .evaluate import Reference, choice_loss, compare, loss_names, warnings_for
 from .groups import Analysis, analyse as analyse_groups
 from .masking import MaskRunner
 from .reconstruct import reconstruct
@@ -232,7 +232,8 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
         ctx.notes.append("recovery skipped: the held-out split is empty (more --calib-samples or --holdout)")
     elif recover:
         t = time.perf_counter()
-        pruned, steps, passes["recovery"] = _recover(an, removed, pruned, data, stats, reference)
+        with progress.stage("recovery (steps)", 5):
+            pruned, steps, passes["recovery"] = _recover(an, removed, pruned, data, stats, reference)
         timings["recover"] = time.perf_counter() - t
     if tuning is not None and reference is None:
         ctx.notes.append("fine-tuning skipped: the held-out split is empty (more --calib-samples or --holdout)")
@@ -254,18 +255,26 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
 
     t = time.perf_counter()
     check = verify_model(prep.original, pruned, prep.input_shapes, seed=seed) if verify else None
-    fidelity = checker.fidelity(pruned) if verify and (check is None or check.valid) else None
-    warning = datafree.collapse_warning(fidelity, bool(calib))
+    # held-out calibration images where there are some (random inputs would be out of the data's
+    # distribution: the demo model at --ratio 0.5 with 128 images agreed with the original on 91% of
+    # its held-out images and looked collapsed on random ones), else the random verification inputs
+    held_out = activations.outputs(pruned, data, "holdout") if reference is not None else None
+    fidelity = None
+    if verify and (check is None or check.valid):
+        fidelity = (datafree.fidelity(reference, held_out, [o.name for o in prep.original.graph.output],
+                                      "held-out calibration") if held_out is not None else checker.fidelity(pruned))
+    holdout_metrics = _holdout_metrics(held_out, data, reference, prep.original) if held_out is not None else None
+    holdout_notes = warnings_for(holdout_metrics) if holdout_metrics else []
+    warning = None if holdout_notes else datafree.collapse_warning(fidelity, bool(calib))
     if warning or datafree.fidelity_failure(fidelity, min_fidelity):
         if min_fidelity is not None:
             raise OnnxPruneError(datafree.fidelity_failure(fidelity, min_fidelity))
-        ctx.notes.append(warning)
+        if warning:
+            ctx.notes.append(warning)
+    ctx.notes.extend(holdout_notes)
     timings["verify"] = time.perf_counter() - t
 
     after = metrics.stats(pruned, graph.infer_shapes(pruned, prep.input_shapes))
-    holdout_metrics = _holdout_metrics(pruned, data, reference) if reference is not None else None
-    if holdout_metrics:
-        ctx.notes.extend(warnings_for(holdout_metrics))
     report = {
         "schema_version": REPORT_SCHEMA,
         "model": prep.source,
@@ -292,6 +301,7 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
         "latency_search": latency_search,
         "recovery": steps,
         "holdout": holdout_metrics,
+        "losses": loss_names(reference, data.split_labels("holdout")) if reference is not None else None,
         "calibration": {"path": calib, "samples": data.size("all"), "holdout": data.size("holdout"),
                         "mean": list(mean), "std": list(std), "scale": scale,
                         "synthetic": getattr(data, "synthetic", None)} if data else None,
@@ -536,6 +546,7 @@ def _check_orders(allocator: "Allocation", orders: dict[str, dict], target_macs,
         plan, _ = select(an, scores, config, counts=counts, notes=reasons, chooser=chooser)
         loss, cost = _repaired_loss(an, plan.removed_units(an), data, means, reference, recover)
         passes += cost
+        progress.advance()
         return loss
 
     # variety questioned: compare the orders (and counts) without it (its forced keepers are the
@@ -631,8 +642,9 @@ def _allocate(an: Analysis, scores, config: SelectConfig, method, target_macs, c
         raise OnnxPruneError(f"--target-macs must be in (0, 1), got {target_macs}")
     allocator = Allocation(an, scores, config, method, criterion, data, ctx, chooser)
     orders = _candidate_orders(criterion, scores, ctx)
-    check = (_check_orders(allocator, orders, target_macs, data, ctx.stats, reference, recover, question_variety)
-             if len(orders) > 1 and reference is not None else None)
+    with progress.stage("order check (candidates)", len(orders) + 2):
+        check = (_check_orders(allocator, orders, target_macs, data, ctx.stats, reference, recover, question_variety)
+                 if len(orders) > 1 and reference is not None else None)
     plan, skipped, info = allocator.plan_for(target_macs)
     if check:
         info["order_check"] = check
@@ -733,6 +745,7 @@ def _recover(an: Analysis, removed, pruned: onnx.ModelProto, data: CalibData, st
         if candidate is None:
             return
         passes += held + cost
+        progress.advance()
         loss = recovery.held_out_loss(candidate, data, reference)
         accepted = loss < best_loss
         steps.append({"step": name, "loss_before": best_loss, "loss_after": loss, "kept": accepted})
@@ -766,9 +779,10 @@ def _finetune_config(finetune: bool, calib, epochs, lr, finetune_batch, augment,
     return config
 
 
-def _holdout_metrics(model: onnx.ModelProto, data: CalibData, reference) -> dict:
+def _holdout_metrics(outputs: list, data: CalibData, reference, model: onnx.ModelProto) -> dict:
+    """`compare` of the pruned model's held-out `outputs` with the original's (`reference`)."""
     names = [o.name for o in model.graph.output]
-    return compare(reference, activations.outputs(model, data, "holdout"), names, data.split_labels("holdout"))
+    return compare(reference, outputs, names, data.split_labels("holdout"))
 
 
 def _scoring_passes(ctx, criterion: str, allocation: dict) -> dict:

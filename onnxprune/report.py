@@ -7,6 +7,7 @@ import os
 import tempfile
 
 from rich.console import Console
+from rich import box
 from rich.table import Table
 
 
@@ -23,14 +24,54 @@ def _ratio(after: float, before: float) -> str:
 
 
 def render_prune(report: dict, console: Console, show_groups: bool = False) -> None:
-    """The before/after summary (and the per-group table when asked)."""
-    b, a = report["before"], report["after"]
+    """What a prune did, for a terminal of 80 columns or more: the before/after table, then one
+    labelled block per stage, each naming the data and the loss behind its figures."""
+    console.print(f"[bold]onnxprune[/bold] {os.path.basename(report['model'])}: {_settings(report)}")
+    console.print(_summary_table(report))
+    for line in _verification_lines(report):
+        console.print(line, markup=False)
+    folded = report.get("folded")
+    if folded:
+        console.print(f"constant folding: {folded['nodes']} node(s) over constants only ("
+                      + ", ".join(f"{k} {v}" for k, v in folded["ops"].items()) + f"): {folded['check']}"
+                      + ("" if folded["kept"] else "; not folded"), markup=False)
+    search = report.get("latency_search")
+    if search:
+        console.print(latency_summary(search), markup=False)
+    if show_groups:
+        render_groups(report["groups"], console)
+    _print_skipped(report.get("skipped", []), console)
+    for line in _scoring_lines(report):
+        console.print(line, markup=False)
+    _print_recovery(report, console)
+    passes = report.get("forward_passes") or {}
+    if passes.get("total"):
+        console.print(f"forward passes: {passes['total']:g} image passes through the whole network ("
+                      + ", ".join(f"{k} {v:g}" for k, v in passes.items() if k != "total") + ")", markup=False)
+    holdout = report.get("holdout")
+    if holdout:
+        render_metrics(holdout, console, f"held-out calibration images ({report['calibration']['holdout']}), "
+                                         "pruned model against the original")
+    for note in report.get("notes", []):
+        console.print(f"note: {note}", markup=False)
+
+
+def _settings(report: dict) -> str:
+    """'criterion blend, ratio 0.5, allocation sensitivity' (how much was asked and how it was chosen)."""
     alloc = report.get("allocation") or {}
-    how = f"ratio={report['ratio']}" if report.get("target_macs") is None else f"target MACs removed={report['target_macs']}"
     if report.get("target_latency") is not None:
-        how = f"target latency={report['target_latency']}x"
-    table = Table(title=f"onnxprune: {os.path.basename(report['model'])}  criterion={report['criterion']}  {how}  "
-                        f"allocation={alloc.get('method', '-')}", title_justify="left")
+        how = f"target latency {report['target_latency']}x"
+    elif report.get("target_macs") is not None:
+        how = f"target: {report['target_macs']} of the MACs removed"
+    else:
+        how = f"ratio {report['ratio']}"
+    return f"criterion {report['criterion']}, {how}, allocation {alloc.get('method', '-')}"
+
+
+def _summary_table(report: dict) -> Table:
+    """Parameters, MACs, file size, Conv nodes and channel groups, before and after."""
+    b, a = report["before"], report["after"]
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False)
     table.add_column("")
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
@@ -41,88 +82,107 @@ def render_prune(report: dict, console: Console, show_groups: bool = False) -> N
     groups = report["groups"]
     pruned = sum(1 for g in groups if g["kept"] < g["size"])
     table.add_row("channel groups", str(len(groups)), f"{pruned} pruned", "")
+    return table
+
+
+def _verification_lines(report: dict) -> list[str]:
+    """The verification verdict with the inputs it ran on, and the fidelity check's."""
+    lines = []
     verification = report.get("verification")
     if verification:
-        for name, out in verification.get("outputs", {}).items():
+        outs = verification.get("outputs", {})
+        batch = next((o["shape"][0] for o in outs.values() if o.get("shape")), None)
+        where = f"runs in onnxruntime on {batch} random inputs" if batch else "runs in onnxruntime on random inputs"
+        verdict = "valid" if verification["valid"] else "FAILED: " + "; ".join(verification.get("problems", []))
+        lines.append(f"verification: {verdict} (onnx checker, the original's inputs and outputs, {where})")
+        for name, out in outs.items():
             if "cosine" in out:
-                fid = f"cos {out['cosine']:.4f}  max|diff| {out['max_abs_diff']:.3g}"
-                if "top1_agreement" in out:
-                    fid += f"  top-1 agree {out['top1_agreement']:.2f}"
-                table.add_row(f"output '{name}'", "", fid, "")
+                lines.append(f"  '{name}' against the original on those inputs: cosine {out['cosine']:.4f}, "
+                             f"max |diff| {out['max_abs_diff']:.3g}")
             elif "pruned_shape" in out:   # data-dependent dims (detections): the counts, no fidelity
-                table.add_row(f"output '{name}' (data-dependent dims)", str(out["shape"]), str(out["pruned_shape"]), "")
-        if not verification["valid"]:
-            table.add_row("[red]verification[/red]", "", "[red]FAILED[/red]", "")
-        else:
-            table.add_row("verification", "", "[green]valid[/green]", "")
+                lines.append(f"  output '{name}' (data-dependent dims): {out['shape']} -> {out['pruned_shape']}")
     fidelity = report.get("fidelity")
     if fidelity and fidelity.get("outputs"):
-        table.add_row("fidelity", "", fidelity_cell(fidelity), "")
-    console.print(table)
-    search = report.get("latency_search")
-    if search:
-        console.print(latency_summary(search), markup=False)
-    if show_groups:
-        render_groups(groups, console)
-    folded = report.get("folded")
-    if folded:
-        console.print(f"constant folding: {folded['nodes']} node(s) over constants only ("
-                      + ", ".join(f"{k} {v}" for k, v in folded["ops"].items()) + f"): {folded['check']}"
-                      + ("" if folded["kept"] else "; not folded"), markup=False)
-    skipped = report.get("skipped", [])
-    if skipped:
-        console.print(f"{len(skipped)} group(s) left as they are:")
-        for s in skipped[:12]:
-            console.print(f"  - {s['name']}: {s['reason']}", markup=False)
-        if len(skipped) > 12:
-            console.print(f"  ... {len(skipped) - 12} more (--show groups or --report for all)")
+        lines.append("fidelity: " + fidelity_cell(fidelity, markup=False))
+    return lines
+
+
+def _print_skipped(skipped: list[dict], console: Console) -> None:
+    if not skipped:
+        return
+    console.print(f"{len(skipped)} group(s) left as they are:")
+    for s in skipped[:12]:
+        console.print(f"  - {s['name']}: {s['reason']}", markup=False)
+    if len(skipped) > 12:
+        console.print(f"  ... {len(skipped) - 12} more (--show groups or --report for all)")
+
+
+def _scoring_lines(report: dict) -> list[str]:
+    """The blend's clusters and weights, and the order check's candidates with their losses."""
+    lines = []
     blend = (report.get("scoring") or {}).get("blend")
     if blend:
-        console.print(f"blend: pool {', '.join(blend['pool'])}; clusters "
-                      + " | ".join(", ".join(c) for c in blend["clusters"])
-                      + "; weights " + ", ".join(f"{k} {v:.2f}" for k, v in blend["weights"].items()), markup=False)
+        clusters = " ".join("[" + ", ".join(c) + "]" for c in blend["clusters"])
+        lines.append(f"blend (criteria combined): {len(blend['pool'])} criteria in {len(blend['clusters'])} "
+                     f"clusters of similar rankings {clusters}; weights "
+                     + ", ".join(f"{k} {v:.2f}" for k, v in blend["weights"].items()))
     check = (report.get("allocation") or {}).get("order_check")
     if check:
-        after = " after cheap recovery" if check.get("recovery") != "none" else ", no recovery"
-        console.print(f"order check (held-out loss{after}): "
-                      + ", ".join(f"{k} {v:.4g}" for k, v in check["losses"].items())
-                      + f"; pruned by {check['chosen']}"
-                      + (" at its own counts" if check.get("own_counts") else "")
-                      + (", variety off" if check.get("variety") == "off" and any(
-                          k.endswith(" with variety") for k in check["losses"]) else ""), markup=False)
-    for step in report.get("recovery") or []:
+        loss = (report.get("losses") or {}).get("choice", "held-out loss")
+        after = "after cheap recovery" if check.get("recovery") != "none" else "no recovery"
+        lines.append(f"order check (which ranking prunes): held-out {loss}, {after}, lower is better:")
+        lines.append("  " + ", ".join(f"{k} {v:.4g}" for k, v in check["losses"].items())
+                     + f"; pruned by {check['chosen']}"
+                     + (" at its own counts" if check.get("own_counts") else "")
+                     + (", variety off" if check.get("variety") == "off" and any(
+                         k.endswith(" with variety") for k in check["losses"]) else ""))
+    return lines
+
+
+def _print_recovery(report: dict, console: Console) -> None:
+    """The recovery steps in order, each with the loss before and after it and whether it was kept;
+    data-free steps (judged on synthetic inputs) and data steps (held-out images) apart."""
+    steps = report.get("recovery") or []
+    judged = [s for s in steps if "loss_before" in s]
+    for step in steps:
         if "loss_before" not in step:
             console.print(f"recovery {step['step']}: " + "; ".join(step.get("layers", [])[:3]), markup=False)
-            continue
-        detail = ""
-        if step["step"] == "finetune":
-            detail = (f", best epoch {step['best_epoch']} of {step['epochs_run']}" if step["kept"]
-                      else f": {step['why']}; {step['epochs_run']} epochs") + f", {step['seconds']:g} s"
-        where = f"error on {step['inputs']} inputs" if "inputs" in step else "held-out loss"
-        console.print(f"recovery {step['step']}: {where} {step['loss_before']:.4g} -> {step['loss_after']:.4g} "
-                      f"({'kept' if step['kept'] else 'rejected'}{detail})", markup=False)
-    passes = report.get("forward_passes") or {}
-    if passes.get("total"):
-        console.print(f"forward passes: {passes['total']:g} image passes through the network ("
-                      + ", ".join(f"{k} {v:g}" for k, v in passes.items() if k != "total") + ")", markup=False)
-    holdout = report.get("holdout")
-    if holdout:
-        render_metrics(holdout, console, f"held-out split ({report['calibration']['holdout']} samples)")
-    for note in report.get("notes", []):
-        console.print(f"note: {note}", markup=False)
+    if not judged:
+        return
+    by_inputs = {}
+    for step in judged:
+        by_inputs.setdefault(step.get("inputs"), []).append(step)
+    fidelity = (report.get("losses") or {}).get("fidelity", "fidelity loss")
+    for inputs, group in by_inputs.items():
+        what = (f"relative output error on {inputs} inputs" if inputs else f"held-out {fidelity}")
+        console.print(f"recovery (each step kept only if it lowers the {what}):", markup=False)
+        table = Table(box=None, show_header=False, padding=(0, 1), pad_edge=True)
+        for _ in range(4):
+            table.add_column()
+        for step in group:
+            table.add_row(f" {step['step']}", f"{step['loss_before']:.4g} -> {step['loss_after']:.4g}",
+                          "kept" if step["kept"] else "rejected", _step_detail(step))
+        console.print(table)
 
 
-def fidelity_cell(fidelity: dict) -> str:
+def _step_detail(step: dict) -> str:
+    if step["step"] != "finetune":
+        return ""
+    return ((f"best epoch {step['best_epoch']} of {step['epochs_run']}" if step["kept"]
+             else f"{step['why']}; {step['epochs_run']} epochs") + f", {step['seconds']:g} s")
+
+
+def fidelity_cell(fidelity: dict, markup: bool = True) -> str:
     """'collapsed' or 'no collapse', with the worst output's cosine and agreement on the fidelity inputs."""
     outs = fidelity["outputs"]
     name = min(outs, key=lambda n: (not outs[n]["collapsed"], outs[n]["cosine"]))
     e = outs[name]
-    what = f"cos {e['cosine']:.2f}" + (f", top-1 agree {e['top1_agreement']:.2f} (chance {e['chance']:.2f})"
-                                        if "top1_agreement" in e else "")
-    where = f"{fidelity['samples']} {fidelity['inputs']} inputs"
+    what = f"'{name}' cosine {e['cosine']:.2f}" + (
+        f", top-1 agreement {e['top1_agreement']:.2f} (chance {e['chance']:.2f})" if "top1_agreement" in e else "")
+    where = f"on {fidelity['samples']} {fidelity['inputs']} inputs"
     if fidelity["collapsed"]:
-        return f"[red]collapsed[/red] ({what}; {where})"
-    return f"no collapse ({what}; {where})"
+        return f"{'[red]collapsed[/red]' if markup else 'COLLAPSED'} {where} ({what})"
+    return f"no collapse {where} ({what})"
 
 
 def latency_summary(search: dict) -> str:
@@ -136,12 +196,13 @@ def latency_summary(search: dict) -> str:
 
 def render_groups(groups: list[dict], console: Console) -> None:
     """One row per channel group: channels before -> after, or why it is blocked."""
-    table = Table(title="channel groups", title_justify="left")
+    table = Table(title="channel groups", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False)
     table.add_column("#", justify="right")
-    table.add_column("group (first producer)")
+    longest = max((len(g["name"]) for g in groups), default=10)
+    table.add_column("group (first producer)", overflow="fold", min_width=min(longest, max(20, console.width - 46)))
     table.add_column("members", justify="right")
     table.add_column("channels", justify="right")
-    table.add_column("status")
+    table.add_column("status", overflow="fold")
     for g in groups:
         kept = g.get("kept", g["size"])
         if not g["prunable"]:
@@ -185,23 +246,38 @@ def _default(obj):
     return str(obj)
 
 
+METRIC_LABELS = (("accuracy_original", "accuracy of the original"), ("accuracy", "accuracy"),
+                 ("top1_agreement", "top-1 agreement with the original"), ("top5_agreement", "top-5 agreement"),
+                 ("kl", "KL(original || pruned)"), ("cosine", "cosine"), ("rel_sq_error", "relative squared error"))
+
+
 def render_metrics(outputs: dict, console: Console, title: str) -> None:
-    """Per-output fidelity metrics (accuracy, agreement, KL, cosine)."""
-    table = Table(title=title, title_justify="left")
-    cols = ["accuracy_original", "accuracy", "top1_agreement", "top5_agreement", "kl", "cosine", "rel_sq_error"]
-    present = [c for c in cols if any(c in m for m in outputs.values())]
-    table.add_column("output")
-    for c in present:
-        table.add_column(c.replace("_", " "), justify="right")
+    """Per-output fidelity metrics, one row per metric and one column per output (a table of a few
+    columns fits 80 columns whatever the names; more outputs continue in further tables)."""
+    console.print(title, markup=False)
+    present = [(key, label) for key, label in METRIC_LABELS if any(key in m for m in outputs.values())]
     shapes = any("pruned_shape" in m for m in outputs.values())   # data-dependent dims (detections)
-    if shapes:
-        table.add_column("shape -> pruned", justify="right")
-    for name, m in outputs.items():
-        row = [f"{m[c]:.4f}" if c in m else "" for c in present]
+    names = list(outputs)
+    label_width = max([len("shape -> pruned")] + [len(label) for _, label in present]) + 2
+    chunks, width = [[]], label_width
+    for name in names:      # as many outputs per table as fit beside the labels, at least one
+        need = max(len(name), 10) + 2
+        if chunks[-1] and width + need > console.width:
+            chunks.append([])
+            width = label_width
+        chunks[-1].append(name)
+        width += need
+    for chunk in chunks:
+        table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False)
+        table.add_column("output", no_wrap=True)
+        for name in chunk:
+            table.add_column(name, justify="right", overflow="fold")
+        for key, label in present:
+            table.add_row(label, *[f"{outputs[n][key]:.4f}" if key in outputs[n] else "" for n in chunk])
         if shapes:
-            row.append(f"{m['shape']} -> {m['pruned_shape']}" if "pruned_shape" in m else "")
-        table.add_row(name, *row)
-    console.print(table)
+            table.add_row("shape -> pruned", *[f"{outputs[n]['shape']} -> {outputs[n]['pruned_shape']}"
+                                              if "pruned_shape" in outputs[n] else "" for n in chunk])
+        console.print(table)
 
 
 def render_eval(metrics: dict, console: Console) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import criteria, metrics, rewrite
+from .activations import outputs
 from .bench import BenchConfig, bench
 from .calib import CalibConfig
 from .errors import OnnxPruneError
@@ -72,7 +73,7 @@ def sweep(model_path: str, ratios: list[float], criterion: str = "l1", calib: Ca
                "params_kept": metrics.count_params(pruned) / base.params if base.params else 1.0,
                "kept_channels": [kept.get(g.id, g.size) for g in an.groups]}
         if reference is not None:
-            out = next(iter(_holdout_metrics(pruned, data, reference).values()))
+            out = next(iter(_holdout_metrics(outputs(pruned, data, "holdout"), data, reference, pruned).values()))
             row.update({k: out[k] for k in ("accuracy", "accuracy_original", "top1_agreement", "kl", "cosine")
                         if k in out})
         rows.append(row)

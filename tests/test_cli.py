@@ -224,7 +224,7 @@ def test_prune_with_calibration_prints_holdout_metrics(tmp_path):
     report = json.load(open(rep))
     assert report["calibration"]["holdout"] == 8
     assert report["recovery"] and report["holdout"]["output"]["top1_agreement"] >= 0
-    assert "held-out split" in result.output
+    assert "held-out calibration images (8), pruned model against the original" in " ".join(result.output.split())
 
 
 def test_same_inputs_and_seed_give_identical_files(tmp_path):
@@ -307,6 +307,8 @@ def test_order_check_line_and_no_order_check_flag(tmp_path):
     assert result.exit_code == 0, result.output
     check = json.loads(rep.read_text())["allocation"]["order_check"]
     assert check["chosen"] in check["losses"] and "blend" in check["losses"]
-    assert "order check (held-out loss after cheap recovery)" in " ".join(result.output.split())
+    text = " ".join(result.output.split())
+    assert "order check (which ranking prunes): held-out top-1 disagreement with the original" in text
+    assert "after cheap recovery, lower is better" in text
     assert invoke(*common, "--no-order-check", "-o", tmp_path / "b.onnx", "--report", rep).exit_code == 0
     assert "order_check" not in json.loads(rep.read_text())["allocation"]

@@ -27,6 +27,7 @@ import onnx
 
 from ..errors import OnnxPruneError
 from ..evaluate import fidelity_loss
+from ..progress import iterate as stage_iterate, note as stage_note
 from .augment import DEFAULT_AUGMENT, augment, parse_augment
 from .bridge import Bridge, agreement_tolerance, check_agreement, require_torch
 from .losses import distill_loss, feature_loss, output_kinds
@@ -166,9 +167,10 @@ def finetune_model(original: onnx.ModelProto, pruned: onnx.ModelProto, data, ref
     patience = config.patience or max(6, config.epochs // 4)
     train_losses, held_losses = [], []
     best_loss, best_epoch, best_state = start_loss, 0, None
-    for epoch in range(1, config.epochs + 1):
+    for epoch in stage_iterate(range(1, config.epochs + 1), "fine-tuning (epochs)", config.epochs):
         train_losses.append(run.train_epoch())
         held_losses.append(run.held_out_loss())
+        stage_note(f"train loss {train_losses[-1]:.4g}, held-out loss {held_losses[-1]:.4g}")
         if held_losses[-1] < best_loss:
             best_loss, best_epoch, best_state = held_losses[-1], epoch, copy.deepcopy(run.student.module.state_dict())
         if progress is not None:
