@@ -250,7 +250,8 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
     checker = datafree.Checker(prep.original, prep.input_shapes, seed, before.macs) if datafree_on or verify else None
     if datafree_on:
         t = time.perf_counter()
-        pruned, steps, passes["recovery"] = checker.repair(an, removed, pruned)
+        with progress.stage("data-free repair"):
+            pruned, steps, passes["recovery"] = checker.repair(an, removed, pruned)
         timings["recover"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -328,7 +329,8 @@ def _score_and_select(ctx, criterion: str, config: SelectConfig, allocate, targe
         raise OnnxPruneError(f"unknown criterion '{criterion}'; choose from {', '.join(criteria.names())}")
     if ctx.options.get("preset") == "thorough" and criterion == "blend" and data is not None:
         ctx.options["blend_fitness"] = _blend_fitness(an, data, config, target_macs)
-    scores = criteria.score(criterion, ctx)
+    with progress.stage(f"scoring ({criterion})"):
+        scores = criteria.score(criterion, ctx)
     chooser = _variety_chooser(an, ctx.stats, variety) if variety != "off" else None
     if target_latency is None:
         chosen, skipped, allocation = _allocate(an, scores, config, allocate, target_macs, criterion, data, ctx,
