@@ -246,7 +246,7 @@ def _default(obj):
     return str(obj)
 
 
-METRIC_LABELS = (("accuracy_original", "accuracy of the original"), ("accuracy", "accuracy"),
+METRIC_LABELS = (("accuracy_original", "accuracy of the original"), ("accuracy", "accuracy of the pruned model"),
                  ("top1_agreement", "top-1 agreement with the original"), ("top5_agreement", "top-5 agreement"),
                  ("kl", "KL(original || pruned)"), ("cosine", "cosine"), ("rel_sq_error", "relative squared error"))
 
