@@ -12,6 +12,8 @@ from typing import Sequence
 from .errors import OnnxPruneError
 
 LABEL_CHARS = 28
+# the same two forms as the [finetune] extra's hint (finetuning/bridge.py) and the README
+EXTRA_HINT = "pip install 'onnxprune[plot]' (or pip install -e '.[plot]' in a clone)"
 
 
 def pyplot():
@@ -25,7 +27,7 @@ def pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise OnnxPruneError("plots need matplotlib: pip install 'onnxprune[plot]'") from None
+        raise OnnxPruneError(f"plots need matplotlib: {EXTRA_HINT}") from None
     return plt
 
 
