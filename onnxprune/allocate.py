@@ -108,7 +108,7 @@ def sensitivity_curves(analysis: Analysis, scores, group_ids, feeds: dict[str, n
     reference = Reference.of(analysis, outputs_of(model, feeds))
     base = float(fidelity_loss(reference, reference, labels))
     # the reference run; `repeatable`: a second probe would repeat this one (the order check reads it)
-    cost = {"sample_rows": rows, "full_model_passes": float(rows), "repeatable": bool(repeatable)}
+    cost = {"sample_rows": rows, "probe_rows": rows, "full_model_passes": float(rows), "repeatable": bool(repeatable)}
     curves = {}
     for gid, runner, cut_feeds in suffix_runners(analysis, group_ids, feeds, start):
         size = analysis.groups[gid].size
