@@ -463,7 +463,8 @@ def sweep(model, ratios, criterion, calib, calib_samples, batch_size, mean, std,
             report.write_json({"schema_version": 1, "model": str(model), "criterion": criterion, "rows": rows},
                               str(json_path))
         if plot_path:
-            tradeoff(rows, str(plot_path))
+            tradeoff(rows, str(plot_path), title=f"{model.name}, {criterion}",
+                     data=f"{rows.holdout} held-out calibration images" if calib else None)
             click.echo(f"wrote {plot_path}", err=True)
         if plot_groups:
             plot_group_bars(rows.groups, str(plot_groups), title=f"{model.name}: channels per group",
