@@ -463,7 +463,8 @@ def sweep(model, ratios, criterion, calib, calib_samples, batch_size, mean, std,
             report.write_json({"schema_version": 1, "model": str(model), "criterion": criterion, "rows": rows},
                               str(json_path))
         if plot_path:
-            tradeoff(rows, str(plot_path), title=f"{model.name}, {criterion}",
+            tradeoff(rows, str(plot_path), title=f"Ratio sweep of {model.name} (criterion {criterion}, uniform ratios"
+                     + (", training-free recovery)" if calib else ")"),
                      data=f"{rows.holdout} held-out calibration images" if calib else None)
             click.echo(f"wrote {plot_path}", err=True)
         if plot_groups:

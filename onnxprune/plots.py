@@ -61,7 +61,7 @@ def groups(rows: Sequence[dict], path: str, title: str | None = None,
     n, k = len(rows), len(series)
     height = 0.8 / (k + 1)
     # one band per group, tall enough for its k + 1 bars at a readable size
-    fig, ax = plt.subplots(figsize=(9.0, min(max(3.2, 0.16 * n * (k + 1) + 1.6), 120.0)))
+    fig, ax = plt.subplots(figsize=(9.0, min(max(3.2, 0.12 * n * (k + 1) + 1.6), 120.0)))
     ys = range(n)
     hatch = ["" if r.get("prunable", True) else "//" for r in rows]
     bars = ax.barh([y - 0.4 + height / 2 for y in ys], [r["size"] for r in rows], height, color="#bbbbbb",
@@ -79,7 +79,7 @@ def groups(rows: Sequence[dict], path: str, title: str | None = None,
     ax.set_ylim(n - 0.4, -0.6)          # group 0 at the top, in graph order
     ax.set_xlabel("channels (output channels of the group's producers)")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right", ncol=1 if k < 4 else 2)
+    ax.legend(fontsize=8, loc="best", ncol=1 if k < 4 else 2)
     total = sum(r["size"] for r in rows)
     detail = (f"{total - sum(series[next(iter(series))])} of {total} channels removed" if k == 1
               else f"{total} channels before")
@@ -99,8 +99,11 @@ def _label_points(ax, points: list[tuple[float, float, str]], min_px: float = 16
         near = any(abs(px - qx) < min_px * 2.2 and abs(py - qy) < min_px for qx, qy in placed)
         if near and 0 < i < len(points) - 1:
             continue
-        offset = (4, -11) if near else (4, 5)
-        ax.annotate(text, (x, y), xytext=offset, textcoords="offset points", fontsize=7, color="#333")
+        # above-left of the point: off the curve where fidelity rises with the cost (the usual shape)
+        offset = (5, -11) if near else (-4, 4)
+        ax.annotate(text, (x, y), xytext=offset, textcoords="offset points", fontsize=7, color="#333",
+                    ha="left" if near else "right",
+                    bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8})
         placed.append((px, py))
 
 
@@ -118,7 +121,7 @@ def tradeoff(rows: list[dict], path: str, title: str | None = None, data: str | 
     """
     plt = pyplot()
     key = "accuracy" if any("accuracy" in r for r in rows) else ("top1_agreement" if any("top1_agreement" in r for r in rows) else None)
-    on = f" on {data}" if data else ""
+    on = f"\non {data}" if data else ""   # the data on a second line: the label fits the axis
     y_label = {"accuracy": f"top-1 accuracy{on}", "top1_agreement": f"top-1 agreement with the original{on}",
                None: "parameters kept (no --calib: no accuracy measured)"}[key]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
@@ -128,6 +131,7 @@ def tradeoff(rows: list[dict], path: str, title: str | None = None, data: str | 
                if r.get(x_key) is not None]
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", markersize=4)
+            ax.margins(x=0.08, y=0.12)      # room for the labels of the end points
             _label_points(ax, [(x, y, f"{ratio:.2f}") for x, y, ratio in pts])
         else:
             ax.text(0.5, 0.5, "not measured (--no-latency)", ha="center", va="center", transform=ax.transAxes,
@@ -135,8 +139,8 @@ def tradeoff(rows: list[dict], path: str, title: str | None = None, data: str | 
         ax.set_xlabel(label)
         ax.set_ylabel(y_label, fontsize=9)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{title or 'ratio sweep'}: labels are the pruning ratio (fraction of channels removed per group)",
-                 fontsize=10, x=0.01, ha="left")
-    fig.tight_layout()
+    fig.suptitle(f"{title or 'ratio sweep'}\npoint labels: the pruning ratio (fraction of channels removed in "
+                 f"every group); 0.00 is the original", fontsize=10, x=0.01, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.95))     # room for the two-line title
     fig.savefig(path, dpi=100)
     plt.close(fig)
