@@ -109,7 +109,7 @@ def sensitivity_curves(analysis: Analysis, scores, group_ids, feeds: dict[str, n
     reference = Reference.of(analysis, outputs_of(model, feeds))
     base = float(fidelity_loss(reference, reference, labels))
     # the reference run; `repeatable`: a second probe would repeat this one (the order check reads it)
-    cost = {"sample_rows": rows, "full_model_passes": float(rows), "repeatable": bool(repeatable)}
+    cost = {"sample_rows": rows, "probe_rows": rows, "full_model_passes": float(rows), "repeatable": bool(repeatable)}
     curves = {}
     label = "sensitivity probes (groups)" if not second else "sensitivity probes again (groups)"
     for gid, runner, cut_feeds in stage_iterate(suffix_runners(analysis, group_ids, feeds, start), label, len(group_ids)):

@@ -7,6 +7,8 @@ is instant.
 
 from __future__ import annotations
 
+import difflib
+import shlex
 import sys
 from pathlib import Path
 
@@ -18,13 +20,70 @@ from .errors import OnnxPruneError
 CRITERIA = ("l1", "l2", "fpgm", "bn_scale", "random", "mean_act", "apoz", "entropy", "hrank", "thinet", "ensemble", "functional", "interactions", "blend")
 
 
+REPORT_SUFFIXES = (".json", ".html")
+
+
+class SuggestChoice(click.Choice):
+    """click.Choice whose usage error (exit 2, at parse time) names the close matches."""
+
+    def convert(self, value, param, ctx):
+        """The choice `value` stands for; a usage error with "did you mean ..." otherwise."""
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter:
+            typed = str(value).lower()
+            close = difflib.get_close_matches(typed, [c.lower() for c in self.choices], n=3, cutoff=0.5)
+            # only the matches about as close as the closest ('fastt': fast, not default)
+            top = max((difflib.SequenceMatcher(None, typed, c).ratio() for c in close), default=0.0)
+            close = [c for c in close if difflib.SequenceMatcher(None, typed, c).ratio() >= top - 0.15]
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            self.fail(f"'{value}' is not one of {', '.join(self.choices)}{hint}", param, ctx)
+
+
+def check_report_suffix(ctx, param, value):
+    """--report must end in .json or .html (a usage error at parse time, before any work)."""
+    if value is not None and value.suffix.lower() not in REPORT_SUFFIXES:
+        raise click.BadParameter(f"'{value}': the report is .json (data) or .html (a page); got "
+                                 f"'{value.suffix or 'no suffix'}'")
+    return value
+
+
+def repeat_options(ctx: click.Context) -> dict:
+    """What repeats this command: "command" (the arguments and the options given on the command
+    line, as a shell line) and "options" (every parameter's value, defaults included, as JSON data)."""
+    argv = []
+    for p in ctx.command.params:
+        value = ctx.params.get(p.name)
+        if isinstance(p, click.Argument):
+            argv.append(str(value))
+            continue
+        if ctx.get_parameter_source(p.name) != click.core.ParameterSource.COMMANDLINE:
+            continue
+        if p.is_flag:
+            argv += [p.opts[0]] if value else list(p.secondary_opts[:1])
+        else:
+            argv += [item for v in (value if p.multiple else (value,)) for item in (p.opts[-1], str(v))]
+    plain = {p.name: ([str(v) for v in ctx.params.get(p.name)] if p.multiple else
+                      str(ctx.params.get(p.name)) if isinstance(ctx.params.get(p.name), Path) else ctx.params.get(p.name))
+             for p in ctx.command.params}
+    return {"command": shlex.join(["onnxprune", ctx.command.name, *argv]), "options": plain}
+
+
 class DefaultGroup(click.Group):
-    """A group whose first argument, when it is not a command, goes to the `prune` command."""
+    """A group whose first argument, when it is not a command, goes to the `prune` command;
+    `analyze` (US spelling) is `analyse`."""
+
+    ALIASES = {"analyze": "analyse"}
 
     def parse_args(self, ctx, args):
-        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+        if args and args[0] not in self.commands and args[0] not in self.ALIASES and args[0] not in (
+                "--help", "-h", "--version"):
             args = ["prune", *args]
         return super().parse_args(ctx, args)
+
+    def get_command(self, ctx, cmd_name):
+        """The command called `cmd_name`, or the one it is an alias of."""
+        return super().get_command(ctx, self.ALIASES.get(cmd_name, cmd_name))
 
 
 def parse_input_shapes(values: tuple[str, ...]) -> dict[str, list[int]]:
@@ -102,7 +161,7 @@ def finetune_options(command):
                      help="Fine-tuning batch size."),
         click.option("--augment", default="default", show_default=True,
                      help="Image augmentation in fine-tuning: default (shift), none, or a list of shift,crop,flip."),
-        click.option("--device", type=click.Choice(["cpu", "cuda"], case_sensitive=False), default="cpu",
+        click.option("--device", type=SuggestChoice(["cpu", "cuda"], case_sensitive=False), default="cpu",
                      show_default=True, help="torch device for fine-tuning."),
     ]
     for option in reversed(options):
@@ -117,14 +176,15 @@ def main():
 
     \b
     onnxprune MODEL.onnx --criterion l1 --ratio 0.5 -o pruned.onnx   (same as `onnxprune prune ...`)
-    onnxprune analyse MODEL.onnx
+    onnxprune analyse MODEL.onnx   (or analyze)
     """
 
 
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file [default: MODEL_pruned.onnx].")
-@click.option("--criterion", default="blend", show_default=True, help=f"Filter importance: {', '.join(CRITERIA)}.")
+@click.option("--criterion", type=SuggestChoice(CRITERIA), metavar="NAME", default="blend", show_default=True,
+              help=f"Filter importance: {', '.join(CRITERIA)}.")
 @click.option("--ratio", type=float, default=0.5, show_default=True,
               help="Fraction of channels removed in each prunable group, in [0, 1).")
 @click.option("--global", "global_pruning", is_flag=True, help="One threshold across groups (normalised scores).")
@@ -139,8 +199,9 @@ def main():
 @click.option("--plan", "plan", type=click.Path(path_type=Path), help="Apply a saved plan instead of scoring.")
 @click.option("--save-plan", type=click.Path(path_type=Path), help="Write the plan (kept channels per group) as JSON.")
 @click.option("--input-shape", multiple=True, metavar="NAME:DIMS", help="Fix dynamic input dims, e.g. x:1,3,224,224.")
-@click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write the report as JSON.")
-@click.option("--show", type=click.Choice(["groups"]), multiple=True, help="Also print the per-group table.")
+@click.option("--report", "report_path", type=click.Path(path_type=Path), callback=check_report_suffix,
+              help="Write the report: .json (the data) or .html (a self-contained page with charts).")
+@click.option("--show", type=SuggestChoice(["groups"]), multiple=True, help="Also print the per-group table.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random criteria and test inputs.")
 @click.option("--no-verify", is_flag=True, help="Skip the onnx.checker/onnxruntime verification.")
 @click.option("--calib", metavar="PATH", help="Calibration data: image folder, .npy/.npz of inputs, 'random', or "
@@ -157,26 +218,26 @@ def main():
 @click.option("--min-fidelity", metavar="X",
               help="Exit 1 and write nothing when an output collapsed on the check inputs or its cosine with "
                    "the original's there is below X (0..1).")
-@click.option("--allocate", type=click.Choice(["uniform", "global", "sensitivity", "utilization", "redundancy"]),
+@click.option("--allocate", type=SuggestChoice(["uniform", "global", "sensitivity", "utilization", "redundancy"]),
               help="Per-group ratios [default: sensitivity with --calib, else uniform].")
 @click.option("--target-macs", type=float, help="Fraction of MACs to remove (instead of --ratio), e.g. 0.5.")
-@click.option("--preset", type=click.Choice(["fast", "default", "thorough"]), default="default", show_default=True,
+@click.option("--preset", type=SuggestChoice(["fast", "default", "thorough"]), default="default", show_default=True,
               help="fast: data-free, uniform; default: blend + sensitivity + variety + order check; thorough: + ensemble, "
                    "searched blend.")
-@click.option("--variety", type=click.Choice(["cluster", "gate", "soft", "off"]),
+@click.option("--variety", type=SuggestChoice(["cluster", "gate", "soft", "off"]),
               help="Keep filter variety when choosing within a group [default: cluster for blend, else off; "
                    "where the order check runs (blend, --calib, no --target-latency) it keeps the default cluster "
                    "only if that lowers the held-out loss].")
 @click.option("--order-check/--no-order-check", default=None,
               help="blend with --calib: prune by whichever of the blend and its representative criteria alone "
                    "loses least on held-out data after cheap recovery [default: on, off with --preset fast].")
-@click.option("--ensemble-mode", type=click.Choice(["group", "joint"]), default="group", show_default=True,
+@click.option("--ensemble-mode", type=SuggestChoice(["group", "joint"]), default="group", show_default=True,
               help="--criterion ensemble: one mask game per group, or one over all units (scores comparable "
                    "across groups; pair with --allocate global).")
 @click.option("--target-latency", type=float,
               help="Latency ratio to reach instead of --ratio/--target-macs, e.g. 0.5 = twice as fast: the smallest "
                    "MAC budget whose pruned model meets it, found by timing candidates.")
-@click.option("--latency-provider", type=click.Choice(["cpu", "cuda"], case_sensitive=False), default="cpu",
+@click.option("--latency-provider", type=SuggestChoice(["cpu", "cuda"], case_sensitive=False), default="cpu",
               show_default=True, help="Where --target-latency (and --bench) measure.")
 @click.option("--latency-batch", type=click.IntRange(min=1), default=None,
               help="Batch size of the --target-latency (and --bench) measurements [default: the batch of "
@@ -203,7 +264,8 @@ def prune(model, output, criterion, ratio, global_pruning, max_ratio, min_channe
     min_fidelity = parse_fraction(min_fidelity, "--min-fidelity")
     mean, std = parse_floats(mean, "--mean"), parse_floats(std, "--std")
 
-    ratio_given = click.get_current_context().get_parameter_source("ratio") == click.core.ParameterSource.COMMANDLINE
+    ctx = click.get_current_context()
+    ratio_given = ctx.get_parameter_source("ratio") == click.core.ParameterSource.COMMANDLINE
 
     def work():
         from rich.console import Console
@@ -240,8 +302,7 @@ def prune(model, output, criterion, ratio, global_pruning, max_ratio, min_channe
             raise OnnxPruneError("pruned model is invalid, nothing written: " + "; ".join(result.verification.problems))
         written = io.save(result.model, out)
         result.report["output"] = str(written[0])
-        if report_path:
-            report.write_json(result.report, str(report_path))
+        result.report["command"] = repeat_options(ctx)
         click.echo(f"wrote {written[0]}" + (f" (+ {written[1].name})" if len(written) > 1 else ""), err=True)
         if plot_groups is not None:
             from .plots import groups as plot_group_bars
@@ -258,6 +319,14 @@ def prune(model, output, criterion, ratio, global_pruning, max_ratio, min_channe
             timing = run_bench([str(model), str(written[0])], config,
                                log=lambda msg: click.echo(f"note: {msg}", err=True))
             render_bench(timing, console)
+            result.report["bench"] = timing.to_dict()
+        if report_path:   # last, so that it holds the --bench timings
+            if report_path.suffix.lower() == ".html":
+                from .html_report import write_html
+                write_html(result.report, str(report_path))
+            else:
+                report.write_json(result.report, str(report_path))
+            click.echo(f"wrote {report_path}", err=True)
 
     _run(debug, work)
 
@@ -327,7 +396,10 @@ def evaluate(original, pruned, data, samples, batch_size, mean, std, scale, inpu
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
 @click.option("--ratios", default="0.1:0.8:0.1", show_default=True, help="start:stop:step or a list (0.3,0.5).")
-@click.option("--criterion", default="l1", show_default=True, help=f"Filter importance: {', '.join(CRITERIA)}.")
+@click.option("--criterion", type=SuggestChoice(CRITERIA), metavar="NAME", default="l1", show_default=True,
+              help=f"Filter importance: {', '.join(CRITERIA)}. l1, not prune's blend: a sweep scores once and "
+                   "prunes every ratio uniformly (no sensitivity allocation, no order check), where l1 is fast and "
+                   "needs no calibration data; --criterion blend sweeps prune's default order.")
 @click.option("--calib", metavar="PATH", help="Calibration data (enables recovery and held-out fidelity).")
 @click.option("--calib-samples", type=click.IntRange(min=1), default=512, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
@@ -367,7 +439,9 @@ def sweep(model, ratios, criterion, calib, calib_samples, batch_size, mean, std,
             report.write_json({"schema_version": 1, "model": str(model), "criterion": criterion, "rows": rows},
                               str(json_path))
         if plot_path:
-            tradeoff(rows, str(plot_path))
+            tradeoff(rows, str(plot_path), title=f"Ratio sweep of {model.name} (criterion {criterion}, uniform ratios"
+                     + (", training-free recovery)" if calib else ")"),
+                     data=f"{rows.holdout} held-out calibration images" if calib else None)
             click.echo(f"wrote {plot_path}", err=True)
         if plot_groups:
             plot_group_bars(rows.groups, str(plot_groups), title=f"{model.name}: channels per group",

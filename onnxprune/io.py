@@ -143,6 +143,17 @@ def check_output_path(output: str | os.PathLike, inputs: list[str | os.PathLike]
     return out
 
 
+def new_file_mode() -> int:
+    """The permission bits a newly created file gets under the current umask (0o666 & ~umask).
+
+    Atomic writes go through `tempfile.mkstemp`, whose file is 0o600 whatever the umask; the
+    final file gets this mode instead, so a model written for another user to serve stays readable.
+    """
+    mask = os.umask(0o022)   # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def save(model: onnx.ModelProto, output: str | os.PathLike, size_limit: int | None = None) -> list[Path]:
     """Write a model atomically; above `size_limit` bytes (default `PROTOBUF_LIMIT`) its tensors go
     to `<output>.data`, named by a relative location, written tensor by tensor (no copy of the model).
@@ -162,11 +173,13 @@ def save(model: onnx.ModelProto, output: str | os.PathLike, size_limit: int | No
             fd, tmp_data = tempfile.mkstemp(prefix=f".{data_name}.", suffix=".tmp", dir=folder)
             os.close(fd)
             write_external(model, tmp_model, tmp_data, location=data_name)
+            os.chmod(tmp_data, new_file_mode())
             os.replace(tmp_data, folder / data_name)
             written.append(folder / data_name)
         else:
             with open(tmp_model, "wb") as f:
                 f.write(model.SerializeToString())
+        os.chmod(tmp_model, new_file_mode())
         os.replace(tmp_model, out)
         written.insert(0, out)
     except BaseException:

@@ -12,6 +12,8 @@ from typing import Sequence
 from .errors import OnnxPruneError
 
 LABEL_CHARS = 28
+# the same two forms as the [finetune] extra's hint (finetuning/bridge.py) and the README
+EXTRA_HINT = "pip install 'onnxprune[plot]' (or pip install -e '.[plot]' in a clone)"
 
 
 def pyplot():
@@ -25,7 +27,7 @@ def pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise OnnxPruneError("plots need matplotlib: pip install 'onnxprune[plot]'") from None
+        raise OnnxPruneError(f"plots need matplotlib: {EXTRA_HINT}") from None
     return plt
 
 
@@ -38,7 +40,8 @@ def _label(row: dict) -> str:
 
 def groups(rows: Sequence[dict], path: str, title: str | None = None,
            after: dict[str, Sequence[int]] | None = None) -> None:
-    """Channels before/after per group as a bar chart, written to `path` (PNG).
+    """Channels before/after per group as horizontal bars (names read left of the bars), written
+    to `path` (PNG).
 
     Args:
         rows: one dict per group with "id", "name", "size" and (unless `after` is given) "kept":
@@ -56,50 +59,88 @@ def groups(rows: Sequence[dict], path: str, title: str | None = None,
         raise OnnxPruneError("no channel group to plot")
     series = dict(after) if after else {"after": [r.get("kept", r["size"]) for r in rows]}
     n, k = len(rows), len(series)
-    width = 0.8 / (k + 1)
-    fig, ax = plt.subplots(figsize=(min(max(6.0, 0.22 * n * (k + 1) ** 0.5 + 2.0), 60.0), 4.8))
-    xs = range(n)
+    height = 0.8 / (k + 1)
+    # one band per group, tall enough for its k + 1 bars at a readable size
+    fig, ax = plt.subplots(figsize=(9.0, min(max(3.2, 0.12 * n * (k + 1) + 1.6), 120.0)))
+    ys = range(n)
     hatch = ["" if r.get("prunable", True) else "//" for r in rows]
-    bars = ax.bar([x - 0.4 + width / 2 for x in xs], [r["size"] for r in rows], width, color="#bbbbbb",
-                  edgecolor="#777777", linewidth=0.5, label="before")
+    bars = ax.barh([y - 0.4 + height / 2 for y in ys], [r["size"] for r in rows], height, color="#bbbbbb",
+                   edgecolor="#777777", linewidth=0.5, label="before")
     for bar, h in zip(bars, hatch):
         bar.set_hatch(h)
     colors = plt.get_cmap("viridis")
     for j, (label, kept) in enumerate(series.items()):
         if len(kept) != n:
             raise OnnxPruneError(f"plot series '{label}' has {len(kept)} values for {n} groups")
-        ax.bar([x - 0.4 + width * (j + 1.5) for x in xs], list(kept), width,
-               color=colors(0.15 + 0.7 * j / max(k - 1, 1)) if k > 1 else "#3b75af", label=label)
-    ax.set_xticks(list(xs))
-    ax.set_xticklabels([_label(r) for r in rows], rotation=90, fontsize=7 if n > 30 else 8)
-    ax.set_ylabel("channels")
-    ax.set_xlim(-0.6, n - 0.4)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, ncol=min(k + 1, 6))
+        ax.barh([y - 0.4 + height * (j + 1.5) for y in ys], list(kept), height,
+                color=colors(0.15 + 0.7 * j / max(k - 1, 1)) if k > 1 else "#3b75af", label=label)
+    ax.set_yticks(list(ys))
+    ax.set_yticklabels([_label(r) for r in rows], fontsize=8)
+    ax.set_ylim(n - 0.4, -0.6)          # group 0 at the top, in graph order
+    ax.set_xlabel("channels (output channels of the group's producers)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="best", ncol=1 if k < 4 else 2)
     total = sum(r["size"] for r in rows)
     detail = (f"{total - sum(series[next(iter(series))])} of {total} channels removed" if k == 1
               else f"{total} channels before")
-    ax.set_title(f"{title or 'channels per group'}\n{detail}; hatched: not prunable", fontsize=9, loc="left")
+    ax.set_title(f"{title or 'channels per group'}\n{detail}; hatched: not prunable", fontsize=10, loc="left")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def tradeoff(rows: list[dict], path: str) -> None:
-    """Fidelity (or accuracy) against latency and against MACs kept, as a PNG (one point per ratio)."""
+def _label_points(ax, points: list[tuple[float, float, str]], min_px: float = 16.0) -> None:
+    """Annotate points with their text where it does not overlap a label already placed (first
+    and last always labelled): labels of points closer than `min_px` on screen are left out."""
+    ax.figure.canvas.draw()              # the final limits, so data -> pixels is right
+    placed = []
+    for i, (x, y, text) in enumerate(points):
+        px, py = ax.transData.transform((x, y))
+        near = any(abs(px - qx) < min_px * 2.2 and abs(py - qy) < min_px for qx, qy in placed)
+        if near and 0 < i < len(points) - 1:
+            continue
+        # above-left of the point: off the curve where fidelity rises with the cost (the usual shape)
+        offset = (5, -11) if near else (-4, 4)
+        ax.annotate(text, (x, y), xytext=offset, textcoords="offset points", fontsize=7, color="#333",
+                    ha="left" if near else "right",
+                    bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8})
+        placed.append((px, py))
+
+
+def tradeoff(rows: list[dict], path: str, title: str | None = None, data: str | None = None,
+             latency: str = "CPU, batch 1") -> None:
+    """Fidelity (or accuracy) against latency and against MACs kept, as a PNG (one point per
+    ratio, labelled with the ratio where labels do not overlap).
+
+    Args:
+        rows: the rows of `onnxprune.sweep.sweep` (the original first).
+        path: the PNG to write.
+        title: the figure title.
+        data: what the fidelity was measured on, for the y axis (e.g. "128 held-out calibration images").
+        latency: where the latency was measured, for the x axis.
+    """
     plt = pyplot()
     key = "accuracy" if any("accuracy" in r for r in rows) else ("top1_agreement" if any("top1_agreement" in r for r in rows) else None)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, x_key, label in ((axes[0], "latency_ms", "latency (ms, CPU, batch 1)"), (axes[1], "macs_kept", "MACs kept")):
-        pts = [(r[x_key], r.get(key, 1.0) if key else r["params_kept"]) for r in rows if r.get(x_key) is not None]
+    on = f"\non {data}" if data else ""   # the data on a second line: the label fits the axis
+    y_label = {"accuracy": f"top-1 accuracy{on}", "top1_agreement": f"top-1 agreement with the original{on}",
+               None: "parameters kept (no --calib: no accuracy measured)"}[key]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    for ax, x_key, label in ((axes[0], "latency_ms", f"latency (ms, median; {latency})"),
+                             (axes[1], "macs_kept", "MACs kept (fraction of the original's)")):
+        pts = [(r[x_key], r.get(key, 1.0) if key else r["params_kept"], r["ratio"]) for r in rows
+               if r.get(x_key) is not None]
         if pts:
-            xs, ys = zip(*pts)
-            ax.plot(xs, ys, "o-")
-            for r, x, y in zip([r for r in rows if r.get(x_key) is not None], xs, ys):
-                ax.annotate(f"{r['ratio']:.2f}", (x, y), fontsize=7)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", markersize=4)
+            ax.margins(x=0.08, y=0.12)      # room for the labels of the end points
+            _label_points(ax, [(x, y, f"{ratio:.2f}") for x, y, ratio in pts])
+        else:
+            ax.text(0.5, 0.5, "not measured (--no-latency)", ha="center", va="center", transform=ax.transAxes,
+                    color="#777")
         ax.set_xlabel(label)
-        ax.set_ylabel(key or "params kept")
+        ax.set_ylabel(y_label, fontsize=9)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.suptitle(f"{title or 'ratio sweep'}\npoint labels: the pruning ratio (fraction of channels removed in "
+                 f"every group); 0.00 is the original", fontsize=10, x=0.01, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.95))     # room for the two-line title
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -225,12 +225,15 @@ def render_analysis(groups: list[dict], console: Console) -> None:
 
 
 def write_json(data: dict, path: str) -> None:
-    """Write JSON atomically (temp file + rename)."""
+    """Write JSON atomically (temp file + rename), with the mode the umask gives."""
+    from .io import new_file_mode
+
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".report.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=1, default=_default)
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -22,9 +22,11 @@ from .select import SelectConfig, select
 
 class SweepRows(list):
     """The rows of a sweep (a list of dicts), plus `groups`: id, name, size and prunable of every
-    channel group, in the order of each row's `kept_channels`."""
+    channel group, in the order of each row's `kept_channels`, and `holdout`: the held-out
+    calibration samples the fidelity columns were measured on (0 without calibration data)."""
 
     groups: list[dict]
+    holdout: int = 0
 
 
 def parse_ratios(spec: str) -> list[float]:
@@ -91,5 +93,6 @@ def sweep(model_path: str, ratios: list[float], criterion: str = "l1", calib: Ca
             row["latency_ms"] = median
             row["speedup"] = medians[0] / median if median else None
     result = SweepRows(rows)
+    result.holdout = data.size("holdout") if data is not None else 0
     result.groups = [{"id": g.id, "name": g.name, "size": g.size, "prunable": g.prunable} for g in an.groups]
     return result
