@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import os
 import tempfile
 
@@ -206,7 +207,7 @@ def _order_check(report: dict) -> str:
             f"original (a fraction, 0 to 1) + 0.01 x {'cross-entropy against the labels' if _labelled(report) else 'KL'}"
             f" (nats); lower is better. Not on the scale of the recovery losses below."
             + (" Every loss rounds to 0 at 6 decimals: on this data the candidates hardly differ." if not any(losses.values()) else "") + "</p>"
-            + _hbars(rows, "choice loss (top-1 disagreement + 0.01 x KL)", chart_id="chart-order-check", values=True)
+            + _hbars(rows, "choice loss (held-out; lower is better)", chart_id="chart-order-check", values=True)
             + "</section>")
 
 
@@ -371,7 +372,6 @@ def _ticks(top: float, n: int = 5, whole: bool = False) -> list[float]:
     """Round tick values from 0 to at least `top` (whole numbers with `whole`)."""
     if top <= 0:
         return [0.0, 1.0]
-    import math
     raw = top / n
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
@@ -390,7 +390,8 @@ def _hbars(rows: list[tuple[str, list[tuple[float, str, str]], str]], axis: str,
     bar_h, gap, label_w, width = 12, 8, 270, 980
     plot_w = width - label_w - 90
     band = bar_h * max(len(r[1]) for r in rows) + gap
-    top_v = max((v for _, bars, _ in rows for v, _, _ in bars), default=1.0)
+    # a loss can be inf or NaN (a collapsed candidate): drawn as an empty bar, its value as text
+    top_v = max((v for _, bars, _ in rows for v, _, _ in bars if math.isfinite(v)), default=1.0)
     ticks = _ticks(top_v)
     scale = plot_w / (ticks[-1] or 1.0)
     height = band * len(rows) + 44
@@ -408,7 +409,7 @@ def _hbars(rows: list[tuple[str, list[tuple[float, str, str]], str]], axis: str,
                      f"dominant-baseline=\"middle\" fill=\"#222\"><title>{html.escape(label)}</title>"
                      f"{html.escape(_short(label))}</text>")
         for j, (value, colour, tip) in enumerate(bars):
-            w = max(value * scale, 0.5)
+            w = max(value * scale, 0.5) if math.isfinite(value) else 0.5
             parts.append(f"<rect class=\"bar\" x=\"{label_w}\" y=\"{y + j * bar_h + gap / 2:.1f}\" width=\"{w:.1f}\" "
                          f"height=\"{bar_h - 1}\" fill=\"{colour}\"><title>{html.escape(label)}: "
                          f"{html.escape(tip)} {_fmt(value)}</title></rect>")
@@ -427,6 +428,7 @@ def _lines(series: list[tuple[str, list[tuple[float, float]]]], x_axis: str, y_a
     `whole_x` (epochs) the x axis starts at the first point and its ticks are whole numbers."""
     width, height, left, right, top, bottom = 980, 360, 70, 20, 12, 48
     pw, ph = width - left - right, height - top - bottom
+    series = [(name, [(x, y) for x, y in pts if math.isfinite(x) and math.isfinite(y)]) for name, pts in series]
     xs = [x for _, pts in series for x, _ in pts] or [0.0, 1.0]
     ys = [y for _, pts in series for _, y in pts] or [0.0, 1.0]
     x_lo, y_lo = (min(xs) if whole_x else min(0.0, min(xs))), min(0.0, min(ys))

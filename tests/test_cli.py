@@ -126,7 +126,7 @@ def _quantized_model(path):
 
 @pytest.mark.parametrize("case", ["missing", "directory", "empty", "not_onnx", "truncated", "no_conv",
                                   "quantized", "ratio_high", "ratio_negative", "ratio_nan", "output_is_input",
-                                  "output_dir_missing", "bad_criterion", "dynamic_without_shape", "nan_weights"])
+                                  "output_dir_missing", "dynamic_without_shape", "nan_weights"])
 def test_bad_input_one_line_exit_1(tmp_path, case):
     model = tmp_path / "m.onnx"
     shutil.copy(RESNET, model)
@@ -156,8 +156,6 @@ def test_bad_input_one_line_exit_1(tmp_path, case):
         args[2] = model
     elif case == "output_dir_missing":
         args[2] = tmp_path / "no" / "such" / "dir.onnx"
-    elif case == "bad_criterion":
-        args += ["--criterion", "bogus"]
     elif case == "nan_weights":
         m = onnx.load(RESNET)
         w = next(i for i in m.graph.initializer if len(i.dims) == 4)

@@ -181,3 +181,21 @@ def test_the_probe_sees_a_script_error(tmp_path):
     probe, stderr = probed(binary, tmp_path, broken)
     assert any("undefinedFunction" in e for e in probe["errors"])
     assert console_lines(stderr)
+
+
+def test_non_finite_losses_and_missing_parts_still_make_a_valid_page(run, tmp_path):
+    """A collapsed candidate's loss is inf; a data-free run has no curves, blend or held-out data."""
+    report, _, _ = run
+    broken = json.loads(json.dumps(report))
+    broken["allocation"]["order_check"]["losses"]["l2"] = float("inf")
+    broken["recovery"][0]["loss_after"] = float("nan")
+    text = render_html(broken)
+    assert "inf" not in re.sub(r"<title>.*?</title>|<text[^>]*>[^<]*</text>", "", text.split("<svg", 1)[1])
+    bare = {k: report[k] for k in ("model", "criterion", "ratio", "before", "after", "groups")}
+    page = render_html(bare)
+    assert '<section id="groups">' in page and '<section id="sensitivity">' not in page
+    binary = browser()
+    if binary:
+        for i, page_text in enumerate((text, page)):
+            probe, stderr = probed(binary, tmp_path, page_text, name=f"edge{i}.html")
+            assert probe["errors"] == [] and console_lines(stderr) == []
