@@ -195,3 +195,21 @@ def test_cli_reference_covers_every_command_and_option():
             for opt in getattr(param, "opts", []):
                 if opt.startswith("--"):
                     assert opt in text, f"docs/cli.md lacks {opt} of {name}"
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_relative_links_resolve():
+    for path in DOC_FILES:
+        for target in re.findall(r"\]\(([^)\s]+)\)", path.read_text()):
+            if re.match(r"[a-z]+:", target):
+                continue   # a web address
+            file, _, anchor = target.partition("#")
+            linked = (path.parent / file).resolve() if file else path
+            assert linked.exists(), f"{path.relative_to(ROOT)} links to {target}, which does not exist"
+            if anchor and linked.suffix == ".md":
+                headings = re.findall(r"^#+ (.*)$", linked.read_text(), re.M)
+                assert anchor in {_anchor(h) for h in headings}, f"{path.relative_to(ROOT)}: no heading for #{anchor}"
