@@ -62,8 +62,10 @@ def render_command(command: click.Command, path: list[str], parent: click.Contex
     lines = [f"## `{' '.join(path)}`", "", "```", usage, "```", "", _help_text(command), ""]
     rows = []
     for param in command.get_params(ctx):
+        if isinstance(param, click.Argument) or set(param.opts) & set(ctx.help_option_names):   # usage line; --help
+            continue
         record = param.get_help_record(ctx)
-        if record is None:   # arguments have none; they are in the usage line
+        if record is None:
             continue
         names, text = record
         rows.append(f"| `{_cell(names)}` | {_cell(text)} |")
@@ -84,7 +86,7 @@ def render() -> str:
     lines += ["Commands:", ""]
     for name in group.list_commands(root):
         command = group.get_command(root, name)
-        lines.append(f"- [`{SCRIPT} {name}`](#{SCRIPT}-{name}): {_cell(command.get_short_help_str(limit=90))}")
+        lines.append(f"- [`{SCRIPT} {name}`](#{SCRIPT}-{name}): {_cell(command.get_short_help_str(limit=200))}")
     lines.append("")
     for name in group.list_commands(root):
         lines += render_command(group.get_command(root, name), [SCRIPT, name], root)
