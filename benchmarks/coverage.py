@@ -4,7 +4,7 @@
 
 With a Torch-Pruning reference JSON (benchmarks/tp_reference.py, same ratio, PyTorch originals),
 the table also shows Torch-Pruning's MACs kept and our ratio to it (target: <= 1.1).
-Figures, not assertions: run it, read it, put it in docs/benchmarks.md with the machine named.
+Figures, not assertions: run it, read it, put it in docs/results.md with the machine named.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
     pip install scikit-image          # benchmark-only dependency (skimage.data photos)
     python benchmarks/pretrained.py [--models cls,det,rec] [--wheel rapidocr_onnxruntime-1.4.4-py3-none-any.whl]
                                     [--cache DIR] [--runs blend,l1,...] [--seeds 0,1,2] [--json out.json]
-    python benchmarks/pretrained.py --markdown out.json      # the tables of docs/benchmarks.md
+    python benchmarks/pretrained.py --markdown out.json      # the PaddleOCR tables (docs/results.md)
 
 Models: the PaddleOCR text-direction classifier (cls, 0 vs 180 degrees), text detector (det, DBNet)
 and recogniser (rec, CTC) inside the `rapidocr-onnxruntime` 1.4.4 wheel (Apache-2.0). The .onnx
@@ -486,7 +486,7 @@ KEYS = {"cls": ["agreement", "accuracy", "accuracy_page"], "det": ["iou", "iou_m
 
 
 def markdown(results: dict) -> str:
-    """The tables of docs/benchmarks.md from a --json file."""
+    """The PaddleOCR tables (docs/results.md) from a --json file."""
     out = []
     for key, model in results["models"].items():
         keys, titles = KEYS[key], TITLES[key]

@@ -9,7 +9,7 @@ Every model (default: tests/models/resnet_style.onnx, plus the models of --folde
 original and all its pruned versions are timed side by side in one `onnxprune.bench.bench` call
 per thread count (runs alternate between the models, so machine drift hits all alike). Printed per
 pruned model and (threads, batch): median latency, speedup over the original, and efficiency =
-speedup / (1 / MACs kept). Figures, not assertions: put them in docs/bench.md with the machine named.
+speedup / (1 / MACs kept). Figures, not assertions: put them in docs/results.md with the machine named.
 """
 
 from __future__ import annotations

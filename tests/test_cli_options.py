@@ -1,6 +1,6 @@
 """The CLI's promised error paths, and one test per public option that it changes what it says.
 
-Error paths (README "Exit codes"): an invalid pruned model is not written (exit 1, one line), an
+Error paths (docs/safety.md, "What is refused, and how"): an invalid pruned model is not written (exit 1, one line), an
 unexpected exception is one line naming an internal error (exit 1) and `--debug` shows it with
 its traceback, MemoryError is "out of memory" (exit 1).
 Options: `--mean/--std/--scale` (prune, eval, sweep) reach the image loader and normalise as

@@ -1,4 +1,5 @@
-"""The README's first two commands are the truth: CI runs the second, this test runs the first."""
+"""The README's first two commands are the truth: CI runs the second, this test runs the first and
+checks that the output the README shows under "Reading the output" is what the command prints."""
 
 import os
 import re
@@ -28,7 +29,29 @@ def test_readme_main_command_runs(tmp_path):
     assert args[0] == "onnxprune"
     out = tmp_path / "pruned.onnx"
     args[args.index("-o") + 1] = str(out)
-    proc = subprocess.run([sys.executable, "-m", "onnxprune", *args[1:]], cwd=ROOT, capture_output=True, text=True)
+    env = {**os.environ, "COLUMNS": "100"}   # the width of the README's copy of the output
+    proc = subprocess.run([sys.executable, "-m", "onnxprune", *args[1:]], cwd=ROOT, capture_output=True, text=True,
+                          env=env)
     assert proc.returncode == 0, proc.stderr
     assert out.exists()
     assert "verification" in proc.stdout
+    shown = readme_output_labels()
+    assert len(shown) >= 15
+    missing = [label for label in shown if label not in proc.stdout]
+    assert not missing, f"the README's output shows lines the command no longer prints: {missing}"
+
+
+def readme_output_labels() -> list[str]:
+    """The labels of the output the README shows: each table row's first cell and each line's
+    'label:' / 'label (' start (wrapped continuation lines have none)."""
+    text = open(os.path.join(ROOT, "README.md")).read()
+    block = text.split("## Reading the output", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    labels = []
+    for line in block.splitlines():
+        if line.startswith("│"):
+            cell = line.split("│")[1].strip()
+            if cell:
+                labels.append(cell)
+        elif match := re.match(r"([a-z][a-z_' -]*?)(:| \()", line):
+            labels.append(match.group(1))
+    return labels
