@@ -29,7 +29,7 @@ def test_readme_main_command_runs(tmp_path):
     assert args[0] == "onnxprune"
     out = tmp_path / "pruned.onnx"
     args[args.index("-o") + 1] = str(out)
-    env = {**os.environ, "COLUMNS": "100"}   # the width of the README's copy of the output
+    env = {**os.environ, "COLUMNS": "80"}   # the width of the README's copy of the output
     proc = subprocess.run([sys.executable, "-m", "onnxprune", *args[1:]], cwd=ROOT, capture_output=True, text=True,
                           env=env)
     assert proc.returncode == 0, proc.stderr
@@ -42,16 +42,15 @@ def test_readme_main_command_runs(tmp_path):
 
 
 def readme_output_labels() -> list[str]:
-    """The labels of the output the README shows: each table row's first cell and each line's
-    'label:' / 'label (' start (wrapped continuation lines have none)."""
+    """The labels of the output the README shows: each table row's first cell (a row starts with
+    one space, its cells are two or more spaces apart) and each line's 'label:' / 'label (' start
+    (wrapped continuation lines have none)."""
     text = open(os.path.join(ROOT, "README.md")).read()
     block = text.split("## Reading the output", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
     labels = []
     for line in block.splitlines():
-        if line.startswith("│"):
-            cell = line.split("│")[1].strip()
-            if cell:
-                labels.append(cell)
+        if row := re.match(r" ([A-Za-z][A-Za-z0-9_ ()|'-]*?)\s{2,}\S", line):
+            labels.append(row.group(1))
         elif match := re.match(r"([a-z][a-z_' -]*?)(:| \()", line):
             labels.append(match.group(1))
     return labels
