@@ -18,7 +18,8 @@ import pytest
 from click.testing import CliRunner
 from onnx import helper, numpy_helper
 
-from onnxprune import io, verify
+from onnxprune import io
+from onnxprune.verification import verify
 from onnxprune.cli import main
 
 HERE = os.path.dirname(__file__)
@@ -180,7 +181,7 @@ def test_rewrite_without_copying_large_weights_gives_the_same_model(monkeypatch,
     """Weights above graph.LARGE_CONST are read from the analysed model, not copied then replaced;
     those left whole (an ignored group) are copied back."""
     import onnxprune
-    from onnxprune import graph
+    from onnxprune.analysis import graph
 
     if model.startswith("zoo:"):
         import zoo

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import OnnxPruneError
-from . import ScoreContext, register
+from .registry import ScoreContext, register
 from .weights import sum_over_tensors
 
 

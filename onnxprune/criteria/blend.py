@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import REGISTRY, ScoreContext, register
+from .registry import REGISTRY, ScoreContext, register
 
 RHO_MIN = 0.9
 COASSOC = 0.5

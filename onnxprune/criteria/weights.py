@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial.distance import cdist
 
-from ..graph import GraphIndex, attr
-from . import ScoreContext, register
+from ..analysis.graph import GraphIndex, attr
+from .registry import ScoreContext, register
 
 
 def filters(node, index: GraphIndex) -> np.ndarray:

@@ -141,7 +141,7 @@ def synthetic_calib(model: onnx.ModelProto, config, specs, progress=None):
     import os
     import tempfile
 
-    from ..calib import CalibData
+    from ..calibration.calib import CalibData
 
     arrays, info = synthesize(model, specs, config.samples, config.seed, progress=progress)
     with tempfile.TemporaryDirectory() as folder:
