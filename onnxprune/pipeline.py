@@ -2,32 +2,32 @@
 recover -> verify -> report.
 
 `prune` reads as that sequence; each stage is a public function of its own module
-(`calibration.stage`, `allocation.allocator`, `rewrite`, `recovery.sequence`, `verification.verify`,
-`report.build`).
+(`calibration.stage`, `allocation.allocator`, `rewrite`, `recovery.stage`, `verification.stage`,
+`report.build`), timed by `Run.timed`.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import onnx
 
-from . import criteria, io, rewrite
-from .allocation import latency
-from .allocation.allocator import score_and_select
-from .allocation.select import Plan, SelectConfig
-from .analysis import fold, graph, metrics
+from . import io, rewrite
+from .allocation import allocator, latency
+from .allocation.select import Plan
+from .analysis import fold, graph
 from .analysis.groups import Analysis, analyse as analyse_groups
-from .calibration.calib import CalibConfig
 from .calibration import stage as calibration
+from .config import PruneConfig
 from .errors import OnnxPruneError
-from .recovery import datafree, sequence
+from .recovery import stage as recovery
 from .report import build
 from .runtime import providers
-from .verification.evaluate import warnings_for
-from .verification.verify import Verification, verify as verify_model
+from .verification import stage as verification
+from .verification.verify import Verification
 
 
 @dataclass
@@ -79,240 +79,108 @@ def analyse(model_or_path, input_shape: dict | None = None) -> Analysis:
 
 
 
-def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global_pruning: bool = False,
-          max_ratio: float = 1.0, min_channels: int = 1, round_to: int | None = None, ignore: tuple[str, ...] = (),
-          plan: str | None = None, save_plan: str | None = None, input_shape: dict | None = None,
-          seed: int = 0, verify: bool = True, calib: str | None = None, calib_samples: int = 512,
-          batch_size: int = 32, mean: tuple[float, ...] = (0.0,), std: tuple[float, ...] = (1.0,),
-          scale: float = 1.0 / 255.0, holdout: float = 0.25, recover: bool | None = None,
-          allocate: str | None = None, target_macs: float | None = None, variety: str | None = None,
-          preset: str = "default", target_latency: float | None = None, latency_provider: str = "cpu",
-          latency_batch: int | None = None, latency_threads: int = 0, for_speed: bool = False,
-          ensemble_mode: str = "group", order_check: bool | None = None, finetune: bool = False,
-          epochs: int = 20, lr: float = 1e-3, finetune_batch: int = 32, augment: str | tuple = "default",
-          device: str = "cpu", finetune_progress=None,
-          min_fidelity: float | None = None) -> PruneResult:
+def prune(model_or_path, criterion: str | None = None, ratio: float | None = None, *,
+          config: PruneConfig | None = None, finetune_progress=None, **keywords) -> PruneResult:
     """Prune a model's channels (the Python form of the `onnxprune` command).
 
     Args:
         model_or_path: an ONNX file path or a ModelProto (not modified).
-        criterion: a name from `onnxprune.criteria.names()`.
-        ratio: fraction of channels removed in each prunable group, in [0, 1).
-        global_pruning: one threshold across groups on group-normalised scores.
-        max_ratio, min_channels, round_to: per-group limits (see `select`); `round_to` None means,
-            when pruning for speed (`target_latency` or `for_speed`), 16 on the CPU provider of an
-            AVX-512 CPU and 8 elsewhere, else 1 (`resolve_round_to`).
-        ignore: fnmatch patterns of node names whose groups are left alone.
-        plan: a plan JSON to apply instead of scoring and selecting.
-        save_plan: write the plan used to this JSON file.
-        input_shape: {input name: shape} for inputs with dynamic dims.
-        seed: seed for random criteria, calibration subsets and verification inputs.
-        verify: check the result with onnx.checker and onnxruntime.
-        calib: calibration data: an image folder, a .npy/.npz of input arrays, "random", or
-            "synthetic" (inputs generated from the model's BN statistics; needs the [finetune]
-            extra, see `onnxprune.finetuning.synthetic`).
-        calib_samples, batch_size: how many calibration samples, and per onnxruntime call.
-        mean, std, scale: image preprocessing ``(pixel * scale - mean) / std``.
-        holdout: fraction of calibration samples kept apart for accept/reject decisions.
-        recover: training-free recovery (default: on). With `calib`, the data-driven steps; without,
-            the data-free ones (`onnxprune.recovery.datafree`: expected-activation compensation, neuron
-            merging, linear reconstruction, each kept only if it lowers the output error on
-            synthetic check inputs).
-        allocate: per-group ratios: "uniform" (or "global" = `global_pruning`), or with `calib`:
-            "sensitivity" (the default with `calib`), "utilization" (SNPFI: groups with weakly
-            interacting filters lose more) or "redundancy" (groups with functional duplicates lose more).
-        target_macs: fraction of MACs to remove, instead of `ratio`.
-        variety: "cluster", "gate", "soft" or "off" (default: cluster for blend, else off; a
-            defaulted one is questioned by the order check, when that runs, which turns it off
-            where it does not lower the held-out loss).
-        preset: "fast" (data-free blend, uniform ratios, no variety), "default" (criteria.md §10:
-            blend with activation criteria, sensitivity allocation, variety, order check) or
-            "thorough" (adds the ensemble criterion to the pool and searches the blend weights).
-        target_latency: a latency ratio in (0, 1) to reach instead of `ratio`/`target_macs`: the
-            smallest MAC budget whose pruned model runs in at most this fraction of the original's
-            latency, measured on `latency_provider` ("cpu", "cuda") at `latency_batch` (None: the
-            batch of `input_shape`, else 1) with `latency_threads` intra-op threads (0: onnxruntime's
-            default); see `onnxprune.allocation.latency`. A target that is not met even at the largest
-            budget is an error (nothing is returned), not a best effort.
-        ensemble_mode: the `ensemble` criterion's games: "group" (one per group) or "joint" (one
-            over every unit; scores share loss units, so global allocation compares them as they are).
-        order_check: with `blend` and calibration data, prune by whichever of the blend and its
-            representatives alone loses least on held-out data after cheap recovery at the
-            allocated counts (default: on, except preset "fast"; not with `target_latency`,
-            whose search would repeat it for every budget).
-        min_fidelity: raise instead of returning when an output collapsed on the check inputs or
-            its cosine with the original's there is below this (`datafree.fidelity`; needs `verify`).
-        for_speed: the result is meant to be faster (the CLI's `--bench`): only changes the
-            `round_to` default (see `resolve_round_to`); `target_latency` implies it.
-        finetune: after the training-free recovery, fine-tune the pruned model against the
-            original by distillation on the calibration data (needs `calib` and the `[finetune]`
-            extra; see `onnxprune.finetuning`), kept only if its held-out loss is lower.
-        epochs, lr, finetune_batch, augment, device: fine-tuning's schedule, batch size,
-            augmentation ("default", "none" or a comma list of shift, crop, flip) and torch device.
+        criterion, ratio, keywords: the options, as `PruneConfig` documents them (the CLI's
+            flags with underscores: `round_to` is `--round-to`); they override `config`'s.
+        config: a `PruneConfig` (e.g. `PruneConfig.from_dict(report["options"])` repeats a run).
         finetune_progress: optional callable(epoch, epochs, train_loss, held_out_loss).
     Returns:
         A `PruneResult`; `report` holds the numbers shown by the CLI.
     Raises:
-        OnnxPruneError: bad input, nothing to prune, or a latency target that cannot be measured
-            (provider missing) or reached.
+        OnnxPruneError: a bad option (before any file is read), bad input, nothing to prune, or a
+            latency target that cannot be measured (provider missing) or reached.
     """
-    tuning = _finetune_config(finetune, calib, epochs, lr, finetune_batch, augment, device, seed)
-    if calib == "synthetic":
+    given = {**({} if criterion is None else {"criterion": criterion}), **({} if ratio is None else {"ratio": ratio}),
+             **keywords}
+    config = config.replace(**given) if config is not None else PruneConfig.from_keywords(**given)
+    run = start(config, finetune_progress)
+    with run.timed("analyse"):
+        run.prep = prepare(model_or_path, config.input_shape)
+        recovery.check_model(run)
+        check_prunable(run.prep)
+    if run.config.calibration.calib:
+        with run.timed("calibration"):
+            calibration.run(run)
+    with run.timed("score_select"):
+        allocator.run(run, model_or_path)
+    with run.timed("rewrite"):
+        run.removed = run.plan.removed_units(run.prep.analysis)
+        run.pruned = rewrite.apply(run.prep.analysis, run.removed)
+    recovery.run(run)
+    with run.timed("verify"):
+        verification.run(run)
+    return PruneResult(run.pruned, run.plan, run.prep.analysis, run.check, build.prune_report(run))
+
+
+def start(config: PruneConfig, finetune_progress=None) -> "Run":
+    """Check every option before any file is read and resolve the defaults (preset, round_to).
+
+    The order of the checks is the order of their messages' precedence: fine-tuning's options,
+    `--calib synthetic`'s extra, --round-to, the latency target, then everything else
+    (`PruneConfig.validate`)."""
+    from dataclasses import replace
+
+    tuning = recovery.finetune_config(config)
+    if config.calibration.calib == "synthetic":
         from .finetuning import require_torch
         require_torch("--calib synthetic")
-    latency_provider = str(latency_provider).lower()
-    round_to, round_to_source = providers.resolve_round_to(round_to, for_speed or target_latency is not None, latency_provider)
-    if target_latency is not None:
-        latency.check_options(target_latency, target_macs, plan, latency_provider, latency_batch, latency_threads)
-    timings = {}
-    passes = {}    # image passes through the whole network, per stage (suffix runs by their MAC share)
-    t0 = time.perf_counter()
-    prep = prepare(model_or_path, input_shape)
+    lat, budget, sel = config.latency, config.budget, config.selection
+    lat = replace(lat, latency_provider=str(lat.latency_provider).lower())
+    round_to, source = providers.resolve_round_to(sel.round_to, lat.for_speed or budget.target_latency is not None,
+                                                  lat.latency_provider)
+    if budget.target_latency is not None:
+        latency.check_options(budget.target_latency, budget.target_macs, sel.plan, lat.latency_provider,
+                              lat.latency_batch, lat.latency_threads)
+    config.validate()
+    resolved = replace(config.resolved(), latency=lat)
+    resolved = replace(resolved, selection=replace(resolved.selection, round_to=round_to))
+    return Run(resolved, source, tuning, finetune_progress)
+
+
+def check_prunable(prep: Prepared) -> None:
+    """Fail, naming the first reason, when every channel group of the model is blocked."""
     an = prep.analysis
-    if tuning is not None:
-        from .finetuning import check_convertible
-        check_convertible(prep.original, prep.source, prep.input_shapes)    # an op torch cannot run: said before pruning starts
-    timings["analyse"] = time.perf_counter() - t0
     if not any(g.prunable for g in an.groups):
         reasons = sorted({r for g in an.groups for r in g.reasons})
         raise OnnxPruneError(f"{prep.source}: nothing to prune: every channel group is blocked"
                              + (f" ({reasons[0]}{' ...' if len(reasons) > 1 else ''})" if reasons else ""))
-    config = SelectConfig(ratio=ratio, global_pruning=global_pruning, max_ratio=max_ratio,
-                          min_channels=min_channels, round_to=round_to, ignore=tuple(ignore))
-    if preset not in ("fast", "default", "thorough"):
-        raise OnnxPruneError(f"unknown preset '{preset}'; choose fast, default or thorough")
-    if min_fidelity is not None and not 0.0 <= min_fidelity <= 1.0:
-        raise OnnxPruneError(f"--min-fidelity must be in [0, 1], got {min_fidelity}")
-    datafree_on = not calib and recover is not False   # no data: the data-free repair instead
-    recover = bool(calib) and recover is not False
-    if preset == "fast":
-        allocate, variety = allocate or "uniform", variety or "off"
-    # a defaulted variety is the order check's to question; one the user asked for is kept as given
-    variety_given = variety is not None
-    # without data the variety's weight signatures lowered the repaired accuracy (docs/benchmarks.md)
-    variety = variety or ("cluster" if criterion == "blend" and calib else "off")
-    data, stats, reference = None, {}, None
-    if calib:
+
+
+@dataclass
+class Run:
+    """The state of one pruning run as the stages fill it in."""
+
+    config: PruneConfig                    # as resolved: preset defaults and round_to filled in
+    round_to_source: str = ""
+    tuning: object = None                  # a finetuning.FinetuneConfig, or None
+    finetune_progress: object = None
+    prep: Prepared | None = None
+    data: object = None                    # calibration data (calib.CalibData) or None
+    stats: dict = field(default_factory=dict)
+    reference: object = None               # the original's held-out outputs, or None
+    ctx: object = None                     # the criteria.ScoreContext
+    plan: Plan | None = None
+    skipped: list = field(default_factory=list)
+    allocation: dict = field(default_factory=dict)
+    latency_search: dict | None = None
+    removed: object = None
+    pruned: onnx.ModelProto | None = None
+    steps: list = field(default_factory=list)
+    before: object = None                  # metrics.stats of the original
+    checker: object = None                 # the data-free fidelity checker, or None
+    check: Verification | None = None
+    fidelity: dict | None = None
+    timings: dict = field(default_factory=dict)
+    passes: dict = field(default_factory=dict)   # image passes through the whole network, per stage
+
+    @contextmanager
+    def timed(self, stage: str):
+        """Time the block as `stage` in the report's `seconds`."""
         t = time.perf_counter()
-        config_calib = CalibConfig(calib, calib_samples, batch_size, tuple(mean), tuple(std), scale, holdout, seed)
-        data, stats, reference = calibration.calibrate(prep, config_calib, criterion, recover, variety)
-        timings["calibration"] = time.perf_counter() - t
-        passes["calibration"] = (data.size("score") if stats else 0) + (data.size("holdout") if reference else 0)
-    t = time.perf_counter()
-    ctx = criteria.ScoreContext(an, seed=seed, stats=stats, data=data,
-                                options={"ratio": ratio, "preset": preset, "ensemble_mode": ensemble_mode,
-                                         "order_check": preset != "fast" if order_check is None else order_check})
-    if data is not None:
-        ctx.notes.extend(data.notes)
-    if plan is not None:
-        chosen = Plan.load(plan, an)
-        skipped = [{"group": g.id, "name": g.name, "reason": "; ".join(g.reasons[:3])}
-                   for g in an.groups if not g.prunable]
-        allocation = {"method": "plan"}
-    else:
-        meter = None
-        if target_latency is not None:
-            meter = latency.Meter(prep.source if isinstance(model_or_path, (str, os.PathLike)) else prep.original,
-                          latency_provider, latency_batch, latency_threads, input_shape, log=ctx.notes.append)
-        chosen, skipped, allocation = score_and_select(ctx, criterion, config, allocate, target_macs, variety,
-                                                        target_latency, meter, reference, recover,
-                                                        question_variety=not variety_given)
-    latency_search = allocation.pop("latency_search", None)
-    timings["score_select"] = time.perf_counter() - t
-    passes.update(build.scoring_passes(ctx, criterion, allocation))
-    chosen = Plan(chosen.groups, {"model": os.path.basename(prep.source), "criterion": criterion, "ratio": ratio})
-    if save_plan:
-        chosen.save(save_plan)
-
-    t = time.perf_counter()
-    removed = chosen.removed_units(an)
-    pruned = rewrite.apply(an, removed)
-    timings["rewrite"] = time.perf_counter() - t
-    steps = []
-    if recover and reference is None:
-        ctx.notes.append("recovery skipped: the held-out split is empty (more --calib-samples or --holdout)")
-    elif recover:
-        t = time.perf_counter()
-        pruned, steps, passes["recovery"] = sequence.recover(an, removed, pruned, data, stats, reference)
-        timings["recover"] = time.perf_counter() - t
-    if tuning is not None and reference is None:
-        ctx.notes.append("fine-tuning skipped: the held-out split is empty (more --calib-samples or --holdout)")
-    elif tuning is not None:
-        from .finetuning import finetune_model, hints_for
-        t = time.perf_counter()
-        pruned, step = finetune_model(prep.original, pruned, data, reference, tuning, progress=finetune_progress,
-                                      hints=hints_for(an, removed))
-        steps.append(step)
-        # per epoch: the teacher and the student over the training split, the student over the held-out one
-        passes["finetune"] = step["epochs_run"] * (2 * data.size("score") + data.size("holdout"))
-        timings["finetune"] = time.perf_counter() - t
-    before = metrics.stats(prep.original, an.shapes)
-    checker = datafree.Checker(prep.original, prep.input_shapes, seed, before.macs) if datafree_on or verify else None
-    if datafree_on:
-        t = time.perf_counter()
-        pruned, steps, passes["recovery"] = checker.repair(an, removed, pruned)
-        timings["recover"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    check = verify_model(prep.original, pruned, prep.input_shapes, seed=seed) if verify else None
-    fidelity = checker.fidelity(pruned) if verify and (check is None or check.valid) else None
-    warning = datafree.collapse_warning(fidelity, bool(calib))
-    if warning or datafree.fidelity_failure(fidelity, min_fidelity):
-        if min_fidelity is not None:
-            raise OnnxPruneError(datafree.fidelity_failure(fidelity, min_fidelity))
-        ctx.notes.append(warning)
-    timings["verify"] = time.perf_counter() - t
-
-    after = metrics.stats(pruned, graph.infer_shapes(pruned, prep.input_shapes))
-    holdout_metrics = calibration.holdout_metrics(pruned, data, reference) if reference is not None else None
-    if holdout_metrics:
-        ctx.notes.extend(warnings_for(holdout_metrics))
-    report = {
-        "schema_version": build.REPORT_SCHEMA,
-        "model": prep.source,
-        "criterion": criterion if plan is None else f"plan:{os.path.basename(str(plan))}",
-        "ratio": ratio,
-        "target_macs": target_macs,
-        "target_latency": target_latency,
-        "preset": preset,
-        "options": {"global_pruning": global_pruning, "max_ratio": max_ratio, "min_channels": min_channels,
-                    "round_to": round_to, "round_to_source": round_to_source, "for_speed": for_speed,
-                    "ignore": list(ignore), "seed": seed, "finetune": tuning.to_dict() if tuning else None},
-        "input_shapes": prep.input_shapes,
-        "folded": prep.folded,
-        "before": before.to_dict(),
-        "after": after.to_dict(),
-        "macs_kept": after.macs / before.macs if before.macs else 1.0,
-        "params_kept": after.params / before.params if before.params else 1.0,
-        "groups": build.group_rows(an, chosen),
-        "skipped": skipped,
-        "verification": check.to_dict() if check else None,
-        "fidelity": fidelity,
-        "scoring": {k: v for k, v in ctx.extras.items() if k != "ranks"},
-        "allocation": allocation,
-        "latency_search": latency_search,
-        "recovery": steps,
-        "holdout": holdout_metrics,
-        "calibration": {"path": calib, "samples": data.size("all"), "holdout": data.size("holdout"),
-                        "mean": list(mean), "std": list(std), "scale": scale,
-                        "synthetic": getattr(data, "synthetic", None)} if data else None,
-        "notes": ctx.notes,
-        "seconds": {k: round(v, 3) for k, v in timings.items()},
-        "forward_passes": {**{k: round(v, 1) for k, v in passes.items() if v}, "total": round(sum(passes.values()), 1)},
-    }
-    return PruneResult(pruned, chosen, an, check, report)
-
-
-
-def _finetune_config(finetune: bool, calib, epochs, lr, finetune_batch, augment, device, seed):
-    """The fine-tuning options checked before any work (None without `finetune`): the extra
-    installed, the device present, calibration data given."""
-    if not finetune:
-        return None
-    from .finetuning import FinetuneConfig, check_ready
-    config = FinetuneConfig(epochs=epochs, lr=lr, batch_size=finetune_batch, augment=augment, device=device, seed=seed)
-    if not calib:
-        raise OnnxPruneError("--finetune needs calibration data: give --calib PATH (images or arrays; labels not needed)")
-    check_ready(config)
-    return config
-
+        yield
+        self.timings[stage] = time.perf_counter() - t

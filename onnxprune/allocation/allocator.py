@@ -40,7 +40,7 @@ def score_and_select(ctx, criterion: str, config: SelectConfig, allocate, target
     an, data = ctx.analysis, ctx.data
     if criterion not in criteria.names():
         raise OnnxPruneError(f"unknown criterion '{criterion}'; choose from {', '.join(criteria.names())}")
-    if ctx.options.get("preset") == "thorough" and criterion == "blend" and data is not None:
+    if ctx.options.get("blend_search") and criterion == "blend" and data is not None:
         ctx.options["blend_fitness"] = blend_fitness(an, data, config, target_macs)
     scores = criteria.score(criterion, ctx)
     chooser = variety_chooser(an, ctx.stats, variety) if variety != "off" else None
@@ -53,6 +53,7 @@ def score_and_select(ctx, criterion: str, config: SelectConfig, allocate, target
     dropped = variety != "off" and (allocation.get("order_check") or {}).get("variety") == "off"
     allocation["variety"] = "off (order check)" if dropped else variety
     return chosen, skipped, allocation
+
 
 def blend_fitness(an: Analysis, data: CalibData, config: SelectConfig, target_macs):
     """Fitness of a blended order: minus the held-out loss of the masked network at uniform counts."""
@@ -79,6 +80,7 @@ def blend_fitness(an: Analysis, data: CalibData, config: SelectConfig, target_ma
 
     return fitness
 
+
 def variety_chooser(an: Analysis, stats: dict, mode: str):
     """A selection chooser that keeps filter variety (onnxprune/criteria/variety.py).
 
@@ -96,6 +98,7 @@ def variety_chooser(an: Analysis, stats: dict, mode: str):
         return var.choose(mode, similarity[gid], scores, n_remove, an.unit_blocked[an.group_units[gid]])
 
     return choose
+
 
 class Allocation:
     """An allocator set up once: its expensive work (sensitivity curves from masked forward passes,
@@ -179,6 +182,7 @@ class Allocation:
                                 if self.macs.total else 0.0)
         return plan, skipped, info
 
+
 def allocate_plan(an: Analysis, scores, config: SelectConfig, method, target_macs, criterion, data, ctx,
               chooser=None, reference=None, recover: bool = True, question_variety: bool = False) -> tuple:
     """Per-group removal counts from the chosen allocator (and the order check), then the plan."""
@@ -196,3 +200,67 @@ def allocate_plan(an: Analysis, scores, config: SelectConfig, method, target_mac
                          f"{info['target']:.1%} asked; the limits (--round-to, --min-channels, --max-ratio, "
                          f"blocked groups) allow no more")
     return plan, skipped, info
+
+
+def run(run, model_or_path) -> None:
+    """The scoring, allocation and selection stage of a pruning run: sets `run.ctx`, `run.plan`,
+    `run.skipped`, `run.allocation` (a saved plan is applied as it is)."""
+    import os
+
+    from ..calibration.stage import variety_of
+
+    config, an = run.config, run.prep.analysis
+    sc, sel, budget, lat = config.scoring, config.selection, config.budget, config.latency
+    run.ctx = ctx = criteria.ScoreContext(an, seed=sc.seed, stats=run.stats, data=run.data,
+                                          options={"ratio": budget.ratio, "preset": sc.preset,
+                                                   "ensemble_mode": sc.ensemble_mode, "order_check": sel.order_check,
+                                                   "blend_search": config.preset_value("blend_search", False)})
+    if run.data is not None:
+        ctx.notes.extend(run.data.notes)
+    if sel.plan is not None:
+        chosen = Plan.load(sel.plan, an)
+        run.skipped = [{"group": g.id, "name": g.name, "reason": "; ".join(g.reasons[:3])}
+                       for g in an.groups if not g.prunable]
+        run.allocation = {"method": "plan"}
+    else:
+        meter = None
+        if budget.target_latency is not None:
+            from .latency import Meter
+            meter = Meter(run.prep.source if isinstance(model_or_path, (str, os.PathLike)) else run.prep.original,
+                          lat.latency_provider, lat.latency_batch, lat.latency_threads, config.input_shape,
+                          log=ctx.notes.append)
+        select_config = SelectConfig(ratio=budget.ratio, global_pruning=sel.global_pruning, max_ratio=sel.max_ratio,
+                                     min_channels=sel.min_channels, round_to=sel.round_to, ignore=tuple(sel.ignore))
+        recover = bool(config.calibration.calib) and config.recovery.recover is not False
+        chosen, run.skipped, run.allocation = score_and_select(
+            ctx, sc.criterion, select_config, sel.allocate, budget.target_macs, variety_of(config),
+            budget.target_latency, meter, run.reference, recover, question_variety=sel.variety is None)
+    run.latency_search = run.allocation.pop("latency_search", None)
+    run.passes.update(scoring_passes(ctx, sc.criterion, run.allocation))
+    run.plan = Plan(chosen.groups, {"model": os.path.basename(run.prep.source), "criterion": sc.criterion,
+                                    "ratio": budget.ratio})
+    if sel.save_plan:
+        run.plan.save(sel.save_plan)
+
+
+def scoring_passes(ctx, criterion: str, allocation: dict) -> dict:
+    """Image passes spent scoring and allocating, from what the criteria and allocators report."""
+    passes = {}
+    data = ctx.data
+    pool = (ctx.extras.get("blend") or {}).get("pool", ())
+    if data is not None and (criterion == "thinet" or "thinet" in pool):
+        from ..criteria.thinet import MAX_IMAGES
+        passes["thinet"] = min(MAX_IMAGES, data.size("score"))
+    for name in ("ensemble", "interactions"):
+        if (ctx.extras.get(name) or {}).get("forward_samples"):
+            passes[name] = ctx.extras[name]["forward_samples"]    # suffix rows, counted as full passes
+    search = (ctx.extras.get("blend") or {}).get("search")
+    if search and data is not None:
+        split = "holdout" if data.size("holdout") else "score"
+        passes["blend_search"] = search["evaluations"] * min(BLEND_FITNESS_SAMPLES, data.size(split))
+    cost = allocation.get("cost")
+    if cost:
+        passes["sensitivity"] = cost["full_model_passes"]
+    if allocation.get("order_check"):
+        passes["order_check"] = allocation["order_check"]["passes"]
+    return passes

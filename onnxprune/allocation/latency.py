@@ -269,6 +269,7 @@ def check_options(target, target_macs, plan, provider, batch, threads) -> None:
         raise OnnxPruneError(f"--latency-batch must be >= 1 and --latency-threads >= 0, got {batch} and {threads}")
     check_provider(provider)
 
+
 def select_for_latency(an, allocator, target: float, meter) -> tuple:
     """The plan with the smallest MAC budget whose pruned model meets the latency target."""
     def propose(budget):

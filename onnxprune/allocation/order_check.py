@@ -28,6 +28,7 @@ def candidate_orders(criterion: str, scores, ctx) -> dict[str, dict]:
             orders.setdefault(name, ctx.extras["ranks"][name])
     return orders
 
+
 def check_orders(allocator, orders: dict[str, dict], target_macs, data: CalibData,
                   stats: dict, reference: list, recover: bool, question_variety: bool = False) -> dict:
     """Which order to prune by: the blend or one of its representatives alone (the vertices of the
@@ -95,6 +96,7 @@ def check_orders(allocator, orders: dict[str, dict], target_macs, data: CalibDat
         entry["own_counts"] = own_counts["kept"]
     return entry
 
+
 def close_runner_up(losses: dict[str, float], first: str) -> str | None:
     """The best order other than `first` if its loss is within CLOSE_RUNNER_UP of `first`'s."""
     others = [n for n in losses if n != first]
@@ -102,6 +104,7 @@ def close_runner_up(losses: dict[str, float], first: str) -> str | None:
         return None
     runner_up = min(others, key=lambda n: losses[n])
     return runner_up if losses[runner_up] <= (1.0 + CLOSE_RUNNER_UP) * losses[first] else None
+
 
 def try_own_counts(allocator, target_macs, order: dict, to_beat: float, loss_of, chooser) -> dict:
     """Re-probe the sensitivity curves in `order` and switch the allocator to that order and the
@@ -122,6 +125,7 @@ def try_own_counts(allocator, target_macs, order: dict, to_beat: float, loss_of,
     if not kept:
         allocator.scores, allocator.curves = first_scores, first_curves
     return {"loss": loss, "kept": kept, "probe_passes": round(cost["full_model_passes"], 1)}
+
 
 def repaired_loss(an: Analysis, removed, data: CalibData, means: dict, reference: list,
                    recover: bool) -> tuple[float, int]:

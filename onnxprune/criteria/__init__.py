@@ -8,11 +8,9 @@ normalised by their maximum and summed into the units they belong to.
 from __future__ import annotations
 
 from . import activations, blend, ensembles, functional, interactions, thinet, weights  # noqa: F401  (each registers its criteria)
-from .registry import REGISTRY, Criterion, ScoreContext, names, register, score  # noqa: F401  (the package's API)
+from .registry import RECORDS, REGISTRY, Criterion, Record, ScoreContext, names, register, score  # noqa: F401  (the package's API)
 
-DATA_CRITERIA = ("mean_act", "apoz", "entropy", "hrank", "thinet", "ensemble", "functional", "interactions")
-# the optional activation statistics each criterion reads (activations.ChannelStats.want)
-STATS_NEEDED = {"mean_act": {"abs"}, "apoz": {"zeros"}, "entropy": {"pooled"}, "hrank": set(), "thinet": set(), "ensemble": set(),
-                "blend": {"abs", "zeros", "pooled", "signature"}, "functional": {"signature"},
-                "interactions": set()}
-RANK_CRITERIA = ("hrank", "blend")
+# derived from the records (one place per criterion: its @register line)
+DATA_CRITERIA = tuple(r.name for r in RECORDS.values() if r.needs_data)
+STATS_NEEDED = {r.name: set(r.stats) for r in RECORDS.values() if r.needs_data or r.stats}
+RANK_CRITERIA = tuple(r.name for r in RECORDS.values() if r.ranks)

@@ -94,7 +94,7 @@ def blended(ranks: dict[str, dict[int, np.ndarray]], weights: dict[str, float]) 
     return {gid: sum(w * ranks[n][gid] for n, w in weights.items()) / total for gid in ranks[first]}
 
 
-@register("blend")
+@register("blend", stats=("abs", "zeros", "pooled", "signature"), ranks=True, cost="statistics")
 def blend(ctx: ScoreContext) -> dict[int, np.ndarray]:
     """Blend of the condensed criteria pool (uniform weights; searched with preset 'thorough')."""
     names = pool(ctx)

@@ -67,7 +67,7 @@ def group_game(ctx: ScoreContext, gid: int, runner: MaskRunner, feeds, reference
             "masks": n_fit + n_test}
 
 
-@register("ensemble")
+@register("ensemble", needs_data=True, cost="forward passes")
 def ensemble(ctx: ScoreContext) -> dict[int, np.ndarray]:
     """Importance from a linear model of the loss over random channel masks (needs calibration data).
 

@@ -17,7 +17,7 @@ from .registry import REGISTRY, ScoreContext, register
 from .blend import percentile_ranks
 
 
-@register("functional")
+@register("functional", needs_data=True, stats=("signature",), cost="statistics")
 def functional(ctx: ScoreContext) -> dict[int, np.ndarray]:
     """Functional redundancy first, l1 within (needs calibration data for activation signatures)."""
     if not ctx.stats:

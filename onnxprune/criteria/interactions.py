@@ -46,7 +46,7 @@ def games(ctx: ScoreContext, keep_prob: float = KEEP_PROB) -> dict[int, dict]:
     return result
 
 
-@register("interactions")
+@register("interactions", needs_data=True, cost="forward passes")
 def interactions(ctx: ScoreContext) -> dict[int, np.ndarray]:
     """Banzhaf importance of each unit in its group's mask game (needs calibration data)."""
     return {gid: g["importance"] for gid, g in games(ctx).items()}

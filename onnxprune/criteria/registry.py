@@ -28,12 +28,29 @@ class ScoreContext:
 
 
 Criterion = Callable[[ScoreContext], dict[int, np.ndarray]]
-REGISTRY: dict[str, Criterion] = {}
 
 
-def register(name: str):
-    """Decorator adding a criterion to the registry under `name`."""
+@dataclass(frozen=True)
+class Record:
+    """A registered criterion: its function and what it needs before it can run."""
+
+    name: str
+    fn: Criterion
+    needs_data: bool = False              # needs calibration data (fails without --calib)
+    stats: frozenset = frozenset()        # optional activation statistics it reads (activations.ChannelStats.want)
+    ranks: bool = False                   # reads activation-map ranks (HRank's rank samples)
+    cost: str = "weights"                 # what scoring costs: weights, statistics, or forward passes
+
+
+RECORDS: dict[str, Record] = {}
+REGISTRY: dict[str, Criterion] = {}       # name -> function, what `score` and the blend call
+
+
+def register(name: str, *, needs_data: bool = False, stats: tuple[str, ...] = (), ranks: bool = False,
+             cost: str = "weights"):
+    """Decorator adding a criterion to the registry under `name`, with what it needs."""
     def wrap(fn: Criterion) -> Criterion:
+        RECORDS[name] = Record(name, fn, needs_data, frozenset(stats), ranks, cost)
         REGISTRY[name] = fn
         return fn
     return wrap

@@ -55,7 +55,7 @@ def greedy_order(v: np.ndarray) -> np.ndarray:
     return np.array(order)
 
 
-@register("thinet")
+@register("thinet", needs_data=True, cost="forward passes")
 def thinet(ctx: ScoreContext) -> dict[int, np.ndarray]:
     """Importance from ThiNet's greedy removal order (needs calibration data)."""
     if ctx.data is None:

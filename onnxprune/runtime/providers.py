@@ -13,7 +13,6 @@ from typing import NamedTuple
 from ..errors import OnnxPruneError
 
 
-
 class Provider(NamedTuple):
     """One execution provider: everything the program needs to know about it."""
 
@@ -76,6 +75,7 @@ def resolve_round_to(round_to: int | None, for_speed: bool, provider: str = "cpu
     if provider == "cpu" and cpu_has_avx512():
         return SPEED_ROUND_TO_AVX512, "default when pruning for speed on an AVX-512 CPU"
     return SPEED_ROUND_TO, "default when pruning for speed"
+
 
 def cpu_has_avx512() -> bool:
     """Whether this CPU has AVX-512F (read from /proc/cpuinfo; False where that file is missing)."""
