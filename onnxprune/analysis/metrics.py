@@ -16,8 +16,7 @@ import onnx
 
 from .graph import GraphIndex, attr
 from ..io import serialized_size
-
-COUNTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+from .ops import rule_for
 
 
 @dataclass(frozen=True)
@@ -58,36 +57,22 @@ def count_params(model: onnx.ModelProto) -> int:
 
 def node_macs(model: onnx.ModelProto, shapes: dict) -> dict[str, int]:
     """MACs of every counted node (keyed by node name, or first output when unnamed)."""
-    index = GraphIndex(model)
     result = {}
     for node in model.graph.node:
-        if node.op_type not in COUNTED or node.domain not in ("", "ai.onnx"):
+        rule = rule_for(node)
+        if rule is None or not rule.counts_macs:
             continue
         key = node.name or node.output[0]
-        result[key] = _macs(node, index, shapes)
+        result[key] = _macs(node, shapes)
     return result
 
 
-def _macs(node, index, shapes) -> int:
+def _macs(node, shapes) -> int:
     out = shapes.get(node.output[0])
     if out is None or None in out:
         return 0
-    w_shape = shapes.get(node.input[1]) if len(node.input) > 1 else None
-    if node.op_type == "Conv":
-        if w_shape is None or None in w_shape:
-            return 0
-        return int(np.prod(out[1:], dtype=np.int64) * np.prod(w_shape[1:], dtype=np.int64))
-    if node.op_type == "ConvTranspose":
-        x = shapes.get(node.input[0])
-        if w_shape is None or x is None or None in x or None in w_shape:
-            return 0
-        return int(np.prod(x[1:], dtype=np.int64) * np.prod(w_shape[1:], dtype=np.int64))
-    a = shapes.get(node.input[0])
-    if a is None or None in a:
-        return 0
-    k = a[0] if node.op_type == "Gemm" and attr(node, "transA", 0) else a[-1]
-    per_sample = out[1:] if len(out) > 1 else out
-    return int(np.prod(per_sample, dtype=np.int64) * k)
+    w = shapes.get(node.input[1]) if len(node.input) > 1 else None
+    return rule_for(node).macs(node, shapes.get(node.input[0]), w, out)
 
 
 def stats(model: onnx.ModelProto, shapes: dict) -> ModelStats:

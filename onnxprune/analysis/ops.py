@@ -47,6 +47,17 @@ class Rule:
     def rewrite(self, node, rw) -> None:
         """Most rules need no change: shapes follow from the sliced producers."""
 
+    # what other modules ask of an op, answered here rather than by comparing op_type strings
+    counts_macs = False    # a multiply-accumulate op counted by `metrics` (weights of a source)
+
+    def filters(self, node, w: np.ndarray) -> np.ndarray:
+        """The weights `w` of each output channel of this source node, one row per channel."""
+        raise TypeError(f"{node.op_type} is not a filter source")
+
+    def macs(self, node, x: list | None, w: list | None, out: list) -> int:
+        """Multiply-accumulates per sample of `node` from its input, weight and output shapes (0 when unknown)."""
+        return 0
+
 
 class Passthrough(Rule):
     """Element-wise unary ops, Cast, Identity, Dropout: out channel c == in channel c."""
@@ -255,6 +266,17 @@ class Conv(Rule):
     """
 
     transpose = False
+    counts_macs = True
+
+    def filters(self, node, w: np.ndarray) -> np.ndarray:
+        """Conv weights ``[O, C/group, kH, kW]``: one flattened row per output channel."""
+        return w.reshape(w.shape[0], -1)
+
+    def macs(self, node, x, w, out) -> int:
+        """Each output value costs one pass over its filter: ``prod(out[1:]) * prod(w[1:])``."""
+        if w is None or None in w:
+            return 0
+        return int(np.prod(out[1:], dtype=np.int64) * np.prod(w[1:], dtype=np.int64))
 
     def analyse(self, node, an) -> None:
         x = an.channels(node.input[0])
@@ -397,9 +419,39 @@ class ConvTranspose(Conv):
 
     transpose = True
 
+    def filters(self, node, w: np.ndarray) -> np.ndarray:
+        """Output channel o of group g reads weight rows ``g*k_in:(g+1)*k_in`` at column ``o % k_out``."""
+        groups = attr(node, "group", 1)
+        k_in, k_out = w.shape[0] // groups, w.shape[1]
+        rows = [w[(o // k_out) * k_in:(o // k_out + 1) * k_in, o % k_out].ravel() for o in range(groups * k_out)]
+        return np.stack(rows)
+
+    def macs(self, node, x, w, out) -> int:
+        """Each input value is spread over a filter: ``prod(x[1:]) * prod(w[1:])``."""
+        if w is None or x is None or None in x or None in w:
+            return 0
+        return int(np.prod(x[1:], dtype=np.int64) * np.prod(w[1:], dtype=np.int64))
+
+
+def _matmul_macs(out, k) -> int:
+    per_sample = out[1:] if len(out) > 1 else out
+    return int(np.prod(per_sample, dtype=np.int64) * k)
+
 
 class Gemm(Rule):
     """Gemm with a constant B: input features index B's K axis; output features are a source."""
+
+    counts_macs = True
+
+    def filters(self, node, w: np.ndarray) -> np.ndarray:
+        """B is ``[N, K]`` with transB, else ``[K, N]``: one row per output feature."""
+        return w if attr(node, "transB", 0) else w.T
+
+    def macs(self, node, x, w, out) -> int:
+        """Each output value sums K products (K from A's shape, transposed with transA)."""
+        if x is None or None in x:
+            return 0
+        return _matmul_macs(out, x[0] if attr(node, "transA", 0) else x[-1])
 
     def analyse(self, node, an) -> None:
         a = an.channels(node.input[0])
@@ -469,6 +521,18 @@ class Gemm(Rule):
 
 class MatMul(Rule):
     """MatMul by a constant 2-D matrix over the channel axis (the last axis): like Gemm."""
+
+    counts_macs = True
+
+    def filters(self, node, w: np.ndarray) -> np.ndarray:
+        """A constant B ``[K, N]``: one row per output feature."""
+        return w.T
+
+    def macs(self, node, x, w, out) -> int:
+        """Each output value sums K products, K the last axis of A."""
+        if x is None or None in x:
+            return 0
+        return _matmul_macs(out, x[-1])
 
     def analyse(self, node, an) -> None:
         a = an.channels(node.input[0])
