@@ -13,10 +13,10 @@ An op that is not in ``RULES`` blocks every channel tensor it reads: nothing is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from ..recovery import compensation
+from ..recovery.compensation import LinearMerge  # noqa: F401  (what a rewrite's `merges` may hold)
 from .graph import attr, set_attr
 from .shapes import count_escapes, shape_entry, shape_follows_input, follows_channel_count, map_interleaved, map_reshape, shape_evaluator
 
@@ -346,56 +346,21 @@ class Conv(Rule):
         _set_bias(node, rw, 2, delta, keep_out)
 
     def _merge(self, node, rw, w, groups, keep_in):
-        """Fold removed near-copies into kept channels (§9.2): ``W_i += alpha W_j``, ``b += beta0 sum W_j``;
-        a `LinearMerge` folds ``a_R = B a_S + bias`` the same way, per kernel tap."""
+        """Fold removed near-copies (or a `LinearMerge`) into the kept input channels' weights
+        (`compensation.merge_into_filters`); ungrouped Convs only."""
         found = rw.merges.get(node.input[0]) if keep_in is not None else None
         if found is None or (not isinstance(found, LinearMerge) and not found) or groups != 1 or self.transpose:
             return w, None, set()
-        w = w.astype(np.float64, copy=True)
-        if isinstance(found, LinearMerge):
-            wr = w[:, found.removed]
-            delta = np.einsum("orkl,r->o", wr, found.bias)
-            w[:, found.keep] += np.einsum("orkl,rs->oskl", wr, found.B)
-            return w.astype(rw.const(node.input[1]).dtype), delta, set(found.removed.tolist())
-        delta = np.zeros(w.shape[0])
-        for j, i, alpha, beta in found:
-            delta += beta * w[:, j].reshape(w.shape[0], -1).sum(axis=1)
-            w[:, i] += alpha * w[:, j]
-        return w.astype(rw.const(node.input[1]).dtype), delta, {j for j, _, _, _ in found}
+        return compensation.merge_into_filters(w, found, rw.const(node.input[1]).dtype)
 
     def _compensation(self, node, rw, w, groups, keep_in, skip=frozenset()):
-        """Bias change that replaces removed input channels by their calibration means (§9.1).
-
-        ``b'_o += sum_{c removed} m_c * sum_{kh,kw} W_{o,c}``: exact for constant channels away
-        from zero-padded borders. Depthwise inputs go with their outputs and ConvTranspose
-        spreads a constant unevenly over strided outputs, so neither is compensated.
-        """
+        """Bias change that replaces removed input channels by their calibration means
+        (`compensation.filter_mean_delta`). ConvTranspose spreads a constant unevenly over
+        strided outputs, so it is not compensated."""
         means = rw.means.get(node.input[0]) if keep_in is not None else None
         if means is None or self.transpose:
             return None
-        c_in = w.shape[1] * groups
-        k_in = c_in // groups
-        if groups > 1 and k_in == 1:
-            return None
-        removed = np.setdiff1d(np.arange(c_in), np.concatenate([keep_in, np.array(sorted(skip), dtype=np.int64)]))
-        per_tap = w.reshape(w.shape[0], w.shape[1], -1).sum(axis=2).astype(np.float64)  # [O, k_in]
-        if groups == 1:
-            return per_tap[:, removed] @ means[removed]
-        local = removed[removed < k_in]
-        group_of = np.arange(w.shape[0]) // (w.shape[0] // groups)
-        m = means[(group_of[:, None] * k_in) + local[None, :]]                          # [O, removed]
-        return (per_tap[:, local] * m).sum(axis=1)
-
-
-@dataclass(frozen=True)
-class LinearMerge:
-    """Removed channels `removed` of a tensor replaced by ``B @ a[keep] + bias`` in its consumers
-    (B [len(removed), len(keep)]; `onnxprune.recovery.datafree.linear_merges`)."""
-
-    removed: np.ndarray
-    keep: np.ndarray
-    B: np.ndarray
-    bias: np.ndarray
+        return compensation.filter_mean_delta(w, groups, keep_in, means, skip)
 
 
 def _set_bias(node, rw, slot, delta, keep_out):
@@ -485,27 +450,12 @@ class Gemm(Rule):
         delta = None
         found = rw.merges.get(node.input[0]) if keep_in is not None else None
         skip = set()
-        if found is not None and isinstance(found, LinearMerge) and beta != 0 and (c is None or c.ndim < 2 or c.shape[0] == 1):
-            # a_R = B a_S + bias (datafree.linear_merges): B_S += B' B_R, C += alpha/beta * bias B_R
-            b = np.moveaxis(b.astype(np.float64, copy=True), in_axis, 0)
-            delta = found.bias @ b[found.removed] * alpha / beta
-            b[found.keep] += found.B.T @ b[found.removed]
-            skip.update(found.removed.tolist())
-            b = np.moveaxis(b, 0, in_axis).astype(rw.const(node.input[1]).dtype)
-        elif found and beta != 0 and (c is None or c.ndim < 2 or c.shape[0] == 1):
-            # merge compensation (§9.2): B_i += a B_j, C += alpha/beta * b0 * B_j
-            b = np.moveaxis(b.astype(np.float64, copy=True), in_axis, 0)
-            delta = np.zeros(b.shape[1])
-            for j, i, a, b0 in found:
-                delta += b0 * b[j] * alpha / beta
-                b[i] += a * b[j]
-                skip.add(j)
-            b = np.moveaxis(b, 0, in_axis).astype(rw.const(node.input[1]).dtype)
-        if means is not None and beta != 0 and (c is None or c.ndim < 2 or c.shape[0] == 1):
-            # mean compensation (§9.1): C += alpha/beta * sum_{k removed} m_k B[k, :]
-            removed = np.setdiff1d(np.arange(b.shape[in_axis]), np.concatenate([keep_in, np.array(sorted(skip), dtype=np.int64)]))
-            rows = np.take(b, removed, axis=in_axis).astype(np.float64)
-            mean_delta = (means[removed] @ rows if in_axis == 0 else rows @ means[removed]) * alpha / beta
+        plain_bias = beta != 0 and (c is None or c.ndim < 2 or c.shape[0] == 1)   # a bias the deltas can go into
+        if found is not None and (isinstance(found, LinearMerge) or found) and plain_bias:
+            b, delta, skip = compensation.merge_into_matrix(b, in_axis, found, alpha, beta,
+                                                           rw.const(node.input[1]).dtype)
+        if means is not None and plain_bias:
+            mean_delta = compensation.matrix_mean_delta(b, in_axis, keep_in, means, skip, alpha, beta)
             delta = mean_delta if delta is None else delta + mean_delta
         if keep_in is not None:
             b = np.take(b, keep_in, axis=in_axis)

@@ -372,8 +372,8 @@ def neuron_merges(mom: dict[str, Moments], kept: dict[str, np.ndarray], min_corr
 
 def linear_merges(mom: dict[str, Moments], kept: dict[str, np.ndarray], ridge: float = RIDGE) -> dict:
     """The removed channels as a linear function of the kept ones (``B = Sigma_RS (Sigma_SS + lambda I)^-1``),
-    as `ops.LinearMerge` entries: rewrite folds them exactly, per kernel tap."""
-    from ..analysis.ops import LinearMerge
+    as `compensation.LinearMerge` entries: rewrite folds them exactly, per kernel tap."""
+    from .compensation import LinearMerge
 
     result = {}
     for tensor, keep in kept.items():
