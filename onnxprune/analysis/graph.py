@@ -3,6 +3,17 @@
 Weights reach nodes as initializers, as `Constant` nodes (PaddlePaddle exports) or through
 `Identity` chains; `GraphIndex.const` resolves all three. `fold.normalise` turns `Constant` nodes into
 initializers once at load so the rest of the program sees one representation.
+
+Why raw protos and not onnx-graphsurgeon (a declared dependency) for the plumbing here
+(consumer lookups, dead-node removal, ordering):
+- the rewrite edits weights and attributes in place and keeps the node and initializer order
+  of the input; a round trip through onnx-graphsurgeon 0.6.1 (`import_onnx`, `cleanup`,
+  `toposort`, `export_onnx`) of the pruned bundled model (`models/fmnist_resnet.onnx --ratio 0.5
+  --calib calib_data/fmnist_calib.npz --seed 0`) reorders both its nodes and its initializers,
+  so outputs would no longer be byte-identical to earlier ones for the same seed;
+- `remove_dead` deletes initializers one by one inside the model: protobuf (upb) frees nothing
+  of a message before the whole message goes, so rebuilding the lists (as an export does)
+  would hold a second copy of the weights of a model near the 2 GiB limit.
 """
 
 from __future__ import annotations
