@@ -672,7 +672,7 @@ def test_order_check_probes_a_runner_up_close_to_a_winning_blend(two_criteria_ca
 
 def test_order_check_fits_its_repairs_on_at_most_64_scoring_images(tmp_path, two_criteria_calib):
     import onnxprune
-    from onnxprune.pipeline import CHECK_FIT_SAMPLES
+    from onnxprune.allocation.order_check import CHECK_FIT_SAMPLES
 
     path = tmp_path / "d128.npz"
     np.savez(path, x=np.random.default_rng(1).standard_normal((128, 3, 8, 8)).astype(np.float32))

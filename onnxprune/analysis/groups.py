@@ -253,7 +253,9 @@ def _block_subgraph_reads(node, an) -> None:
                         an.block(name, f"read inside the subgraph of {node.op_type} '{node.name}'")
 
 
-def _components(an: _Builder, model: onnx.ModelProto) -> Analysis:
+def _units(an: _Builder) -> tuple:
+    """(unit count, the unit of every channel element, which units are blocked): channels tied by
+    an edge form one unit; a unit without a source channel, or with a blocked one, is blocked."""
     n = an.total
     if an.edges:
         a = np.concatenate([e[0] for e in an.edges])
@@ -284,6 +286,11 @@ def _components(an: _Builder, model: onnx.ModelProto) -> Analysis:
         blocked_elem[t.base:t.base + t.size] = True
     unit_source = np.bincount(unit_of, weights=source_elem, minlength=n_units) > 0
     unit_blocked = (np.bincount(unit_of, weights=blocked_elem, minlength=n_units) > 0) | ~unit_source
+    return n_units, unit_of, unit_blocked
+
+
+def _components(an: _Builder, model: onnx.ModelProto) -> Analysis:
+    n_units, unit_of, unit_blocked = _units(an)
 
     # units that share a source tensor belong to the same group
     order = [name for node in model.graph.node for name in node.output if name in an.sources]

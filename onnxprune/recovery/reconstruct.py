@@ -128,11 +128,7 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[s
         return model, skipped
     by_output = {n.output[0]: n for n in model.graph.node}
     inputs = {o: by_output[o].input[0] for o in targets}
-    names = set()
-    for n in model.graph.node:
-        names.update(n.input)
-        names.update(n.output)
-    names |= {i.name for i in model.graph.initializer}
+    names = _tensor_names(model)
     # the original network's targets at fixed sampled locations: one pass for every layer
     teacher = session(with_outputs(original, targets))
     wanted = {o: (by_output[o], GraphIndex(model).const(by_output[o].input[1]).shape) for o in targets}
@@ -158,17 +154,7 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[s
         return d.T @ d, d.T @ y_samples[o][k].astype(np.float64)
 
     def solve(o, acc):
-        node = by_output[o]
-        w = GraphIndex(model).const(node.input[1])
-        if node.op_type == "Conv":
-            w0 = w.reshape(w.shape[0], -1).astype(np.float64)
-        else:
-            w0 = (w if attr(node, "transB", 0) else w.T).astype(np.float64)
-        sol = solve_ridge(acc[0], acc[1], w0, eta)
-        new_w = sol[:-1].T
-        new_w = new_w.reshape(w.shape) if node.op_type == "Conv" else (new_w if attr(node, "transB", 0) else new_w.T)
-        _replace(model, node, 1, new_w.astype(w.dtype), names)
-        _replace(model, node, 2, sol[-1].astype(w.dtype), names)
+        _solve_layer(model, by_output[o], acc, eta, names)
 
     todo = list(targets)
     if sequential:
@@ -202,6 +188,29 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[s
             solve(o, acc[o])
     remove_dead(model)
     return model, skipped
+
+
+def _tensor_names(model: onnx.ModelProto) -> set[str]:
+    """Every tensor name the graph uses (node inputs and outputs, initializers)."""
+    names = set()
+    for n in model.graph.node:
+        names.update(n.input)
+        names.update(n.output)
+    return names | {i.name for i in model.graph.initializer}
+
+
+def _solve_layer(model: onnx.ModelProto, node, acc, eta: float, names: set[str]) -> None:
+    """Replace `node`'s weight and bias by the anchored ridge solution of its accumulated (G, H)."""
+    w = GraphIndex(model).const(node.input[1])
+    if node.op_type == "Conv":
+        w0 = w.reshape(w.shape[0], -1).astype(np.float64)
+    else:
+        w0 = (w if attr(node, "transB", 0) else w.T).astype(np.float64)
+    sol = solve_ridge(acc[0], acc[1], w0, eta)
+    new_w = sol[:-1].T
+    new_w = new_w.reshape(w.shape) if node.op_type == "Conv" else (new_w if attr(node, "transB", 0) else new_w.T)
+    _replace(model, node, 1, new_w.astype(w.dtype), names)
+    _replace(model, node, 2, sol[-1].astype(w.dtype), names)
 
 
 def out_spatial(node, x_shape, w_shape) -> tuple[int, ...]:

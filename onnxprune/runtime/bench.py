@@ -384,6 +384,17 @@ def _profile(index: int, m: _Model, provider: str, batch: int, cfg: BenchConfig,
     return Profile(m.info.label, provider, batch, file, runs, total, tuple(top), by_type)
 
 
+def _batches_per_model(models, batches, note) -> list:
+    """The batches each model runs at (a static batch: its own only, with a note)."""
+    per_model = []
+    for m in models:
+        chosen, msg = _batches_for(m, batches)
+        per_model.append(chosen)
+        if msg:
+            note(msg)
+    return per_model
+
+
 def bench(sources: Sequence, config: BenchConfig | None = None, *, labels: Sequence[str] | None = None,
           log: Callable[[str], None] | None = None, hook: Callable[[RunEvent], None] | None = None) -> BenchResult:
     """Measure the latency of models side by side.
@@ -417,12 +428,7 @@ def bench(sources: Sequence, config: BenchConfig | None = None, *, labels: Seque
     for msg in missing:
         note(msg)
     models = _prepare(sources, list(labels) if labels else _labels(sources), dict(cfg.input_shapes))
-    per_model = []
-    for m in models:
-        batches, msg = _batches_for(m, cfg.batches)
-        per_model.append(batches)
-        if msg:
-            note(msg)
+    per_model = _batches_per_model(models, cfg.batches, note)
     all_batches = sorted({b for bs in per_model for b in bs})
     if cfg.profile_dir:
         Path(cfg.profile_dir).mkdir(parents=True, exist_ok=True)
