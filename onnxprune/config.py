@@ -22,10 +22,12 @@ VARIETIES = ("cluster", "gate", "soft", "off")
 ENSEMBLE_MODES = ("group", "joint")
 
 # preset -> the defaults it sets for options the user left unset (None). "default" is criteria.md §10.
+# blend_pool: the data-driven criteria families the blend adds to the weight criteria (with data);
+# blend_search: the blend's weights are searched instead of uniform.
 PRESETS = {
-    "fast": {"allocate": "uniform", "variety": "off", "order_check": False},
-    "default": {"order_check": True},
-    "thorough": {"order_check": True, "blend_search": True},
+    "fast": {"allocate": "uniform", "variety": "off", "order_check": False, "blend_pool": ()},
+    "default": {"order_check": True, "blend_pool": ("activation", "thinet")},
+    "thorough": {"order_check": True, "blend_pool": ("activation", "thinet", "ensemble"), "blend_search": True},
 }
 
 

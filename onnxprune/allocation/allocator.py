@@ -214,6 +214,7 @@ def run(run, model_or_path) -> None:
     run.ctx = ctx = criteria.ScoreContext(an, seed=sc.seed, stats=run.stats, data=run.data,
                                           options={"ratio": budget.ratio, "preset": sc.preset,
                                                    "ensemble_mode": sc.ensemble_mode, "order_check": sel.order_check,
+                                                   "blend_pool": config.preset_value("blend_pool"),
                                                    "blend_search": config.preset_value("blend_search", False)})
     if run.data is not None:
         ctx.notes.extend(run.data.notes)
