@@ -102,7 +102,7 @@ class Analysis:
             t = self.tensors[name]
             if t.split:
                 continue
-            if any(n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and slot == 0
+            if any(slot == 0 and getattr(rule_for(n), "counts_macs", False)     # read by a weighted op
                    for n, slot in index.consumers.get(name, [])):
                 result[name] = t.axis
         return result

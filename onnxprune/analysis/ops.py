@@ -58,6 +58,10 @@ class Rule:
         """Multiply-accumulates per sample of `node` from its input, weight and output shapes (0 when unknown)."""
         return 0
 
+    def out_axis(self, node) -> int:
+        """The axis of this source's weight that indexes its output channels."""
+        raise TypeError(f"{node.op_type} is not a filter source")
+
 
 class Passthrough(Rule):
     """Element-wise unary ops, Cast, Identity, Dropout: out channel c == in channel c."""
@@ -268,6 +272,10 @@ class Conv(Rule):
     transpose = False
     counts_macs = True
 
+    def out_axis(self, node) -> int:
+        """Conv weights are ``[O, C/group, kH, kW]``; ConvTranspose ``[C, O/group, kH, kW]``."""
+        return 1 if self.transpose else 0
+
     def filters(self, node, w: np.ndarray) -> np.ndarray:
         """Conv weights ``[O, C/group, kH, kW]``: one flattened row per output channel."""
         return w.reshape(w.shape[0], -1)
@@ -408,6 +416,10 @@ class Gemm(Rule):
 
     counts_macs = True
 
+    def out_axis(self, node) -> int:
+        """B is ``[N, K]`` with transB, else ``[K, N]``."""
+        return 0 if attr(node, "transB", 0) else 1
+
     def filters(self, node, w: np.ndarray) -> np.ndarray:
         """B is ``[N, K]`` with transB, else ``[K, N]``: one row per output feature."""
         return w if attr(node, "transB", 0) else w.T
@@ -473,6 +485,10 @@ class MatMul(Rule):
     """MatMul by a constant 2-D matrix over the channel axis (the last axis): like Gemm."""
 
     counts_macs = True
+
+    def out_axis(self, node) -> int:
+        """A constant B is ``[K, N]``."""
+        return 1
 
     def filters(self, node, w: np.ndarray) -> np.ndarray:
         """A constant B ``[K, N]``: one row per output feature."""

@@ -25,6 +25,7 @@ from ..calibration import activations
 from ..calibration.calib import CalibData
 from ..verification.evaluate import fidelity_loss
 from ..analysis.graph import GraphIndex, remove_dead, unique_name
+from ..analysis.ops import rule_for
 
 
 def held_out_loss(model: onnx.ModelProto, data: CalibData, reference: list[np.ndarray], loss=fidelity_loss) -> float:
@@ -111,7 +112,7 @@ def match_moments(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict
         a = np.clip(np.where(sd_s > 1e-8, sd_t / np.maximum(sd_s, 1e-12), 1.0), 0.5, 2.0)
         c = mu_t - a * mu_s
         w = index.const(node.input[1])
-        out_axis = 0 if node.op_type == "Conv" or (node.op_type == "Gemm" and _attr(node, "transB", 0)) else 1
+        out_axis = rule_for(node).out_axis(node)
         shape = [1] * w.ndim
         shape[out_axis] = -1
         _set_initializer(result, node, 1, (w * a.reshape(shape)).astype(w.dtype), names)
