@@ -189,6 +189,16 @@ class PruneConfig:
         return self
 
 
+def check_ratio_given(config: PruneConfig) -> None:
+    """An explicit ratio conflicts with any other way of saying how much is removed (the ratio has
+    a default, so only a ratio the user gave is checked: the API's `ratio=` or the CLI's --ratio)."""
+    b = config.budget
+    other = next((flag for flag, value in (("--target-macs", b.target_macs), ("--target-latency", b.target_latency),
+                                           ("--plan", config.selection.plan)) if value is not None), None)
+    if other:
+        raise OnnxPruneError(f"give --ratio or {other}, not both ({other} decides how much is removed)")
+
+
 def _fail_unless(ok: bool, message: str) -> None:
     if not ok:
         raise OnnxPruneError(message)

@@ -21,7 +21,7 @@ from .allocation.select import Plan
 from .analysis import fold, graph
 from .analysis.groups import Analysis, analyse as analyse_groups
 from .calibration import stage as calibration
-from .config import PruneConfig
+from .config import PruneConfig, check_ratio_given
 from .errors import OnnxPruneError
 from .recovery import stage as recovery
 from .report import build
@@ -98,6 +98,8 @@ def prune(model_or_path, criterion: str | None = None, ratio: float | None = Non
     given = {**({} if criterion is None else {"criterion": criterion}), **({} if ratio is None else {"ratio": ratio}),
              **keywords}
     config = config.replace(**given) if config is not None else PruneConfig.from_keywords(**given)
+    if ratio is not None:
+        check_ratio_given(config)
     run = start(config, finetune_progress)
     with run.timed("analyse"):
         run.prep = prepare(model_or_path, config.input_shape)

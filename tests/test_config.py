@@ -27,6 +27,8 @@ BAD = [
     ({"allocate": "utilization"}, ["--allocate", "utilization"], "--allocate utilization needs calibration data"),
     ({"min_fidelity": 2.0}, None, "--min-fidelity must be in [0, 1], got 2.0"),
     ({"target_latency": 0.5, "target_macs": 0.5}, None, "give --target-latency or --target-macs, not both"),
+    ({"ratio": 0.9, "target_macs": 0.2}, ["--ratio", "0.9", "--target-macs", "0.2"],
+     "give --ratio or --target-macs, not both (--target-macs decides how much is removed)"),
 ]
 
 
@@ -43,9 +45,9 @@ def test_bad_options_fail_before_the_model_is_read(kw, flags, message):
 
 
 def test_a_plan_makes_the_selection_options_moot():
-    # a saved plan decides what is removed: criterion and ratio are not checked (the plan's file is)
+    # a saved plan decides what is removed: the criterion is not checked (the model and plan files are)
     with pytest.raises(onnxprune.OnnxPruneError, match="not found|No such file|cannot read"):
-        onnxprune.prune(MISSING, criterion="l3", ratio=2.0, plan="plan.json")
+        onnxprune.prune(MISSING, criterion="l3", plan="plan.json")
 
 
 def test_keywords_round_trip_through_json():

@@ -195,11 +195,6 @@ def prune(model, output, criterion, ratio, global_pruning, max_ratio, min_channe
         from .. import io, pipeline
         from ..report import render as report
 
-        if ratio_given:   # --ratio has a default, so only an explicit one can conflict
-            other = next((flag for flag, value in (("--target-macs", target_macs), ("--target-latency", target_latency),
-                                                   ("--plan", plan)) if value is not None), None)
-            if other:
-                raise OnnxPruneError(f"give --ratio or {other}, not both ({other} decides how much is removed)")
         out = output or model.with_name(model.stem + "_pruned.onnx")
         io.check_output_path(out, [model])
         for extra in (report_path, save_plan, plot_groups):
@@ -209,7 +204,8 @@ def prune(model, output, criterion, ratio, global_pruning, max_ratio, min_channe
             from ..report.plots import pyplot
             pyplot()   # fail before pruning when matplotlib is missing
         result = pipeline.prune(
-            str(model), criterion=criterion, ratio=ratio, global_pruning=global_pruning, max_ratio=max_ratio,
+            str(model), criterion=criterion, ratio=ratio if ratio_given else None,   # only a typed --ratio conflicts
+            global_pruning=global_pruning, max_ratio=max_ratio,
             min_channels=min_channels, round_to=round_to, ignore=ignore, plan=str(plan) if plan else None,
             save_plan=str(save_plan) if save_plan else None, input_shape=shapes, seed=seed, verify=not no_verify,
             calib=calib, calib_samples=calib_samples, batch_size=batch_size, mean=mean, std=std, scale=scale,
