@@ -414,18 +414,19 @@ def test_calib_synthetic_without_extra(tmp_path, monkeypatch):
 def test_cli_and_api_defaults_agree():
     """The CLI's and `prune`'s fine-tuning defaults are FinetuneConfig's (listed in the CLI so that
     --help imports nothing heavy)."""
+    import dataclasses
     import inspect
 
-    from onnxprune import pipeline
     from onnxprune.cli import prune as prune_command
+    from onnxprune.config import Recovery
     from onnxprune.finetuning import FinetuneConfig, finetune
 
     config = FinetuneConfig()
     cli = {p.name: p.default for p in prune_command.params}
-    api = inspect.signature(pipeline.prune).parameters
+    api = {f.name: f.default for f in dataclasses.fields(Recovery)}    # `prune`'s keywords: PruneConfig's parts
     tune = inspect.signature(finetune).parameters
     for cli_name, field in (("epochs", "epochs"), ("lr", "lr"), ("finetune_batch", "batch_size"),
                             ("device", "device")):
-        assert cli[cli_name] == api[cli_name].default == tune[cli_name].default == getattr(config, field)
+        assert cli[cli_name] == api[cli_name] == tune[cli_name].default == getattr(config, field)
     assert FinetuneConfig(augment=cli["augment"]).augment == config.augment
     assert tune["bn"].default == config.bn and tune["temperature"].default == config.temperature
