@@ -23,10 +23,10 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
 
-    from onnxprune import activations
-    from onnxprune.calib import CalibConfig, CalibData, input_specs
+    from onnxprune.calibration import activations
+    from onnxprune.calibration.calib import CalibConfig, CalibData, input_specs
     from onnxprune.pipeline import prepare
-    from onnxprune.verify import session
+    from onnxprune.runtime.sessions import session
 
     prep = prepare(args.model)
     an = prep.analysis

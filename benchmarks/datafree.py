@@ -22,7 +22,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from onnxprune import pipeline  # noqa: E402
-from onnxprune.verify import session  # noqa: E402
+from onnxprune.runtime.sessions import session  # noqa: E402
 
 MODEL = os.path.join(ROOT, "models", "fmnist_resnet.onnx")
 RUNS = [("--criterion blend --ratio 0.5", dict(criterion="blend", ratio=0.5)),

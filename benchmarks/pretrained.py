@@ -282,7 +282,7 @@ def det_eval() -> tuple[list[np.ndarray], list[str]]:
 
 def run_model(model, feeds_list: list[np.ndarray], batch: int = 64) -> list[np.ndarray]:
     """The first output for each array of `feeds_list` (split in batches)."""
-    from onnxprune.verify import session
+    from onnxprune.runtime.sessions import session
 
     sess = session(model)
     name = sess.get_inputs()[0].name
@@ -417,9 +417,9 @@ def limit_mask_batch(samples: int) -> None:
     64 (onnxprune.criteria.ensembles.BATCH and the batch the interactions game takes)."""
     from onnxprune.criteria import ensembles, interactions
 
-    first = ensembles._first_batch
+    first = ensembles.first_batch
     ensembles.BATCH = samples
-    interactions._first_batch = lambda data, size: first(data, min(size, samples))
+    interactions.first_batch = lambda data, size: first(data, min(size, samples))
 
 
 def run_list(only: list[str] | None) -> list[tuple[str, dict]]:
@@ -454,7 +454,7 @@ def run_list(only: list[str] | None) -> list[tuple[str, dict]]:
 
 def one_run(onnxprune, path, key, task, calib, samples, seed, target, kwargs, base_params) -> dict:
     """Prune once and measure; failures are recorded, not raised."""
-    from onnxprune import graph, metrics
+    from onnxprune.analysis import fold, graph, metrics
 
     out = {"seed": seed}
     t = time.perf_counter()
@@ -467,7 +467,7 @@ def one_run(onnxprune, path, key, task, calib, samples, seed, target, kwargs, ba
     out["seconds"] = time.perf_counter() - t
     rep = result.report
     out.update(macs_kept=rep["macs_kept"],
-               params_kept=metrics.count_params(graph.normalise(result.model)) / base_params,
+               params_kept=metrics.count_params(fold.normalise(result.model)) / base_params,
                valid=bool(rep["verification"] and rep["verification"].get("valid")),
                recovery=[s["step"] for s in rep["recovery"] if s.get("kept")], notes=rep.get("notes"),
                holdout=rep.get("holdout"), order_check=(rep.get("allocation") or {}).get("order_check"))
@@ -543,7 +543,7 @@ def main() -> int:
     import onnxruntime
 
     import onnxprune
-    from onnxprune import graph, metrics
+    from onnxprune.analysis import fold, graph, metrics
 
     onnxruntime.set_default_logger_severity(3)
     limit_mask_batch(args.mask_samples)
@@ -567,7 +567,7 @@ def main() -> int:
         ref = task.reference(original)
         # these exports keep their weights in Constant nodes, which the report's parameter count
         # does not see (it gives params_kept 1.0): count both models after normalisation instead
-        base_params = metrics.count_params(graph.normalise(original))
+        base_params = metrics.count_params(fold.normalise(original))
         samples = args.calib_samples or CALIB_SAMPLES[key]
         print(f"\n== {key}: {MODELS[key]['file']}, input {MODELS[key]['shape']}; {task.describe}", flush=True)
         print(f"original: {json.dumps(ref, ensure_ascii=False)}", flush=True)

@@ -24,7 +24,7 @@ CRITERIA = ["l1", "l2", "fpgm", "bn_scale", "random", "mean_act", "apoz", "entro
 
 
 def accuracy(model, test_inputs, labels, input_name) -> float:
-    from onnxprune.verify import session
+    from onnxprune.runtime.sessions import session
 
     sess = session(model)
     preds = []

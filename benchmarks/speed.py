@@ -6,7 +6,7 @@
 
 Every model (default: tests/models/resnet_style.onnx, plus the models of --folder) is pruned with
 `onnxprune.prune(path, criterion="l1", ratio=r, round_to=k)` for each ratio and round_to, then the
-original and all its pruned versions are timed side by side in one `onnxprune.bench.bench` call
+original and all its pruned versions are timed side by side in one `onnxprune.runtime.bench.bench` call
 per thread count (runs alternate between the models, so machine drift hits all alike). Printed per
 pruned model and (threads, batch): median latency, speedup over the original, and efficiency =
 speedup / (1 / MACs kept). Figures, not assertions: put them in docs/results.md with the machine named.
@@ -45,7 +45,7 @@ def main() -> int:
     args = ap.parse_args()
 
     import onnxprune
-    from onnxprune.bench import BenchConfig, bench
+    from onnxprune.runtime.bench import BenchConfig, bench
     from onnxprune.errors import OnnxPruneError
 
     paths = list(args.models) or [DEFAULT_MODEL]

@@ -122,7 +122,7 @@ def image_sets(rng) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run_model(model, x: np.ndarray) -> np.ndarray:
-    from onnxprune.verify import session
+    from onnxprune.runtime.sessions import session
 
     sess = session(model)
     name = sess.get_inputs()[0].name
@@ -188,7 +188,7 @@ def main() -> int:
     args = ap.parse_args()
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     import onnxprune
-    from onnxprune import evaluate
+    from onnxprune.verification import evaluate
 
     path = model_path(args.model)
     calib_x, eval_x = image_sets(np.random.default_rng(0))

@@ -14,11 +14,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .graph import (GraphIndex, copy_without_large, remove_dead, restore_large, run_shape_inference, skeleton,
-                    sync_initializer_inputs, unique_name)
-from .groups import Analysis
-from .ops import rule_for
-from .shapes import PASS_THROUGH, pass_through_producer
+from .analysis.graph import GraphIndex, copy_without_large, remove_dead, restore_large, run_shape_inference, skeleton, sync_initializer_inputs, unique_name
+from .analysis.groups import Analysis
+from .analysis.ops import rule_for
+from .analysis.shapes import PASS_THROUGH, pass_through_producer
 
 
 class Rewriter:
@@ -81,7 +80,7 @@ class Rewriter:
         for i, inp in enumerate(node.input):
             producer = self.index.producer.get(inp)
             if producer is not None and name not in producer.input and producer.op_type in PASS_THROUGH:
-                # behind Casts read only along the chain (shapes._shape_entry checked it): change it in place
+                # behind Casts read only along the chain (shapes.shape_entry checked it): change it in place
                 deeper = pass_through_producer(self.index, inp)
                 if deeper is not None and name in deeper.input:
                     return self.set_const(deeper, list(deeper.input).index(name), value)

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import criteria, metrics, rewrite
-from .activations import outputs
-from .bench import BenchConfig, bench
-from .calib import CalibConfig
+from . import criteria, rewrite
+from .analysis import metrics
+from .runtime.bench import BenchConfig, bench
+from .calibration.calib import CalibConfig
 from .errors import OnnxPruneError
-from .pipeline import _calibrate, _holdout_metrics, _recover, prepare
-from .plots import tradeoff as plot  # noqa: F401  (moved to plots.py; kept importable here)
-from .select import SelectConfig, select
+from .calibration.stage import calibrate, holdout_metrics
+from .pipeline import prepare
+from .recovery.sequence import recover
+from .report.plots import tradeoff as plot  # noqa: F401  (the sweep's plot, importable from here)
+from .allocation.select import SelectConfig, select
 
 
 class SweepRows(list):
@@ -56,7 +58,7 @@ def sweep(model_path: str, ratios: list[float], criterion: str = "l1", calib: Ca
         raise OnnxPruneError(f"{model_path}: nothing to prune: every channel group is blocked")
     data, stats, reference = (None, {}, None)
     if calib is not None:
-        data, stats, reference = _calibrate(prep, calib, criterion, recover=True, variety="off")
+        data, stats, reference = calibrate(prep, calib, criterion, recover=True, variety="off")
     ctx = criteria.ScoreContext(an, seed=seed, stats=stats, data=data, options={"ratio": max(ratios)})
     if criterion not in criteria.names():
         raise OnnxPruneError(f"unknown criterion '{criterion}'; choose from {', '.join(criteria.names())}")
@@ -68,14 +70,14 @@ def sweep(model_path: str, ratios: list[float], criterion: str = "l1", calib: Ca
         removed = plan.removed_units(an)
         pruned = rewrite.apply(an, removed)
         if reference is not None and len(removed):
-            pruned, _, _ = _recover(an, removed, pruned, data, stats, reference)
+            pruned, _, _ = recover(an, removed, pruned, data, stats, reference)
         macs = metrics.MacModel(an).macs(removed)
         kept = {gp.group: len(gp.keep) for gp in plan.groups}
         row = {"ratio": ratio, "macs_kept": macs / base.macs if base.macs else 1.0,
                "params_kept": metrics.count_params(pruned) / base.params if base.params else 1.0,
                "kept_channels": [kept.get(g.id, g.size) for g in an.groups]}
         if reference is not None:
-            out = next(iter(_holdout_metrics(outputs(pruned, data, "holdout"), data, reference, pruned).values()))
+            out = next(iter(holdout_metrics(pruned, data, reference).values()))
             row.update({k: out[k] for k in ("accuracy", "accuracy_original", "top1_agreement", "kl", "cosine")
                         if k in out})
         rows.append(row)

@@ -12,10 +12,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxprune import criteria, graph, rewrite
+from onnxprune import criteria, rewrite
+from onnxprune.analysis import graph
 from onnxprune.pipeline import prepare
-from onnxprune.select import SelectConfig, select
-from onnxprune.verify import random_feeds, session
+from onnxprune.allocation.select import SelectConfig, select
+from onnxprune.runtime.sessions import random_feeds, session
 
 
 def masked_model(analysis, removed_units) -> onnx.ModelProto:

@@ -6,10 +6,11 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxprune import allocate as al, criteria
-from onnxprune.metrics import MacModel
+from onnxprune.allocation import allocate as al
+from onnxprune import criteria
+from onnxprune.analysis.metrics import MacModel
 from onnxprune.pipeline import prepare
-from onnxprune.select import SelectConfig, limit_removal
+from onnxprune.allocation.select import SelectConfig, limit_removal
 
 
 def plain_greedy(an, scores, config, macs, target, curves):

@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune
-from onnxprune import bench as bench_mod
-from onnxprune.bench import BenchConfig, RunEvent, bench, read_profile, time_models
-from onnxprune.bench_cli import bench as bench_command
+from onnxprune.runtime import bench as bench_mod
+from onnxprune.runtime.bench import BenchConfig, RunEvent, bench, read_profile, time_models
+from onnxprune.cli.bench import bench as bench_command
 from onnxprune.errors import OnnxPruneError
 
 HERE = os.path.dirname(__file__)
@@ -248,7 +248,7 @@ def test_bad_model_exits_1(tmp_path):
 
 
 def test_help_is_lazy():
-    code = ("import sys; import onnxprune.bench_cli; "
+    code = ("import sys; import onnxprune.cli.bench; "
             "assert not {'onnx', 'onnxruntime', 'numpy', 'rich'} & set(sys.modules), sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
     result = invoke("--help")

@@ -7,12 +7,14 @@ from onnx import helper
 from PIL import Image
 
 from helpers import make_model, run, tensor
-from onnxprune import activations, criteria, recover, rewrite
-from onnxprune.calib import CalibConfig, CalibData, input_specs
+from onnxprune.calibration import activations
+from onnxprune import criteria, rewrite
+from onnxprune.recovery import recover
+from onnxprune.calibration.calib import CalibConfig, CalibData, input_specs
 from onnxprune.criteria.activations import entropy_of
 from onnxprune.errors import OnnxPruneError
 from onnxprune.pipeline import prepare
-from onnxprune.select import SelectConfig, select
+from onnxprune.allocation.select import SelectConfig, select
 
 
 def conv_bn_relu_conv(gamma=None, beta=None, k2=1, c=8, seed=0):
@@ -140,7 +142,7 @@ def test_bn_reestimation_keeps_statistics_that_overflow_the_dtype(tmp_path):
 def test_bn_reestimation_and_moment_matching_leave_no_stale_weights(tmp_path):
     # each replaces initializers; the replaced ones must not stay in the file (PaddleOCR det after
     # moment matching had 1.12x the original's parameters)
-    from onnxprune.metrics import count_params
+    from onnxprune.analysis.metrics import count_params
 
     prep, data = calib_for(conv_bn_relu_conv(), npz_data(tmp_path, n=48), holdout=0.25)
     an = prep.analysis
@@ -244,7 +246,7 @@ def test_bad_calibration_data(tmp_path, case):
 # --- least squares (T12) -----------------------------------------------------------------------
 
 def test_t12_least_squares_never_worse_and_large_ridge_returns_anchor():
-    from onnxprune.reconstruct import solve_ridge
+    from onnxprune.recovery.reconstruct import solve_ridge
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((400, 12))
@@ -265,7 +267,7 @@ def test_t12_least_squares_never_worse_and_large_ridge_returns_anchor():
 @pytest.mark.parametrize("kw", [dict(pads=[1, 1, 1, 1]), dict(strides=[2, 2], pads=[0, 1, 1, 0]),
                                 dict(dilations=[2, 2], pads=[2, 2, 2, 2]), dict(auto_pad="SAME_UPPER", strides=[2, 2])])
 def test_im2col_rows_reproduce_the_conv(kw):
-    from onnxprune.reconstruct import im2col_rows
+    from onnxprune.recovery.reconstruct import im2col_rows
 
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 3, 9, 9)).astype(np.float32)
@@ -346,7 +348,7 @@ def test_entropy_survives_large_offsets_and_non_finite_values():
 
 
 def test_channel_stats_square_huge_activations_without_overflow():
-    from onnxprune.activations import ChannelStats
+    from onnxprune.calibration.activations import ChannelStats
 
     st = ChannelStats(axis=1)
     x = np.full((2, 3, 4, 4), 1e20, np.float32)

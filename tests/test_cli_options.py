@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from onnxprune import calib as calib_mod
+from onnxprune.calibration import calib as calib_mod
 from onnx import numpy_helper
 
 from onnxprune import rewrite
@@ -204,7 +204,7 @@ def test_preset_thorough_adds_ensemble_and_searches_blend_weights(tmp_path):
 
 def test_variety_gate_and_soft_change_the_choice():
     """Scores prefer removing 0 and 1; 0 is unique, 2 and 3 are near-duplicates (R 0.95), 1 is rare too."""
-    from onnxprune.variety import choose
+    from onnxprune.criteria.variety import choose
 
     sim = np.eye(5)
     sim[2, 3] = sim[3, 2] = 0.95
@@ -233,7 +233,7 @@ def test_variety_option_reaches_the_pipeline(tmp_path, variety):
 @pytest.fixture
 def sessions(monkeypatch):
     """(intra-op threads, spinning entry, batch of the first feed) of every bench session run."""
-    import onnxprune.bench as bench_mod
+    import onnxprune.runtime.bench as bench_mod
     seen = []
     real = bench_mod._session
 
@@ -266,7 +266,7 @@ def test_bench_spin_turns_spinning_on(tmp_path, sessions, spin, entry):
 
 def test_latency_batch_and_threads_reach_the_latency_search(tmp_path, monkeypatch):
     """--target-latency measures where --latency-batch/--latency-threads say (a fake meter records them)."""
-    from onnxprune import latency
+    from onnxprune.allocation import latency
     from test_latency import MacMeter, macs
 
     made = []

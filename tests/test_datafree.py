@@ -1,4 +1,4 @@
-"""Data-free repair (onnxprune/datafree.py) and the fidelity check: closed forms against sampling,
+"""Data-free repair (onnxprune/recovery/datafree.py) and the fidelity check: closed forms against sampling,
 lossless compensation of a constant channel, the collapse warning, --min-fidelity."""
 
 import os
@@ -10,9 +10,10 @@ from click.testing import CliRunner
 
 from fixtures import B
 from helpers import run
-from onnxprune import datafree, pipeline, rewrite
+from onnxprune.recovery import datafree
+from onnxprune import pipeline, rewrite
 from onnxprune.cli import main
-from onnxprune.graph import GraphIndex
+from onnxprune.analysis.graph import GraphIndex
 
 HERE = os.path.dirname(__file__)
 FMNIST = os.path.join(HERE, "..", "models", "fmnist_resnet.onnx")

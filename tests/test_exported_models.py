@@ -16,7 +16,7 @@ import pytest
 
 import onnxprune
 from helpers import assert_matches_masked, check_oracle
-from onnxprune import graph
+from onnxprune.analysis import graph
 from onnxprune.cli import CRITERIA
 from onnxprune.criteria import DATA_CRITERIA
 

@@ -1,10 +1,10 @@
-"""The fidelity loss and metrics (onnxprune/evaluate.py) read class scores the way models emit them:
+"""The fidelity loss and metrics (onnxprune/verification/evaluate.py) read class scores the way models emit them:
 logits as logits, probabilities (a model ending in Softmax, of any rank) as probabilities."""
 
 import numpy as np
 import pytest
 
-from onnxprune.evaluate import class_axis, compare, fidelity_loss, warnings_for
+from onnxprune.verification.evaluate import class_axis, compare, fidelity_loss, warnings_for
 
 
 def _softmax(z, axis):
@@ -107,7 +107,7 @@ def test_a_reference_refilled_in_place_is_read_again():
 
 
 def test_the_choice_loss_ranks_by_top1_disagreement_then_kl():
-    from onnxprune.evaluate import CHECK_LOSS_WEIGHT, choice_loss
+    from onnxprune.verification.evaluate import CHECK_LOSS_WEIGHT, choice_loss
 
     p = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.3, 0.7]])
     hedged = np.array([[0.55, 0.45], [0.51, 0.49], [0.45, 0.55], [0.49, 0.51]])    # every answer kept

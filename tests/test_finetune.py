@@ -34,8 +34,8 @@ def _perturb(bridge, seed=0, scale=0.05):
 
 
 def _feeds(model, batch=2, seed=0):
-    from onnxprune import graph
-    from onnxprune.verify import random_feeds
+    from onnxprune.analysis import graph
+    from onnxprune.runtime.sessions import random_feeds
 
     return random_feeds(model, graph.fixed_input_shapes(model, None), batch=batch, seed=seed)
 
@@ -48,7 +48,7 @@ def test_round_trip_on_exported_models(name):
     """Converted, the torch module reproduces the ONNX model; after a change of every trainable
     tensor, the written-back ONNX reproduces the changed module (and differs from the input)."""
     from onnxprune.finetuning.bridge import Bridge, check_agreement, relative_errors
-    from onnxprune.verify import session
+    from onnxprune.runtime.sessions import session
 
     model = onnx.load(MODELS / f"{name}.onnx")
     feeds = _feeds(model)
@@ -234,11 +234,11 @@ def test_result_never_worse_and_deterministic(tmp_path):
 def test_training_lowers_held_out_loss(tmp_path):
     """On a model whose loss training can lower (pruned without recovery), it does, and the kept
     model is the one the held-out loss chose."""
-    from onnxprune.activations import outputs
-    from onnxprune.calib import CalibConfig, CalibData, input_specs
-    from onnxprune.evaluate import Reference, fidelity_loss
+    from onnxprune.calibration.activations import outputs
+    from onnxprune.calibration.calib import CalibConfig, CalibData, input_specs
+    from onnxprune.verification.evaluate import Reference, fidelity_loss
     from onnxprune.finetuning import finetune
-    from onnxprune import graph
+    from onnxprune.analysis import graph
 
     original, pruned, data = _tiny_pruned(tmp_path)
     result = finetune(str(original), str(pruned), str(data), epochs=4, finetune_batch=8, lr=3e-3)
@@ -282,7 +282,7 @@ def test_cli_prune_finetune_and_finetune_command(tmp_path):
 
 
 def test_augment_parsing_and_shift():
-    from onnxprune.calib import InputSpec
+    from onnxprune.calibration.calib import InputSpec
     from onnxprune.finetuning.augment import augment, parse_augment
 
     assert parse_augment("default") == ("shift",) and parse_augment("none") == ()
@@ -351,7 +351,7 @@ def _bn_model(with_bn: bool = True):
 def _set_bn_statistics(model, rng):
     """BN running statistics of a 'trained' model: those of its inputs on some data (smooth
     images around 1.0), BN by BN in order, as training leaves them."""
-    from onnxprune.verify import session
+    from onnxprune.runtime.sessions import session
 
     x = rng.standard_normal((256, 1, 12, 12)).astype(np.float32)
     x = (1.0 + 0.6 * (x + np.roll(x, 1, 2) + np.roll(x, 1, 3)) / 3).astype(np.float32)
@@ -369,10 +369,10 @@ def _set_bn_statistics(model, rng):
 def test_synthetic_inputs_match_bn_statistics():
     """The inputs made for a model reproduce its BN running statistics (within 10% of a std on
     average, from several stds at the random start), measured again here in onnxruntime."""
-    from onnxprune import graph
-    from onnxprune.calib import input_specs
+    from onnxprune.analysis import graph
+    from onnxprune.calibration.calib import input_specs
     from onnxprune.finetuning.synthetic import synthesize
-    from onnxprune.verify import session
+    from onnxprune.runtime.sessions import session
 
     model = _bn_model()
     specs = input_specs(model, graph.fixed_input_shapes(model, {"x": [1, 1, 12, 12]}))
@@ -393,8 +393,8 @@ def test_synthetic_inputs_match_bn_statistics():
 
 @needs_torch
 def test_synthetic_needs_batchnorm():
-    from onnxprune import graph
-    from onnxprune.calib import input_specs
+    from onnxprune.analysis import graph
+    from onnxprune.calibration.calib import input_specs
     from onnxprune.finetuning.synthetic import synthesize
 
     model = _bn_model(with_bn=False)
@@ -415,18 +415,19 @@ def test_calib_synthetic_without_extra(tmp_path, monkeypatch):
 def test_cli_and_api_defaults_agree():
     """The CLI's and `prune`'s fine-tuning defaults are FinetuneConfig's (listed in the CLI so that
     --help imports nothing heavy)."""
+    import dataclasses
     import inspect
 
-    from onnxprune import pipeline
     from onnxprune.cli import prune as prune_command
+    from onnxprune.config import Recovery
     from onnxprune.finetuning import FinetuneConfig, finetune
 
     config = FinetuneConfig()
     cli = {p.name: p.default for p in prune_command.params}
-    api = inspect.signature(pipeline.prune).parameters
+    api = {f.name: f.default for f in dataclasses.fields(Recovery)}    # `prune`'s keywords: PruneConfig's parts
     tune = inspect.signature(finetune).parameters
     for cli_name, field in (("epochs", "epochs"), ("lr", "lr"), ("finetune_batch", "batch_size"),
                             ("device", "device")):
-        assert cli[cli_name] == api[cli_name].default == tune[cli_name].default == getattr(config, field)
+        assert cli[cli_name] == api[cli_name] == tune[cli_name].default == getattr(config, field)
     assert FinetuneConfig(augment=cli["augment"]).augment == config.augment
     assert tune["bn"].default == config.bn and tune["temperature"].default == config.temperature

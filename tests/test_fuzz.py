@@ -29,7 +29,7 @@ import onnxprune
 from fuzzgen import _dims, feeds_for, generate, random_cnn, run_model
 from helpers import check_oracle
 from onnxprune.errors import OnnxPruneError
-from onnxprune.graph import real_inputs
+from onnxprune.analysis.graph import real_inputs
 from onnxprune.pipeline import prepare
 
 N_SEEDS = int(os.environ.get("ONNXPRUNE_FUZZ_SEEDS", "300"))
@@ -197,7 +197,7 @@ def test_fuzz_not_vacuous():
     """
     from onnxprune import criteria
     from onnxprune.pipeline import prepare
-    from onnxprune.select import SelectConfig, select
+    from onnxprune.allocation.select import SelectConfig, select
 
     pruned = nothing = 0
     ops, crits = set(), set()

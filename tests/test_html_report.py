@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 from onnxprune.cli import main
-from onnxprune.html_report import render_html
+from onnxprune.report.html import render_html
 
 HERE = os.path.dirname(__file__)
 RESNET = os.path.join(HERE, "models", "resnet_style.onnx")

@@ -18,7 +18,9 @@ import pytest
 from click.testing import CliRunner
 from onnx import helper, numpy_helper
 
-from onnxprune import io, verify
+from onnxprune import io
+from onnxprune.runtime import sessions
+from onnxprune.verification import verify
 from onnxprune.cli import main
 
 HERE = os.path.dirname(__file__)
@@ -132,21 +134,21 @@ def test_write_external_keeps_the_model_and_its_values(tmp_path):
     b = {i.name: numpy_helper.to_array(i) for i in loaded.graph.initializer}
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     x = {"x": np.ones((1, 3, 8, 8), np.float32)}
-    np.testing.assert_array_equal(verify.session(model).run(None, x)[0],
-                                  verify.session(str(tmp_path / "m.onnx")).run(None, x)[0])
+    np.testing.assert_array_equal(sessions.session(model).run(None, x)[0],
+                                  sessions.session(str(tmp_path / "m.onnx")).run(None, x)[0])
 
 
 def test_ort_model_route_and_cleanup(monkeypatch):
     model = mixed_model()
-    with verify.OrtModel(model) as small:
+    with sessions.OrtModel(model) as small:
         assert isinstance(small.source, bytes)
     monkeypatch.setattr(io, "PROTOBUF_LIMIT", 1000)
-    with verify.OrtModel(model) as big:
+    with sessions.OrtModel(model) as big:
         assert big.is_path and os.path.isfile(big.source) and os.path.isfile(big.source + ".data")
         folder = os.path.dirname(big.source)
         assert oct(os.stat(folder).st_mode & 0o777) == "0o700"   # private
     assert not os.path.exists(folder)
-    dropped = verify.OrtModel(model)   # without close: removed when garbage-collected
+    dropped = sessions.OrtModel(model)   # without close: removed when garbage-collected
     folder = dropped.temp.folder
     del dropped
     assert not os.path.exists(folder)
@@ -180,7 +182,7 @@ def test_rewrite_without_copying_large_weights_gives_the_same_model(monkeypatch,
     """Weights above graph.LARGE_CONST are read from the analysed model, not copied then replaced;
     those left whole (an ignored group) are copied back."""
     import onnxprune
-    from onnxprune import graph
+    from onnxprune.analysis import graph
 
     if model.startswith("zoo:"):
         import zoo

@@ -10,10 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 import onnxprune
-from onnxprune import latency, pipeline
+from onnxprune.allocation import latency
+from onnxprune.runtime import providers
 from onnxprune.cli import main
 from onnxprune.errors import OnnxPruneError
-from onnxprune.latency import Candidate, Measurement, search
+from onnxprune.allocation.latency import Candidate, Measurement, search
 
 HERE = os.path.dirname(__file__)
 RESNET = os.path.join(HERE, "models", "resnet_style.onnx")
@@ -145,9 +146,9 @@ def test_target_outside_0_1_is_an_error(target):
 # --- the pipeline with a fake meter ---------------------------------------------------------------
 
 def macs(proto):
-    from onnxprune import graph, metrics
+    from onnxprune.analysis import fold, graph, metrics
 
-    norm = graph.normalise(proto)
+    norm = fold.normalise(proto)
     return metrics.stats(norm, graph.infer_shapes(norm, graph.fixed_input_shapes(proto, {}, batch=1))).macs
 
 
@@ -200,7 +201,7 @@ def test_unreachable_target_is_one_clear_error(fake_meter):
 
 
 def test_sensitivity_curves_are_computed_once(fake_meter, monkeypatch):
-    from onnxprune import allocate
+    from onnxprune.allocation import allocate
 
     calls = {"curves": 0, "counts": 0}
     curves, counts = allocate.sensitivity_curves, allocate.sensitivity_counts
@@ -251,27 +252,27 @@ def test_cuda_without_onnxruntime_gpu_is_one_line():
 
 # --- --round-to default ----------------------------------------------------------------------------
 
-REAL_CPU_HAS_AVX512 = pipeline.cpu_has_avx512
+REAL_CPU_HAS_AVX512 = providers.cpu_has_avx512
 
 
 @pytest.fixture(autouse=True)
 def no_avx512(monkeypatch):
     """The speed default of --round-to depends on the CPU (16 with AVX-512, else 8): the tests
     here assume a CPU without AVX-512 unless they say otherwise."""
-    monkeypatch.setattr(pipeline, "cpu_has_avx512", lambda: False)
+    monkeypatch.setattr(providers, "cpu_has_avx512", lambda: False)
 
 
 def test_round_to_default_resolution(monkeypatch):
-    assert pipeline.resolve_round_to(None, for_speed=False) == (1, "default")
-    assert pipeline.resolve_round_to(None, for_speed=True) == (8, "default when pruning for speed")
-    assert pipeline.resolve_round_to(4, for_speed=True) == (4, "given")
-    assert pipeline.resolve_round_to(1, for_speed=True) == (1, "given")
+    assert providers.resolve_round_to(None, for_speed=False) == (1, "default")
+    assert providers.resolve_round_to(None, for_speed=True) == (8, "default when pruning for speed")
+    assert providers.resolve_round_to(4, for_speed=True) == (4, "given")
+    assert providers.resolve_round_to(1, for_speed=True) == (1, "given")
     # AVX-512: onnxruntime's CPU kernels block channels by 16; other providers keep 8
-    monkeypatch.setattr(pipeline, "cpu_has_avx512", lambda: True)
-    assert pipeline.resolve_round_to(None, for_speed=True) == (16, "default when pruning for speed on an AVX-512 CPU")
-    assert pipeline.resolve_round_to(None, for_speed=True, provider="cuda") == (8, "default when pruning for speed")
-    assert pipeline.resolve_round_to(None, for_speed=False) == (1, "default")
-    assert pipeline.resolve_round_to(1, for_speed=True) == (1, "given")
+    monkeypatch.setattr(providers, "cpu_has_avx512", lambda: True)
+    assert providers.resolve_round_to(None, for_speed=True) == (16, "default when pruning for speed on an AVX-512 CPU")
+    assert providers.resolve_round_to(None, for_speed=True, provider="cuda") == (8, "default when pruning for speed")
+    assert providers.resolve_round_to(None, for_speed=False) == (1, "default")
+    assert providers.resolve_round_to(1, for_speed=True) == (1, "given")
 
 
 def test_cpu_has_avx512_reads_the_cpu_flags():

@@ -4,11 +4,11 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from helpers import make_model, tensor
-from onnxprune import graph, metrics
+from onnxprune.analysis import fold, graph, metrics
 
 
 def _stats(model):
-    shapes = graph.infer_shapes(graph.normalise(model), graph.fixed_input_shapes(model))
+    shapes = graph.infer_shapes(fold.normalise(model), graph.fixed_input_shapes(model))
     return metrics.node_macs(model, shapes), metrics.count_params(model)
 
 

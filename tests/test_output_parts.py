@@ -7,8 +7,8 @@ import pytest
 from onnx import helper
 
 from helpers import make_model, run, tensor
-from onnxprune import evaluate
-from onnxprune.evaluate import Reference, compare, fidelity_loss, output_parts
+from onnxprune.verification import evaluate
+from onnxprune.verification.evaluate import Reference, compare, fidelity_loss, output_parts
 from onnxprune.pipeline import prepare
 
 
@@ -129,7 +129,7 @@ def test_a_score_part_without_objects_is_not_judged_on_its_noise():
 
 
 def test_onnxprune_eval_reports_each_part(tmp_path):
-    from onnxprune.evaluate import evaluate_files
+    from onnxprune.verification.evaluate import evaluate_files
 
     original, data = tmp_path / "m.onnx", tmp_path / "d.npz"
     onnx.save(yolo_like_model(), original)

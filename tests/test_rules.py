@@ -1,4 +1,4 @@
-"""One fixture per op of the rule table (onnxprune/ops.py RULES) and per blocking reason.
+"""One fixture per op of the rule table (onnxprune/analysis/ops.py RULES) and per blocking reason.
 
 Every fixture is Conv c0 -> Relu -> Conv c1 -> <the op under test> -> Conv c2 (a graph output).
 A *pass* case asserts that c1's group is prunable, that the oracle (pruned == masked original)
@@ -20,7 +20,7 @@ from onnx import TensorProto, helper
 
 from fixtures import B, X, weight
 from helpers import bn_params, tensor
-from onnxprune.ops import RULES
+from onnxprune.analysis.ops import RULES
 from test_topologies import assert_blocked, assert_prunable, groups, kept, oracle
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -462,7 +462,7 @@ def test_every_rule_op_has_a_fixture():
 def _reason_fragments():
     """The fixed words of every `an.block(...)` reason in onnxprune (the longest literal piece of each)."""
     frags = []
-    for mod in ("ops.py", "groups.py"):
+    for mod in ("analysis/ops.py", "analysis/groups.py"):
         path = os.path.join(HERE, "..", "onnxprune", mod)
         tree = ast.parse(open(path).read())
         for call in ast.walk(tree):

@@ -9,9 +9,9 @@ from onnx import helper
 
 from helpers import make_model, run, tensor
 from onnxprune import criteria, rewrite
-from onnxprune.calib import CalibConfig, CalibData, input_specs
+from onnxprune.calibration.calib import CalibConfig, CalibData, input_specs
 from onnxprune.criteria.ensembles import fit_additive
-from onnxprune.masking import MaskRunner
+from onnxprune.runtime.masking import MaskRunner
 from onnxprune.pipeline import prepare
 
 RESNET = "tests/models/resnet_style.onnx"
@@ -116,8 +116,8 @@ def test_t5_ensemble_prunes_the_dead_large_filter_l1_the_small_useful_one(tmp_pa
     assert 0.0 <= ctx.extras["ensemble"]["utilization"][gid] <= 1.0
     # removing the filter each criterion ranks lowest: the ensemble's choice costs (almost) nothing
     runner = MaskRunner(an, [gid])
-    from onnxprune.criteria.ensembles import _first_batch
-    feeds = _first_batch(data, 64)
+    from onnxprune.criteria.ensembles import first_batch
+    feeds = first_batch(data, 64)
     ref = runner.run(feeds, [{}])[0]
     kl = runner.losses(feeds, [{gid: np.where(np.arange(6) == int(np.argmin(s)), 0.0, 1.0)} for s in (ens, l1)], ref)
     assert kl[0] < 1e-6 < kl[1]
@@ -126,14 +126,14 @@ def test_t5_ensemble_prunes_the_dead_large_filter_l1_the_small_useful_one(tmp_pa
 def test_t17_ensemble_agrees_with_leave_one_out_on_a_near_additive_layer(tmp_path):
     from scipy.stats import spearmanr
 
-    from onnxprune.criteria.ensembles import _first_batch, group_game
+    from onnxprune.criteria.ensembles import first_batch, group_game
 
     prep = prepare(onnx.load(RESNET))
     an = prep.analysis
     data = data_for(prep, tmp_path)
     gid = max((g for g in an.groups if g.prunable), key=lambda g: g.size).id
     runner = MaskRunner(an, [gid])
-    feeds = _first_batch(data, 32)
+    feeds = first_batch(data, 32)
     ref = runner.run(feeds, [{}])[0]
     ctx = criteria.ScoreContext(an, data=data)
     game = group_game(ctx, gid, runner, feeds, ref, None, masks=400, keep_prob=0.9, rng=np.random.default_rng(0))
@@ -229,7 +229,8 @@ def duplicate_model():
 
 
 def test_t6_functional_removes_planted_duplicates_losslessly_with_merge(tmp_path):
-    from onnxprune import activations, variety
+    from onnxprune.calibration import activations
+    from onnxprune.criteria import variety
 
     prep = prepare(duplicate_model())
     an = prep.analysis
@@ -251,7 +252,7 @@ def test_t6_functional_removes_planted_duplicates_losslessly_with_merge(tmp_path
 
 
 def test_t7_variety_cluster_keeps_singletons_and_one_member_per_cluster():
-    from onnxprune.variety import choose
+    from onnxprune.criteria.variety import choose
 
     for seed in range(20):
         rng = np.random.default_rng(seed)
@@ -272,7 +273,7 @@ def test_t7_variety_cluster_keeps_singletons_and_one_member_per_cluster():
 
 
 def test_variety_treats_constant_channels_as_one_cluster():
-    from onnxprune.variety import choose, similarity
+    from onnxprune.criteria.variety import choose, similarity
 
     # three dead channels (constant signatures, one of them nonzero: a saturated unit) and three
     # live, distinct ones: the dead ones are alike (one function: a constant, which mean
@@ -640,7 +641,8 @@ def test_order_check_questions_a_defaulted_variety_after_the_own_counts(two_crit
 
 def test_order_check_probes_a_runner_up_close_to_a_winning_blend(two_criteria_calib, monkeypatch):
     import onnxprune
-    from onnxprune import allocate, pipeline
+    from onnxprune.allocation import allocate
+    from onnxprune.allocation import order_check
 
     # l1 ranks the copies of duplicated_half_model as the blend does: the blend wins (ties go to
     # it) and l1, within CLOSE_RUNNER_UP of it, is probed for counts of its own, which do not beat it
@@ -649,17 +651,17 @@ def test_order_check_probes_a_runner_up_close_to_a_winning_blend(two_criteria_ca
                           variety="off").report
     check = rep["allocation"]["order_check"]
     assert check["chosen"] == "blend" and check["own_counts"] is False
-    assert check["losses"]["l1"] <= (1 + pipeline.CLOSE_RUNNER_UP) * check["losses"]["blend"]
+    assert check["losses"]["l1"] <= (1 + order_check.CLOSE_RUNNER_UP) * check["losses"]["blend"]
     assert check["losses"]["l1 at its own counts"] >= check["losses"]["blend"]
     probe = rep["forward_passes"]["sensitivity"]
     assert check["passes"] == pytest.approx(3 * (3 * 16 + 2 * 48) + probe, abs=0.2)
     # a runner-up further away is not probed ...
-    monkeypatch.setattr(pipeline, "CLOSE_RUNNER_UP", -0.5)
+    monkeypatch.setattr(order_check, "CLOSE_RUNNER_UP", -0.5)
     far = onnxprune.prune(duplicated_half_model(), criterion="blend", target_macs=0.3, calib=str(path),
                           variety="off").report["allocation"]["order_check"]
     assert "own_counts" not in far and list(far["losses"]) == ["blend", "l1"]
     # ... nor where a second probe would not repeat the first (an expensive model)
-    monkeypatch.setattr(pipeline, "CLOSE_RUNNER_UP", 0.1)
+    monkeypatch.setattr(order_check, "CLOSE_RUNNER_UP", 0.1)
     monkeypatch.setattr(allocate, "PROBE_PASSES", 8)
     monkeypatch.setattr(allocate, "SECOND_PROBE_MACS", 0)
     costly = onnxprune.prune(duplicated_half_model(), criterion="blend", target_macs=0.3, calib=str(path),
@@ -670,7 +672,7 @@ def test_order_check_probes_a_runner_up_close_to_a_winning_blend(two_criteria_ca
 
 def test_order_check_fits_its_repairs_on_at_most_64_scoring_images(tmp_path, two_criteria_calib):
     import onnxprune
-    from onnxprune.pipeline import CHECK_FIT_SAMPLES
+    from onnxprune.allocation.order_check import CHECK_FIT_SAMPLES
 
     path = tmp_path / "d128.npz"
     np.savez(path, x=np.random.default_rng(1).standard_normal((128, 3, 8, 8)).astype(np.float32))
@@ -684,7 +686,7 @@ def test_order_check_fits_its_repairs_on_at_most_64_scoring_images(tmp_path, two
 
 
 def test_a_score_limit_view_shortens_the_scoring_split_only():
-    from onnxprune.calib import CalibConfig, CalibData, input_specs
+    from onnxprune.calibration.calib import CalibConfig, CalibData, input_specs
 
     model = dead_large_half_model()
     data = CalibData(CalibConfig("random", 100, 8), input_specs(model, {"x": [1, 3, 8, 8]}))

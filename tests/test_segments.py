@@ -1,4 +1,4 @@
-"""Suffix sub-models and cut-by-cut walks (onnxprune/segments.py) compute what the whole model does."""
+"""Suffix sub-models and cut-by-cut walks (onnxprune/analysis/segments.py) compute what the whole model does."""
 
 import glob
 
@@ -7,9 +7,12 @@ import onnx
 import pytest
 
 from helpers import run
-from onnxprune import allocate, criteria, reconstruct as ls, rewrite, segments
-from onnxprune.calib import CalibConfig, CalibData, input_specs
-from onnxprune.masking import MaskRunner
+from onnxprune.allocation import allocate
+from onnxprune import criteria, rewrite
+from onnxprune.recovery import reconstruct as ls
+from onnxprune.analysis import segments
+from onnxprune.calibration.calib import CalibConfig, CalibData, input_specs
+from onnxprune.runtime.masking import MaskRunner
 from onnxprune.pipeline import prepare
 
 MODELS = sorted(glob.glob("tests/models/*.onnx"))
@@ -120,7 +123,7 @@ def test_least_squares_walk_equals_prefix_reruns(tmp_path, monkeypatch):
     np.savez(path, **feeds_for(prep, n=32))
     data = CalibData(CalibConfig(str(path), batch_size=8, holdout=0.25), input_specs(prep.original, prep.input_shapes))
     scores = criteria.score("l1", criteria.ScoreContext(an))
-    from onnxprune.select import SelectConfig, select
+    from onnxprune.allocation.select import SelectConfig, select
     plan, _ = select(an, scores, SelectConfig(ratio=0.5))
     removed = plan.removed_units(an)
     pruned = rewrite.apply(an, removed)

@@ -15,9 +15,9 @@ from onnx import helper
 from fixtures import B, X, const_nodes, init, node, weight
 from helpers import check_oracle, tensor
 from onnxprune import criteria, rewrite
-from onnxprune.graph import attr
+from onnxprune.analysis.graph import attr
 from onnxprune.pipeline import prepare
-from onnxprune.select import SelectConfig, select
+from onnxprune.allocation.select import SelectConfig, select
 
 INT64_MAX = np.iinfo(np.int64).max
 

@@ -17,7 +17,7 @@ from onnx import TensorProto, helper
 
 from fixtures import B, X, const_nodes, weight
 from helpers import check_oracle
-from onnxprune import graph, metrics
+from onnxprune.analysis import fold, graph, metrics
 from onnxprune.errors import OnnxPruneError
 from onnxprune.pipeline import prepare, prune
 from test_topologies import assert_prunable, groups
@@ -143,7 +143,7 @@ def detector(topk=False, threshold=0.0, width=5):
 
 
 def test_data_dependent_output_dims_found():
-    from onnxprune.verify import data_dependent_dims
+    from onnxprune.verification.verify import data_dependent_dims
     m = detector(topk=True)
     assert data_dependent_dims(m, {"x": [2, 3, 16, 16]}) == {"output0": [0], "top_0": [0]}
     assert data_dependent_dims(_small_cnn(), {"x": [2, 3, 16, 16]}) == {}
@@ -165,7 +165,7 @@ def test_detector_with_data_dependent_count_prunes_and_verifies():
 
 
 def test_static_dim_change_of_data_dependent_output_is_refused():
-    from onnxprune.verify import verify
+    from onnxprune.verification.verify import verify
     a, b = detector(), detector(width=6)   # rows [K, 5] -> [K, 6]
     for m in (a, b):   # declared with symbolic dims only: only the run can tell
         m.graph.output[0].CopyFrom(helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["n", "m"]))
@@ -177,7 +177,7 @@ def test_static_dim_change_of_data_dependent_output_is_refused():
 def test_detector_with_data_dependent_count_prunes_with_calibration():
     """Sensitivity probes, the order check and recovery compare outputs whose number of rows
     differs from the original's (detections) without failing; the held-out table gives the shapes."""
-    from onnxprune.evaluate import compare, fidelity_loss
+    from onnxprune.verification.evaluate import compare, fidelity_loss
     ref, out = [np.ones((7, 5), np.float32)], [np.ones((3, 5), np.float32)]
     assert fidelity_loss(ref, out) == pytest.approx(4 / 7)
     assert fidelity_loss(ref, ref) == pytest.approx(0.0, abs=1e-9)
@@ -191,7 +191,7 @@ def test_detector_with_data_dependent_count_prunes_with_calibration():
 def test_mask_runner_runs_masks_alone_when_rows_are_not_the_batch():
     """A dynamic batch lets several masks share one run; a NonZero output's rows are then not
     per mask, so each mask runs alone and gets its own detections."""
-    from onnxprune.masking import MaskRunner
+    from onnxprune.runtime.masking import MaskRunner
     model = detector()
     model.graph.input[0].CopyFrom(helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 16, 16]))
     an = prepare(model).analysis
@@ -256,10 +256,10 @@ def test_weight_standardisation_folds_and_prunes(kind):
 
 
 def test_fold_that_differs_from_the_original_is_dropped(monkeypatch):
-    from onnxprune import fold
+    from onnxprune.analysis import fold
     monkeypatch.setattr(fold, "CHECK_RTOL", -1.0)   # no result passes the check
     folded = {}
-    norm = graph.normalise(nfnet(), {"x": [1, 3, 16, 16]}, folded)
+    norm = fold.normalise(nfnet(), {"x": [1, 3, 16, 16]}, folded)
     assert not folded["kept"] and folded["check"].startswith("differs")
     assert any(n.op_type == "ReduceMean" for n in norm.graph.node)
     assert "c0" not in {g.name for g in prepare(norm).analysis.groups if g.prunable}
@@ -274,7 +274,7 @@ def test_fold_keeps_interface_and_reads_no_input():
     stat = b.op("ReduceMean", [b.f32("side", [1.0, 3.0])], "stat", keepdims=1)   # a graph output of constants
     model = b.model(X, [h, stat])
     folded = {}
-    norm = graph.normalise(model, {"x": [1, 3, 16, 16]}, folded)
+    norm = fold.normalise(model, {"x": [1, 3, 16, 16]}, folded)
     assert [o.name for o in norm.graph.output] == ["c0", "stat"]
     assert [i.name for i in graph.real_inputs(norm)] == ["x"]
     assert any(n.output[0] == "stat" for n in norm.graph.node)
@@ -367,7 +367,7 @@ def test_runtime_pads_that_follow_the_channel_count_block():
 ])
 def test_im2col_rows_reproduce_nd_convs(spatial, kw):
     from helpers import make_model, run, tensor
-    from onnxprune.reconstruct import _out_spatial, _positions, im2col_rows
+    from onnxprune.recovery.reconstruct import out_spatial, _positions, im2col_rows
 
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 3, *spatial)).astype(np.float32)
@@ -375,7 +375,7 @@ def test_im2col_rows_reproduce_nd_convs(spatial, kw):
     node = helper.make_node("Conv", ["x", "w"], ["y"], **kw)
     model = make_model([node], [tensor("x", list(x.shape))], [onnx.ValueInfoProto(name="y")], {"w": w})
     y = run(model, {"x": x})["y"]
-    assert _out_spatial(node, x.shape, w.shape) == y.shape[2:]
+    assert out_spatial(node, x.shape, w.shape) == y.shape[2:]
     pos = _positions(node, y.shape, 5, (0, 1, 2))
     rows = im2col_rows(x, node, w.shape, pos)
     np.testing.assert_allclose(rows @ w.reshape(4, -1).T, y[(pos[0], slice(None), *pos[1:])], atol=1e-4)
@@ -441,7 +441,7 @@ def test_time_major_output_prunes_with_calibration(probabilities):
 def test_mask_runner_cuts_masks_on_the_batch_axis():
     """Masks batched into one run are cut apart on the output's batch axis (1 for [T, N, K])."""
     from helpers import run
-    from onnxprune.masking import MaskRunner
+    from onnxprune.runtime.masking import MaskRunner
     model = recogniser()
     an = prepare(model).analysis
     gid = next(g.id for g in an.groups if g.name == "c1")

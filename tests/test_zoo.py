@@ -11,7 +11,7 @@ import pytest
 import onnxprune
 import zoo
 from helpers import assert_matches_masked
-from onnxprune import graph
+from onnxprune.analysis import graph
 
 def without_softmax(model):
     """Expose the logits: random weights saturate the final softmax, hiding differences."""

@@ -7,56 +7,10 @@ normalised by their maximum and summed into the units they belong to.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
+from . import activations, blend, ensembles, functional, interactions, thinet, weights  # noqa: F401  (each registers its criteria)
+from .registry import RECORDS, REGISTRY, Criterion, Record, ScoreContext, names, register, score  # noqa: F401  (the package's API)
 
-import numpy as np
-
-from ..groups import Analysis
-
-
-@dataclass
-class ScoreContext:
-    """What criteria may read: the analysis, a seed, and (later stages) calibration statistics."""
-
-    analysis: Analysis
-    seed: int = 0
-    stats: dict = field(default_factory=dict)      # tensor -> activations.ChannelStats (with --calib)
-    data: object = None                             # calib.CalibData (with --calib)
-    options: dict = field(default_factory=dict)     # ratio, preset knobs
-    extras: dict = field(default_factory=dict)      # what criteria report back (blend weights, U_l, ...)
-    notes: list[str] = field(default_factory=list)
-
-
-Criterion = Callable[[ScoreContext], dict[int, np.ndarray]]
-REGISTRY: dict[str, Criterion] = {}
-
-
-def register(name: str):
-    """Decorator adding a criterion to the registry under `name`."""
-    def wrap(fn: Criterion) -> Criterion:
-        REGISTRY[name] = fn
-        return fn
-    return wrap
-
-
-def names() -> list[str]:
-    """Criterion names, as offered by the CLI."""
-    return list(REGISTRY)
-
-
-def score(name: str, ctx: ScoreContext) -> dict[int, np.ndarray]:
-    """Run criterion `name` on every prunable group."""
-    if name not in REGISTRY:
-        raise KeyError(name)
-    return REGISTRY[name](ctx)
-
-
-from . import activations, blend, ensembles, functional, interactions, thinet, weights  # noqa: E402,F401,I001
-
-DATA_CRITERIA = ("mean_act", "apoz", "entropy", "hrank", "thinet", "ensemble", "functional", "interactions")
-# the optional activation statistics each criterion reads (activations.ChannelStats.want)
-STATS_NEEDED = {"mean_act": {"abs"}, "apoz": {"zeros"}, "entropy": {"pooled"}, "hrank": set(), "thinet": set(), "ensemble": set(),
-                "blend": {"abs", "zeros", "pooled", "signature"}, "functional": {"signature"},
-                "interactions": set()}
-RANK_CRITERIA = ("hrank", "blend")
+# derived from the records (one place per criterion: its @register line)
+DATA_CRITERIA = tuple(r.name for r in RECORDS.values() if r.needs_data)
+STATS_NEEDED = {r.name: set(r.stats) for r in RECORDS.values() if r.needs_data or r.stats}
+RANK_CRITERIA = tuple(r.name for r in RECORDS.values() if r.ranks)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import OnnxPruneError
-from . import ScoreContext, register
+from .registry import ScoreContext, register
 from .weights import sum_over_tensors
 
 
@@ -47,25 +47,25 @@ def entropy_of(pooled: np.ndarray, bins: int = 100) -> np.ndarray:
     return out
 
 
-@register("mean_act")
+@register("mean_act", needs_data=True, stats=("abs",), cost="statistics")
 def mean_act(ctx: ScoreContext) -> dict[int, np.ndarray]:
     """Mean absolute activation."""
     return _reduce(ctx, "mean_act", lambda st: st.abssum / max(st.count, 1))
 
 
-@register("apoz")
+@register("apoz", needs_data=True, stats=("zeros",), cost="statistics")
 def apoz(ctx: ScoreContext) -> dict[int, np.ndarray]:
     """One minus the average percentage of zeros."""
     return _reduce(ctx, "apoz", lambda st: 1.0 - st.zeros / max(st.count, 1))
 
 
-@register("entropy")
+@register("entropy", needs_data=True, stats=("pooled",), cost="statistics")
 def entropy(ctx: ScoreContext) -> dict[int, np.ndarray]:
     """Entropy of the per-sample pooled activation."""
     return _reduce(ctx, "entropy", lambda st: entropy_of(st.pooled_values()))
 
 
-@register("hrank")
+@register("hrank", needs_data=True, ranks=True, cost="statistics")
 def hrank(ctx: ScoreContext) -> dict[int, np.ndarray]:
     """Average rank of the feature maps (flattened 2-D features count as rank <= 1)."""
     return _reduce(ctx, "hrank", lambda st: st.rank_sum / max(st.rank_samples, 1))

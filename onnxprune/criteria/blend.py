@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import REGISTRY, ScoreContext, register
+from .registry import REGISTRY, ScoreContext, register
 
 RHO_MIN = 0.9
 COASSOC = 0.5
@@ -34,16 +34,20 @@ def percentile_ranks(scores: np.ndarray) -> np.ndarray:
     return (rankdata(scores, method="average") - 1.0) / (len(scores) - 1.0)
 
 
+DEFAULT_POOL = ("activation", "thinet")   # the data-driven families blended by the default preset
+
+
 def pool(ctx: ScoreContext) -> list[str]:
     """The criteria blended for this model: data-free ones, plus activation ones with calibration data."""
     names = ["l1", "l2", "fpgm"]
     if any(n.op_type == "BatchNormalization" for n in ctx.analysis.model.graph.node):
         names.append("bn_scale")
-    if ctx.stats and ctx.options.get("preset") != "fast":
+    extra = ctx.options.get("blend_pool", DEFAULT_POOL)      # what the preset adds (config.PRESETS)
+    if ctx.stats and "activation" in extra:
         names += ["mean_act", "apoz", "entropy", "hrank"]
-    if ctx.data is not None and ctx.options.get("preset") != "fast":
+    if ctx.data is not None and "thinet" in extra:
         names.append("thinet")   # the best single criterion on our benchmark; costs one pass over 64 images
-    if ctx.data is not None and ctx.options.get("preset") == "thorough":
+    if ctx.data is not None and "ensemble" in extra:
         names.append("ensemble")
     return names
 
@@ -94,7 +98,7 @@ def blended(ranks: dict[str, dict[int, np.ndarray]], weights: dict[str, float]) 
     return {gid: sum(w * ranks[n][gid] for n, w in weights.items()) / total for gid in ranks[first]}
 
 
-@register("blend")
+@register("blend", stats=("abs", "zeros", "pooled", "signature"), ranks=True, cost="statistics")
 def blend(ctx: ScoreContext) -> dict[int, np.ndarray]:
     """Blend of the condensed criteria pool (uniform weights; searched with preset 'thorough')."""
     names = pool(ctx)

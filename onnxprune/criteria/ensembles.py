@@ -16,9 +16,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import OnnxPruneError
-from ..evaluate import Reference
-from ..masking import MaskRunner, outputs_of, suffix_runners
-from . import ScoreContext, register
+from ..verification.evaluate import Reference
+from ..runtime.masking import MaskRunner, outputs_of, suffix_runners
+from .registry import ScoreContext, register
 
 BATCH = 64
 
@@ -67,7 +67,7 @@ def group_game(ctx: ScoreContext, gid: int, runner: MaskRunner, feeds, reference
             "masks": n_fit + n_test}
 
 
-@register("ensemble")
+@register("ensemble", needs_data=True, cost="forward passes")
 def ensemble(ctx: ScoreContext) -> dict[int, np.ndarray]:
     """Importance from a linear model of the loss over random channel masks (needs calibration data).
 
@@ -79,7 +79,7 @@ def ensemble(ctx: ScoreContext) -> dict[int, np.ndarray]:
         raise OnnxPruneError("criterion 'ensemble' needs calibration data: give --calib PATH")
     an = ctx.analysis
     gids = [g.id for g in an.groups if g.prunable]
-    feeds = _first_batch(ctx.data, BATCH)
+    feeds = first_batch(ctx.data, BATCH)
     reference = Reference.of(an, outputs_of(an.model, feeds))
     rng = np.random.default_rng(ctx.seed)
     mode = ctx.options.get("ensemble_mode") or "group"
@@ -134,7 +134,7 @@ def _joint(ctx: ScoreContext, gids: list[int], feeds, reference, rng) -> dict[in
     return result
 
 
-def _first_batch(data, size: int) -> dict[str, np.ndarray]:
+def first_batch(data, size: int) -> dict[str, np.ndarray]:
     parts = []
     for feeds in data.batches("score"):
         parts.append(feeds)

@@ -1,6 +1,6 @@
 """Functionality-oriented pruning (Qin et al., criteria.md §4): remove functional duplicates first.
 
-Units are clustered by activation signature (similarity >= 0.8, see onnxprune/variety.py); in
+Units are clustered by activation signature (similarity >= 0.8, see onnxprune/criteria/variety.py); in
 each cluster the unit with the best l1 score is kept and the others are marked functionally
 redundant. Scores: ``1 + rank`` for keepers and ``rank`` for redundant units (ranks in [0, 1]
 within the group by l1), so every redundant unit goes before any keeper. The redundant fraction
@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import variety
+from . import variety
 from ..errors import OnnxPruneError
-from . import REGISTRY, ScoreContext, register
+from .registry import REGISTRY, ScoreContext, register
 from .blend import percentile_ranks
 
 
-@register("functional")
+@register("functional", needs_data=True, stats=("signature",), cost="statistics")
 def functional(ctx: ScoreContext) -> dict[int, np.ndarray]:
     """Functional redundancy first, l1 within (needs calibration data for activation signatures)."""
     if not ctx.stats:

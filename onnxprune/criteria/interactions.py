@@ -15,10 +15,10 @@ import itertools
 import numpy as np
 
 from ..errors import OnnxPruneError
-from ..evaluate import Reference
-from ..masking import outputs_of, suffix_runners
-from . import ScoreContext, register
-from .ensembles import _first_batch, group_game
+from ..verification.evaluate import Reference
+from ..runtime.masking import outputs_of, suffix_runners
+from .registry import ScoreContext, register
+from .ensembles import first_batch, group_game
 
 KEEP_PROB = 0.5
 
@@ -31,7 +31,7 @@ def games(ctx: ScoreContext, keep_prob: float = KEEP_PROB) -> dict[int, dict]:
         raise OnnxPruneError("filter interactions need calibration data: give --calib PATH")
     an = ctx.analysis
     gids = [g.id for g in an.groups if g.prunable]
-    feeds = _first_batch(ctx.data, 64)
+    feeds = first_batch(ctx.data, 64)
     reference = Reference.of(an, outputs_of(an.model, feeds))
     rng = np.random.default_rng(ctx.seed)
     result, samples = {}, 0
@@ -46,7 +46,7 @@ def games(ctx: ScoreContext, keep_prob: float = KEEP_PROB) -> dict[int, dict]:
     return result
 
 
-@register("interactions")
+@register("interactions", needs_data=True, cost="forward passes")
 def interactions(ctx: ScoreContext) -> dict[int, np.ndarray]:
     """Banzhaf importance of each unit in its group's mask game (needs calibration data)."""
     return {gid: g["importance"] for gid, g in games(ctx).items()}

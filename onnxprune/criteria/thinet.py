@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..activations import with_outputs
+from ..calibration.activations import with_outputs
 from ..errors import OnnxPruneError
-from ..graph import GraphIndex, attr
-from ..reconstruct import _out_spatial, im2col_rows
-from ..verify import session
-from . import ScoreContext, register
+from ..analysis.graph import GraphIndex, attr
+from ..recovery.reconstruct import out_spatial, im2col_rows
+from ..runtime.sessions import session
+from .registry import ScoreContext, register
 
 SAMPLES_PER_IMAGE = 8
 MAX_IMAGES = 64
@@ -30,7 +30,7 @@ def contributions(node, w: np.ndarray, x: np.ndarray, rng) -> np.ndarray:
         n = np.repeat(np.arange(x.shape[0]), SAMPLES_PER_IMAGE)
         return (x[n].T * b[o.ravel()].T)                               # [K, M]
     n_img, c = x.shape[0], x.shape[1]
-    spatial = _out_spatial(node, x.shape, w.shape)                 # Conv1d, Conv2d, Conv3d
+    spatial = out_spatial(node, x.shape, w.shape)                 # Conv1d, Conv2d, Conv3d
     n = np.repeat(np.arange(n_img), SAMPLES_PER_IMAGE)
     flat = rng.integers(0, int(np.prod(spatial, dtype=np.int64)), size=len(n))
     rows = im2col_rows(x, node, w.shape, (n, *np.unravel_index(flat, spatial))).reshape(len(n), c, -1)
@@ -55,7 +55,7 @@ def greedy_order(v: np.ndarray) -> np.ndarray:
     return np.array(order)
 
 
-@register("thinet")
+@register("thinet", needs_data=True, cost="forward passes")
 def thinet(ctx: ScoreContext) -> dict[int, np.ndarray]:
     """Importance from ThiNet's greedy removal order (needs calibration data)."""
     if ctx.data is None:

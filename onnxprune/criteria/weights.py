@@ -12,23 +12,14 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial.distance import cdist
 
-from ..graph import GraphIndex, attr
-from . import ScoreContext, register
+from ..analysis.graph import GraphIndex
+from ..analysis.ops import rule_for
+from .registry import ScoreContext, register
 
 
 def filters(node, index: GraphIndex) -> np.ndarray:
-    """The weights of each output channel of a source node, one row per channel."""
-    w = index.const(node.input[1])
-    if node.op_type == "Conv":
-        return w.reshape(w.shape[0], -1)
-    if node.op_type == "ConvTranspose":
-        groups = attr(node, "group", 1)
-        k_in, k_out = w.shape[0] // groups, w.shape[1]
-        rows = [w[(o // k_out) * k_in:(o // k_out + 1) * k_in, o % k_out].ravel() for o in range(groups * k_out)]
-        return np.stack(rows)
-    if node.op_type == "Gemm":
-        return w if attr(node, "transB", 0) else w.T
-    return w.T  # MatMul: [K, N]
+    """The weights of each output channel of a source node, one row per channel (its rule knows the layout)."""
+    return rule_for(node).filters(node, index.const(node.input[1]))
 
 
 def sum_over_tensors(ctx: ScoreContext, per_tensor) -> dict[int, np.ndarray]:

@@ -60,11 +60,12 @@ def finetune(original, pruned, calib: str, *, epochs: int = 20, lr: float = 1e-3
     config = FinetuneConfig(epochs=epochs, lr=lr, batch_size=finetune_batch, augment=augment, device=device,
                             seed=seed, bn=bn, temperature=temperature)
     check_ready(config)
-    from .. import graph, io
-    from ..activations import outputs
-    from ..calib import CalibConfig, CalibData, input_specs
+    from ..analysis import fold, graph
+    from .. import io
+    from ..calibration.activations import outputs
+    from ..calibration.calib import CalibConfig, CalibData, input_specs
     from ..errors import OnnxPruneError
-    from ..evaluate import Reference, output_parts
+    from ..verification.evaluate import Reference, output_parts
 
     def load(m, label):
         if isinstance(m, (str, os.PathLike)):
@@ -85,7 +86,7 @@ def finetune(original, pruned, calib: str, *, epochs: int = 20, lr: float = 1e-3
         data = synthetic_calib(original, calib_config, input_specs(original, shapes))
     else:
         data = CalibData(calib_config, input_specs(original, shapes))
-    norm = graph.normalise(original)
+    norm = fold.normalise(original)
     reference = Reference(outputs(original, data, "holdout"),
                           output_parts(norm, graph.infer_shapes(norm, shapes)))
     model, step = finetune_model(original, pruned, data, reference, config, progress=progress)

@@ -36,7 +36,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import OnnxPruneError
-from ..graph import attr, real_inputs
+from ..analysis.graph import attr, real_inputs
 
 EXTRA_HINT = "pip install 'onnxprune[finetune]' (or pip install -e '.[finetune]' in a clone)"
 AGREEMENT_RTOL = 1e-4     # the written ONNX must reproduce the torch module's outputs this closely ...
@@ -146,7 +146,7 @@ def torch_ready(model: onnx.ModelProto, input_shapes: dict | None = None
 def _add_bn_ranks(model: onnx.ModelProto, input_shapes: dict | None) -> None:
     """value_info with the rank (dims unknown) of every BatchNormalization input that onnx shape
     inference leaves without one (a PaddleOCR recogniser: BN after a run-time Reshape)."""
-    from ..graph import fixed_input_shapes, infer_shapes
+    from ..analysis.graph import fixed_input_shapes, infer_shapes
 
     inputs = [n.input[0] for n in model.graph.node if n.op_type == "BatchNormalization"]
     if not inputs:
@@ -332,7 +332,7 @@ def check_agreement(bridge: Bridge, model: onnx.ModelProto, feeds: dict[str, np.
     an error above `tolerance` is an OnnxPruneError (the model is not accepted)."""
     import torch
 
-    from ..verify import session
+    from ..runtime.sessions import session
 
     sess = session(model)
     ort_out = sess.run(None, feeds)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..evaluate import PART_SCORE_FLOOR, PROBABILITY_TOLERANCE, class_axis
+from ..verification.evaluate import PART_SCORE_FLOOR, PROBABILITY_TOLERANCE, class_axis
 
 
 @dataclass(frozen=True)

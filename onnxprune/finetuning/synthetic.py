@@ -31,6 +31,23 @@ BATCH = 64
 LR = 0.1
 
 
+def _frozen_bridge(model: onnx.ModelProto) -> tuple:
+    """The model in torch, in eval mode with frozen parameters, and its BatchNorm modules (at least one)."""
+    import torch
+
+    from .bridge import Bridge
+
+    bridge = Bridge(model, "model")
+    bridge.module.eval()
+    for p in bridge.module.parameters():
+        p.requires_grad_(False)
+    bns = [m for m in bridge.module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        raise OnnxPruneError("--calib synthetic: the model has no BatchNormalization (folded into the convs by its "
+                             "exporter), so there are no statistics to match; give real calibration data")
+    return bridge, bns
+
+
 def synthesize(model: onnx.ModelProto, specs, samples: int, seed: int = 0, steps: int = STEPS,
                batch: int = BATCH, progress=None) -> tuple[dict[str, np.ndarray], dict]:
     """`samples` synthetic inputs for `model`.
@@ -49,18 +66,9 @@ def synthesize(model: onnx.ModelProto, specs, samples: int, seed: int = 0, steps
     """
     import torch
 
-    from .bridge import Bridge
-
     if any(s.dtype.kind != "f" for s in specs):
         raise OnnxPruneError("--calib synthetic: the model has a non-float input; give real calibration data")
-    bridge = Bridge(model, "model")
-    bridge.module.eval()
-    for p in bridge.module.parameters():
-        p.requires_grad_(False)
-    bns = [m for m in bridge.module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        raise OnnxPruneError("--calib synthetic: the model has no BatchNormalization (folded into the convs by its "
-                             "exporter), so there are no statistics to match; give real calibration data")
+    bridge, bns = _frozen_bridge(model)
     seen = []
 
     def hook(module, args):
@@ -141,7 +149,7 @@ def synthetic_calib(model: onnx.ModelProto, config, specs, progress=None):
     import os
     import tempfile
 
-    from ..calib import CalibData
+    from ..calibration.calib import CalibData
 
     arrays, info = synthesize(model, specs, config.samples, config.seed, progress=progress)
     with tempfile.TemporaryDirectory() as folder:

@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 
 from ..errors import OnnxPruneError
-from ..evaluate import fidelity_loss
+from ..verification.evaluate import fidelity_loss
 from ..progress import iterate as stage_iterate, note as stage_note
 from .augment import DEFAULT_AUGMENT, augment, parse_augment
 from .bridge import Bridge, agreement_tolerance, check_agreement, require_torch
@@ -103,7 +103,7 @@ class _Teacher:
     def __post_init__(self):
         names = [o.name for o in self.model.graph.output]
         if self.device == "cpu":
-            from ..verify import session
+            from ..runtime.sessions import session
 
             probe = onnx.ModelProto()
             probe.CopyFrom(self.model)
@@ -273,7 +273,7 @@ def _train_mode(module, bn: str) -> None:
 
 
 def _ort_outputs(model: onnx.ModelProto, data) -> list[np.ndarray]:
-    from ..activations import outputs
+    from ..calibration.activations import outputs
 
     return outputs(model, data, "holdout")
 

@@ -1,0 +1,1 @@
+"""Calibration: loading data, streaming activation statistics, and the calibration stage."""

@@ -1,0 +1,1 @@
+"""Recovery: repairing a pruned model without training (data-driven steps, data-free repair, least squares)."""

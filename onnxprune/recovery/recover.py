@@ -1,0 +1,138 @@
+"""Training-free recovery (criteria.md §9), each step kept only if held-out fidelity improves.
+
+Steps, in order:
+1. mean compensation (§9.1): a removed input channel c of a Conv/Gemm is replaced by its
+   calibration mean ``m_c``, folded into the consumer's bias: ``b'_o += m_c * sum_{kh,kw} W'_{o,c}``
+   (done by the rewrite rules when given the means);
+2. BatchNormalization re-estimation (§9.4): every BN's running mean/variance set to the
+   empirical statistics of its input in the pruned network (two sweeps of one pass each);
+3. moment matching where BN was folded (§9.4): for each Conv/Gemm whose inputs lost channels and
+   whose output feeds no BN, output channel o gets ``a_o = clip(sigma_T / sigma_S, 0.5, 2)``,
+   ``c_o = mu_T - a_o mu_S``: ``W_o <- a_o W_o``, ``b_o <- a_o b_o + c_o`` (T: original network,
+   S: pruned network, pre-activation statistics on the scoring split).
+The fidelity loss (evaluate.fidelity_loss) is measured on the held-out split after each step.
+Least-squares reconstruction of consumer weights (§9.3) lives in reconstruct.py; the pipeline
+(`pipeline._recover`) runs it between mean compensation and BN re-estimation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..calibration import activations
+from ..calibration.calib import CalibData
+from ..verification.evaluate import fidelity_loss
+from ..analysis.graph import GraphIndex, remove_dead, unique_name
+from ..analysis.ops import rule_for
+
+
+def held_out_loss(model: onnx.ModelProto, data: CalibData, reference: list[np.ndarray], loss=fidelity_loss) -> float:
+    """Fidelity loss (or another `loss` of the same signature) of `model` against the original's
+    outputs on the held-out split."""
+    return loss(reference, activations.outputs(model, data, "holdout"), data.split_labels("holdout"))
+
+
+def _set_initializer(model: onnx.ModelProto, node: onnx.NodeProto, slot: int, value: np.ndarray, names: set) -> None:
+    name = unique_name(names, f"{node.input[slot] if slot < len(node.input) and node.input[slot] else node.output[0]}_rec")
+    model.graph.initializer.append(numpy_helper.from_array(value, name))
+    while len(node.input) <= slot:
+        node.input.append("")
+    node.input[slot] = name
+
+
+def _all_names(model: onnx.ModelProto) -> set:
+    names = {i.name for i in model.graph.initializer}
+    for n in model.graph.node:
+        names.update(n.input)
+        names.update(n.output)
+    return names
+
+
+def reestimate_bn(model: onnx.ModelProto, data: CalibData, sweeps: int = 2) -> onnx.ModelProto | None:
+    """A copy of `model` whose BN statistics equal the empirical ones of their inputs (None: no BN)."""
+    bns = [n for n in model.graph.node if n.op_type == "BatchNormalization"]
+    if not bns:
+        return None
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    for _ in range(sweeps):
+        stats = activations.collect(result, {n.input[0]: 1 for n in bns}, data, "score", label="BN re-estimation")
+        names = _all_names(result)
+        index = GraphIndex(result)
+        for node in [n for n in result.graph.node if n.op_type == "BatchNormalization"]:
+            st = stats[node.input[0]]
+            old_mean, old_var = index.const(node.input[3]), index.const(node.input[4])
+            # a channel whose statistics do not fit the BN's dtype (an input blown up by the pruning)
+            # keeps its old statistics: an inf variance would silence it, a NaN poison the output
+            limit = np.finfo(old_var.dtype).max
+            fits = np.isfinite(st.mean) & np.isfinite(st.var) & (np.abs(st.mean) < limit) & (st.var < limit)
+            _set_initializer(result, node, 3, np.where(fits, st.mean, old_mean).astype(old_mean.dtype), names)
+            _set_initializer(result, node, 4, np.where(fits, st.var, old_var).astype(old_var.dtype), names)
+    remove_dead(result)    # the replaced statistics would otherwise stay in the file, unread
+    return result
+
+
+def repaired_nodes(pruned: onnx.ModelProto, kept: dict[str, np.ndarray]) -> list[str]:
+    """Conv/Gemm nodes (by output name) whose inputs lost channels and whose output feeds no BN."""
+    index = GraphIndex(pruned)
+    result = []
+    for node in pruned.graph.node:
+        if node.op_type in ("Conv", "Gemm") and node.input[0] in kept:
+            if not any(c.op_type == "BatchNormalization" for c, _ in index.consumers.get(node.output[0], [])):
+                result.append(node.output[0])
+    return result
+
+
+def match_moments(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, np.ndarray],
+                  data: CalibData, teacher_stats: dict | None = None) -> tuple[onnx.ModelProto | None, dict]:
+    """A copy of `pruned` with affine moment matching on its repaired Conv/Gemm outputs.
+
+    Returns the model (None when nothing to match) and the teacher statistics (reusable).
+    """
+    outs = repaired_nodes(pruned, kept)
+    if not outs:
+        return None, teacher_stats or {}
+    if teacher_stats is None:
+        teacher_stats = activations.collect(original, {o: 1 for o in outs}, data, "score", label="teacher statistics")
+    student = activations.collect(pruned, {o: 1 for o in outs}, data, "score", label="pruned statistics")
+    result = onnx.ModelProto()
+    result.CopyFrom(pruned)
+    index = GraphIndex(result)
+    names = _all_names(result)
+    for node in result.graph.node:
+        if node.output[0] not in student:
+            continue
+        t, s = teacher_stats[node.output[0]], student[node.output[0]]
+        mu_t, sd_t = t.mean, np.sqrt(t.var)
+        if node.output[0] in kept:
+            mu_t, sd_t = mu_t[kept[node.output[0]]], sd_t[kept[node.output[0]]]
+        mu_s, sd_s = s.mean, np.sqrt(s.var)
+        a = np.clip(np.where(sd_s > 1e-8, sd_t / np.maximum(sd_s, 1e-12), 1.0), 0.5, 2.0)
+        c = mu_t - a * mu_s
+        w = index.const(node.input[1])
+        out_axis = rule_for(node).out_axis(node)
+        shape = [1] * w.ndim
+        shape[out_axis] = -1
+        _set_initializer(result, node, 1, (w * a.reshape(shape)).astype(w.dtype), names)
+        bias = index.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        base = np.zeros(len(a)) if bias is None else np.broadcast_to(bias.reshape(-1) if bias.size in (1, len(a))
+                                                                      else bias, (len(a),))
+        if node.op_type == "Gemm":
+            beta = _attr(node, "beta", 1.0)
+            if beta == 0:
+                continue
+            new_bias = (a * base * beta + c) / beta
+        else:
+            new_bias = a * base + c
+        _set_initializer(result, node, 2, new_bias.astype(w.dtype), names)
+    remove_dead(result)    # the replaced weights and biases would otherwise stay in the file, unread
+    return result, teacher_stats
+
+
+def _attr(node, name, default):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default

@@ -1,0 +1,1 @@
+"""Reports: building the report of a run (`build`), rendering it (`render`), plots (`plots`)."""

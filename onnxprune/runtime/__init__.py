@@ -1,0 +1,1 @@
+"""Runtime: onnxruntime sessions, the execution-provider table, masked evaluation and benchmarking."""

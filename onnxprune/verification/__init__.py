@@ -1,0 +1,1 @@
+"""Verification: validity and fidelity of the pruned model against the original."""
