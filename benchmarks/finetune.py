@@ -7,6 +7,7 @@ dataset-fashion-mnist), no labels used in pruning or fine-tuning.
     python benchmarks/finetune.py --synthetic          # ... with 512 synthetic inputs (--calib synthetic)
     python benchmarks/finetune.py --criteria           # l1, mean_act and the default, each fine-tuned, --ratio 0.5
     python benchmarks/finetune.py --runs ratio --epochs 30 --lr 3e-4   # one setting, other schedule
+    python benchmarks/finetune.py --runs ratio --set refit=false --no-plain   # any FinetuneConfig field
 
 Prints one line per run: budget, criterion, data, MACs kept, test accuracy without and with
 fine-tuning (the training-free model is the same run's recovered model, before fine-tuning), the
@@ -58,6 +59,32 @@ def unlabelled(samples: int, folder: str) -> str:
     return path
 
 
+def override(settings: list[str]) -> None:
+    """Make `prune --finetune` use FinetuneConfig fields other than the defaults (benchmark rows that
+    change one setting at a time); values are read as Python literals (false/true accepted)."""
+    import ast
+    import dataclasses
+
+    from onnxprune import pipeline
+
+    if not settings:
+        return
+    fields = {}
+    for item in settings:
+        name, value = item.split("=", 1)
+        value = {"false": "False", "true": "True"}.get(value.lower(), value)
+        try:
+            fields[name] = ast.literal_eval(value)
+        except ValueError:
+            fields[name] = value
+    make = pipeline._finetune_config
+
+    def patched(*a, **kw):
+        config = make(*a, **kw)
+        return None if config is None else dataclasses.replace(config, **fields)
+    pipeline._finetune_config = patched
+
+
 def main() -> int:
     import onnxprune
 
@@ -70,7 +97,11 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--augment", default="default")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a FinetuneConfig field of `prune --finetune` (e.g. refit=false, features=0)")
+    ap.add_argument("--no-plain", action="store_true", help="skip the training-free run (its figure is known)")
     args = ap.parse_args()
+    override(args.set)
     if not os.path.isdir(FMNIST):
         print(f"needs {FMNIST}: apt install dataset-fashion-mnist", file=sys.stderr)
         return 2
@@ -86,8 +117,8 @@ def main() -> int:
             t0 = time.time()
             kw = {"ratio": 0.5} if budget == "ratio" else {"target_macs": 0.5}
             # the training-free model is recorded by running the same prune without fine-tuning (same seed)
-            plain = onnxprune.prune(MODEL, criterion=criterion, calib=calib, calib_samples=args.train, seed=args.seed,
-                                    **kw)
+            plain = None if args.no_plain else onnxprune.prune(
+                MODEL, criterion=criterion, calib=calib, calib_samples=args.train, seed=args.seed, **kw)
             t_plain = time.time() - t0
             t0 = time.time()
             tuned = onnxprune.prune(MODEL, criterion=criterion, calib=calib, calib_samples=args.train, seed=args.seed,
@@ -95,10 +126,14 @@ def main() -> int:
                                     **kw)
             t_tuned = time.time() - t0
             step = next(s for s in tuned.report["recovery"] if s["step"] == "finetune")
+            free = "-" if plain is None else f"{accuracy(plain.model, x, y, 'input'):.4f}"
+            refit = step.get("refit")
+            refit_note = f", refit {refit['epochs']} epochs on {refit['images']} {'kept' if refit['kept'] else 'not kept'}" \
+                if refit else ""
             print(f"{budget:<5} {criterion:<8} {label}  MACs kept {tuned.report['macs_kept']:.3f}  "
-                  f"training-free {accuracy(plain.model, x, y, 'input'):.4f} ({t_plain:.0f} s)  fine-tuned {accuracy(tuned.model, x, y, 'input'):.4f} "
+                  f"training-free {free} ({t_plain:.0f} s)  fine-tuned {accuracy(tuned.model, x, y, 'input'):.4f} "
                   f"({t_tuned:.0f} s; fine-tuning {step['seconds']:.0f} s, best epoch {step['best_epoch']} of "
-                  f"{step['epochs_run']}, {'kept' if step['kept'] else 'not kept'})", flush=True)
+                  f"{step['epochs_run']}, {'kept' if step['kept'] else 'not kept'}{refit_note})", flush=True)
     return 0
 
 

@@ -240,16 +240,26 @@ def test_training_lowers_held_out_loss(tmp_path):
     from onnxprune import graph
 
     original, pruned, data = _tiny_pruned(tmp_path)
-    result = finetune(str(original), str(pruned), str(data), epochs=4, finetune_batch=8, lr=3e-3)
+    result = finetune(str(original), str(pruned), str(data), epochs=4, finetune_batch=8, lr=3e-3, refit=False)
     step = result.step
     assert step["kept"], step
-    assert step["loss_after"] < step["loss_before"]
+    assert step["loss_after"] < step["loss_before"] and "refit" not in step
     # the reported loss is the written ONNX's, measured again here in onnxruntime
     model = onnx.load(original)
     calib = CalibData(CalibConfig(str(data)), input_specs(model, graph.fixed_input_shapes(model, None)))
     reference = Reference(outputs(model, calib, "holdout"))
     assert fidelity_loss(reference, outputs(result.model, calib, "holdout")) == pytest.approx(step["loss_after"],
                                                                                            rel=1e-6)
+    # the refit (the default) repeats the schedule up to the best epoch on both splits (48 images);
+    # the model it returns is the one whose loss on the (now seen) held-out images it reports
+    refitted = finetune(str(original), str(pruned), str(data), epochs=4, finetune_batch=8, lr=3e-3)
+    refit = refitted.step["refit"]
+    assert refitted.step["loss_after"] == step["loss_after"]
+    assert refit["images"] == 48 and refit["epochs"] == step["best_epoch"] == len(refit["train_loss"])
+    seen = fidelity_loss(reference, outputs(refitted.model, calib, "holdout"))
+    assert seen == pytest.approx(refit["held_out_loss_seen"], rel=1e-6)
+    assert refit["kept"] == (seen < step["loss_before"])
+    assert (refitted.model.SerializeToString() == result.model.SerializeToString()) != refit["kept"]
 
 
 @needs_torch
