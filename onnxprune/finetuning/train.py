@@ -51,6 +51,7 @@ class FinetuneConfig:
     threads: int = 0          # torch intra-op threads (0: torch's default)
     features: float = 1.0     # weight of feature matching at the pruned layers' inputs (0: outputs only)
     refit: bool = True        # once the held-out split has chosen the epoch, train again on every image
+    feature_tensors: str = "inputs"   # "inputs": the channel tensors a Conv/Gemm reads; "all": every channel tensor
 
     def __post_init__(self):
         object.__setattr__(self, "augment", parse_augment(self.augment))
@@ -64,6 +65,8 @@ class FinetuneConfig:
                   (self.patience is None or self.patience >= 1, f"patience must be >= 1 (got {self.patience})"),
                   (self.features >= 0, f"features must be >= 0 (got {self.features})"),
                   (isinstance(self.refit, bool), f"refit must be True or False (got {self.refit})"),
+                  (self.feature_tensors in ("inputs", "all"),
+                   f"feature_tensors must be inputs or all (got {self.feature_tensors})"),
                   (self.device in DEVICES, f"unknown device '{self.device}'; choose cpu or cuda")]
         for ok, message in checks:
             if not ok:
@@ -147,9 +150,10 @@ def finetune_model(original: onnx.ModelProto, pruned: onnx.ModelProto, data, ref
         reference: the original's outputs on the held-out split (`evaluate.Reference`).
         config: the options.
         progress: optional callable(epoch, epochs, train_loss, held_out_loss) called after each epoch.
-        hints: {tensor name: (channel axis, kept channel indices of the original's tensor, or None
-            for all)}: tensors of both graphs whose values are matched too (feature matching,
-            weighted by `config.features`; the relative squared error, averaged over tensors).
+        hints: {tensor name: (channel axis, kept channel indices of the original's tensor or None
+            for all, read by a Conv/Gemm)}: tensors of both graphs whose values are matched too
+            (feature matching, weighted by `config.features`, at the read ones or with
+            `config.feature_tensors="all"` at all; the relative squared error, averaged over tensors).
     Returns:
         (model, step): the fine-tuned model when its held-out loss beats `pruned`'s, else `pruned`
         itself; `step` is the report entry (epochs, losses per epoch, best epoch, accepted, why).
@@ -242,7 +246,9 @@ class _Run:
         self.first = next(data.batches("holdout"))
         self.tolerance, self.conversion_error = agreement_tolerance(self.student, pruned, self.first)
         self.student.module.to(config.device)
-        self.hints = {k: v for k, v in hints.items() if config.features > 0 and self.student.produces(k)}
+        self.hints = {k: (axis, kept) for k, (axis, kept, read) in hints.items()
+                      if config.features > 0 and self.student.produces(k)
+                      and (read or config.feature_tensors == "all")}
         self.teacher = _Teacher(original, config.device, self.hints, shapes)
         self.captured = self.student.capture(self.hints)
         self.kinds = output_kinds(reference)
@@ -327,7 +333,12 @@ def _step(config, t0, start, final, train_losses, held_losses, best_epoch, accep
 
 
 def hints_for(analysis, removed) -> dict:
-    """The feature-matching tensors of a pruning: every channel tensor a Conv/Gemm reads as data
-    (`Analysis.read_tensors`), with the channels the pruning kept."""
+    """The feature-matching tensors of a pruning: {name: (channel axis, kept channels or None for
+    all, read)} for every channel tensor of the graph (not a graph input), `read` marking those a
+    Conv/Gemm reads as data (`Analysis.read_tensors`, the ones matched by default)."""
     kept = analysis.kept_channels(removed)
-    return {name: (axis, kept.get(name)) for name, axis in analysis.read_tensors().items()}
+    reads = analysis.read_tensors()
+    inputs = {i.name for i in analysis.model.graph.input}
+    others = {name: (t.axis, kept.get(name), False) for name, t in sorted(analysis.tensors.items())
+              if t.split is None and name not in inputs and name not in reads}
+    return {**{name: (axis, kept.get(name), True) for name, axis in reads.items()}, **others}
