@@ -439,3 +439,26 @@ def test_cli_and_api_defaults_agree():
         assert cli[cli_name] == api[cli_name].default == tune[cli_name].default == getattr(config, field)
     assert FinetuneConfig(augment=cli["augment"]).augment == config.augment
     assert tune["bn"].default == config.bn and tune["temperature"].default == config.temperature
+
+
+def test_feature_hints_cover_every_channel_tensor():
+    """hints_for lists every channel tensor of the pruning (graph inputs excepted) with the kept
+    channels; the ones marked read are exactly those a Conv/Gemm reads (the default matches those)."""
+    from onnxprune import graph, groups, io
+    from onnxprune.finetuning import hints_for
+
+    model = graph.normalise(io.load(MODELS / "resnet_style.onnx"))
+    an = groups.analyse(model, graph.infer_shapes(model, graph.fixed_input_shapes(model, None)))
+    removed = np.arange(0, len(an.unit_blocked), 2)
+    removed = removed[~an.unit_blocked[removed]]
+    hints = hints_for(an, removed)
+    reads = an.read_tensors()
+    assert {k for k, v in hints.items() if v[2]} == set(reads) and len(hints) > len(reads)
+    inputs = {i.name for i in model.graph.input}
+    assert not inputs & set(hints)
+    kept = an.kept_channels(removed)
+    for name, (axis, channels, _) in hints.items():
+        assert axis == an.tensors[name].axis
+        assert (channels is None) == (name not in kept)
+        if channels is not None:
+            assert len(channels) < an.tensors[name].size
