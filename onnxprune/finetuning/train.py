@@ -8,6 +8,11 @@ pipeline's own fidelity loss (`evaluate.fidelity_loss`: KL, or the cross-entropy
 the best epoch is kept, and training stops after `patience` epochs without a better one. The
 result is written back into the pruned graph, checked against the torch module (relative 1e-4),
 and accepted only if its held-out loss, measured in onnxruntime, beats the model it started from.
+An accepted run is then repeated from the same start on every image (both splits) up to its best
+epoch (`refit`): the held-out split chose the epoch count and accepted the schedule; it cannot
+judge a model trained on it, so the refit only has to reproduce its torch module and stay below
+the starting model's loss on those images (a guard against divergence). Measured on the bundled
+Fashion-MNIST model at --ratio 0.5 with 512 images: 90.13% -> 90.25% test accuracy.
 
 BatchNorm layers train in training mode by default (`bn="train"`: batch statistics in the forward
 pass, running statistics updated and written back; every other module stays in eval mode, so
