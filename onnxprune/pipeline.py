@@ -242,8 +242,10 @@ def prune(model_or_path, criterion: str = "blend", ratio: float = 0.5, *, global
         pruned, step = finetune_model(prep.original, pruned, data, reference, tuning, progress=finetune_progress,
                                       hints=hints_for(an, removed))
         steps.append(step)
-        # per epoch: the teacher and the student over the training split, the student over the held-out one
-        passes["finetune"] = step["epochs_run"] * (2 * data.size("score") + data.size("holdout"))
+        # per epoch: the teacher and the student over the training split, the student over the held-out
+        # one; per refit epoch: the teacher and the student over both splits
+        passes["finetune"] = step["epochs_run"] * (2 * data.size("score") + data.size("holdout")) + \
+            step.get("refit", {}).get("epochs", 0) * 2 * data.size("all")
         timings["finetune"] = time.perf_counter() - t
     before = metrics.stats(prep.original, an.shapes)
     checker = datafree.Checker(prep.original, prep.input_shapes, seed, before.macs) if datafree_on or verify else None
