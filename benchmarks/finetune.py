@@ -106,6 +106,7 @@ def main() -> int:
     ap.add_argument("--train", type=int, default=512, help="calibration images: 512 (bundled) or N train images")
     ap.add_argument("--runs", default="ratio,macs", help="ratio (--ratio 0.5), macs (--target-macs 0.5)")
     ap.add_argument("--criteria", action="store_true", help="l1, mean_act and blend at --ratio 0.5")
+    ap.add_argument("--criterion", default="blend", help="the criterion of the --runs rows")
     ap.add_argument("--synthetic", action="store_true", help="calibrate on 512 synthetic inputs (--calib synthetic)")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -123,7 +124,7 @@ def main() -> int:
     import onnx
     print(f"original: test accuracy {accuracy(onnx.load(MODEL), x, y, 'input'):.4f} (10k)", flush=True)
     runs = [("ratio", c) for c in ("l1", "mean_act", "blend")] if args.criteria else \
-        [(r, "blend") for r in args.runs.split(",")]
+        [(r, args.criterion) for r in args.runs.split(",")]
     with tempfile.TemporaryDirectory() as folder:
         calib = "synthetic" if args.synthetic else unlabelled(args.train, folder)
         label = "synthetic" if args.synthetic else f"{args.train} images"
