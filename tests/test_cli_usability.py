@@ -13,7 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from onnxprune import io, pipeline
-from onnxprune.cli import main, prune, sweep
+from onnxprune.cli import main, prune
+from onnxprune.cli.main import sweep
 
 HERE = os.path.dirname(__file__)
 RESNET = os.path.join(HERE, "models", "resnet_style.onnx")

@@ -241,16 +241,26 @@ def test_training_lowers_held_out_loss(tmp_path):
     from onnxprune.analysis import graph
 
     original, pruned, data = _tiny_pruned(tmp_path)
-    result = finetune(str(original), str(pruned), str(data), epochs=4, finetune_batch=8, lr=3e-3)
+    result = finetune(str(original), str(pruned), str(data), epochs=4, finetune_batch=8, lr=3e-3, refit=False)
     step = result.step
     assert step["kept"], step
-    assert step["loss_after"] < step["loss_before"]
+    assert step["loss_after"] < step["loss_before"] and "refit" not in step
     # the reported loss is the written ONNX's, measured again here in onnxruntime
     model = onnx.load(original)
     calib = CalibData(CalibConfig(str(data)), input_specs(model, graph.fixed_input_shapes(model, None)))
     reference = Reference(outputs(model, calib, "holdout"))
     assert fidelity_loss(reference, outputs(result.model, calib, "holdout")) == pytest.approx(step["loss_after"],
                                                                                            rel=1e-6)
+    # the refit (the default) repeats the schedule up to the best epoch on both splits (48 images);
+    # the model it returns is the one whose loss on the (now seen) held-out images it reports
+    refitted = finetune(str(original), str(pruned), str(data), epochs=4, finetune_batch=8, lr=3e-3)
+    refit = refitted.step["refit"]
+    assert refitted.step["loss_after"] == step["loss_after"]
+    assert refit["images"] == 48 and refit["epochs"] == step["best_epoch"] == len(refit["train_loss"])
+    seen = fidelity_loss(reference, outputs(refitted.model, calib, "holdout"))
+    assert seen == pytest.approx(refit["held_out_loss_seen"], rel=1e-6)
+    assert refit["kept"] == (seen < step["loss_before"])
+    assert (refitted.model.SerializeToString() == result.model.SerializeToString()) != refit["kept"]
 
 
 @needs_torch
@@ -431,3 +441,26 @@ def test_cli_and_api_defaults_agree():
         assert cli[cli_name] == api[cli_name] == tune[cli_name].default == getattr(config, field)
     assert FinetuneConfig(augment=cli["augment"]).augment == config.augment
     assert tune["bn"].default == config.bn and tune["temperature"].default == config.temperature
+
+
+def test_feature_hints_cover_every_channel_tensor():
+    """hints_for lists every channel tensor of the pruning (graph inputs excepted) with the kept
+    channels; the ones marked read are exactly those a Conv/Gemm reads (the default matches those)."""
+    from onnxprune import graph, groups, io
+    from onnxprune.finetuning import hints_for
+
+    model = graph.normalise(io.load(MODELS / "resnet_style.onnx"))
+    an = groups.analyse(model, graph.infer_shapes(model, graph.fixed_input_shapes(model, None)))
+    removed = np.arange(0, len(an.unit_blocked), 2)
+    removed = removed[~an.unit_blocked[removed]]
+    hints = hints_for(an, removed)
+    reads = an.read_tensors()
+    assert {k for k, v in hints.items() if v[2]} == set(reads) and len(hints) > len(reads)
+    inputs = {i.name for i in model.graph.input}
+    assert not inputs & set(hints)
+    kept = an.kept_channels(removed)
+    for name, (axis, channels, _) in hints.items():
+        assert axis == an.tensors[name].axis
+        assert (channels is None) == (name not in kept)
+        if channels is not None:
+            assert len(channels) < an.tensors[name].size

@@ -14,7 +14,8 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from onnxprune import progress, report
+from onnxprune import progress
+from onnxprune.report import render as report
 from onnxprune.cli import main
 
 FMNIST = "models/fmnist_resnet.onnx"

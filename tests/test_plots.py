@@ -5,7 +5,7 @@ import pytest
 
 plt = pytest.importorskip("matplotlib.pyplot")
 
-from onnxprune import plots  # noqa: E402
+from onnxprune.report import plots  # noqa: E402
 
 
 @pytest.fixture

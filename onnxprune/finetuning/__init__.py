@@ -35,7 +35,7 @@ def finetune(original, pruned, calib: str, *, epochs: int = 20, lr: float = 1e-3
              augment: str | tuple = "default", device: str = "cpu", seed: int = 0, calib_samples: int = 512,
              batch_size: int = 32, mean: tuple[float, ...] = (0.0,), std: tuple[float, ...] = (1.0,),
              scale: float = 1.0 / 255.0, holdout: float = 0.25, input_shape: dict | None = None,
-             bn: str = "train", temperature: float = 4.0, progress=None) -> FinetuneResult:
+             bn: str = "train", temperature: float = 4.0, refit: bool = True, progress=None) -> FinetuneResult:
     """Fine-tune `pruned` (pruned earlier, or from a plan) against `original` (the Python form of
     `onnxprune finetune`).
 
@@ -50,6 +50,8 @@ def finetune(original, pruned, calib: str, *, epochs: int = 20, lr: float = 1e-3
         calib_samples, batch_size, mean, std, scale, holdout, input_shape: as for `prune`.
         bn: "train" (BN in training mode, statistics updated) or "frozen" (kept).
         temperature: the distillation temperature of classifier outputs.
+        refit: after an accepted run, train again on every image (both splits) for the chosen
+            number of epochs (the report's `refit` entry).
         progress: optional callable(epoch, epochs, train_loss, held_out_loss).
     Returns:
         A FinetuneResult.
@@ -58,7 +60,7 @@ def finetune(original, pruned, calib: str, *, epochs: int = 20, lr: float = 1e-3
             that do not match, or data without a held-out split.
     """
     config = FinetuneConfig(epochs=epochs, lr=lr, batch_size=finetune_batch, augment=augment, device=device,
-                            seed=seed, bn=bn, temperature=temperature)
+                            seed=seed, bn=bn, temperature=temperature, refit=refit)
     check_ready(config)
     from ..analysis import fold, graph
     from .. import io

@@ -8,6 +8,11 @@ pipeline's own fidelity loss (`evaluate.fidelity_loss`: KL, or the cross-entropy
 the best epoch is kept, and training stops after `patience` epochs without a better one. The
 result is written back into the pruned graph, checked against the torch module (relative 1e-4),
 and accepted only if its held-out loss, measured in onnxruntime, beats the model it started from.
+An accepted run is then repeated from the same start on every image (both splits) up to its best
+epoch (`refit`): the held-out split chose the epoch count and accepted the schedule; it cannot
+judge a model trained on it, so the refit only has to reproduce its torch module and stay below
+the starting model's loss on those images (a guard against divergence). Measured on the bundled
+Fashion-MNIST model at --ratio 0.5 with 512 images: 90.13% -> 90.25% test accuracy.
 
 BatchNorm layers train in training mode by default (`bn="train"`: batch statistics in the forward
 pass, running statistics updated and written back; every other module stays in eval mode, so
@@ -51,6 +56,8 @@ class FinetuneConfig:
     seed: int = 0
     threads: int = 0          # torch intra-op threads (0: torch's default)
     features: float = 1.0     # weight of feature matching at the pruned layers' inputs (0: outputs only)
+    refit: bool = True        # once the held-out split has chosen the epoch, train again on every image
+    feature_tensors: str = "inputs"   # "inputs": the channel tensors a Conv/Gemm reads; "all": every channel tensor
 
     def __post_init__(self):
         object.__setattr__(self, "augment", parse_augment(self.augment))
@@ -63,6 +70,9 @@ class FinetuneConfig:
                   (self.bn in ("frozen", "train"), f"bn must be frozen or train (got {self.bn})"),
                   (self.patience is None or self.patience >= 1, f"patience must be >= 1 (got {self.patience})"),
                   (self.features >= 0, f"features must be >= 0 (got {self.features})"),
+                  (isinstance(self.refit, bool), f"refit must be True or False (got {self.refit})"),
+                  (self.feature_tensors in ("inputs", "all"),
+                   f"feature_tensors must be inputs or all (got {self.feature_tensors})"),
                   (self.device in DEVICES, f"unknown device '{self.device}'; choose cpu or cuda")]
         for ok, message in checks:
             if not ok:
@@ -146,9 +156,10 @@ def finetune_model(original: onnx.ModelProto, pruned: onnx.ModelProto, data, ref
         reference: the original's outputs on the held-out split (`evaluate.Reference`).
         config: the options.
         progress: optional callable(epoch, epochs, train_loss, held_out_loss) called after each epoch.
-        hints: {tensor name: (channel axis, kept channel indices of the original's tensor, or None
-            for all)}: tensors of both graphs whose values are matched too (feature matching,
-            weighted by `config.features`; the relative squared error, averaged over tensors).
+        hints: {tensor name: (channel axis, kept channel indices of the original's tensor or None
+            for all, read by a Conv/Gemm)}: tensors of both graphs whose values are matched too
+            (feature matching, weighted by `config.features`, at the read ones or with
+            `config.feature_tensors="all"` at all; the relative squared error, averaged over tensors).
     Returns:
         (model, step): the fine-tuned model when its held-out loss beats `pruned`'s, else `pruned`
         itself; `step` is the report entry (epochs, losses per epoch, best epoch, accepted, why).
@@ -193,34 +204,65 @@ def finetune_model(original: onnx.ModelProto, pruned: onnx.ModelProto, data, ref
                  else "held-out loss not lower than the model it started from")
     step["onnx_torch_relative_error"] = agreement
     step["conversion_relative_error"] = run.conversion_error
+    if accepted and config.refit:
+        tuned, step["refit"] = _refit(original, pruned, data, reference, config, hints or {}, best_epoch, tuned,
+                                      start_loss)
+    step["seconds"] = round(time.perf_counter() - t0, 2)
     return (tuned if accepted else pruned), step
+
+
+def _refit(original, pruned, data, reference, config, hints, epochs, tuned, start_loss):
+    """Train `pruned` again on every calibration image (training and held-out splits), repeating the
+    accepted run's schedule up to its best epoch; returns (model, report entry).
+
+    The held-out split has already done its job (chosen the epoch count and accepted the run), and
+    it cannot judge a model trained on it, so the refit is kept on two conditions only: the written
+    ONNX reproduces the torch module, and its loss on those (now seen) held-out images is below the
+    loss the model started from (a guard against a diverged run, not a measure of quality).
+    Otherwise the split run's model stays."""
+    t0 = time.perf_counter()
+    run = _Run(original, pruned, data, reference, config, hints, train_split="all")
+    losses = [run.train_epoch() for _ in range(epochs)]
+    model = run.student.write_back()
+    agreement = check_agreement(run.student, model, run.first, "refitted model", run.tolerance)
+    seen = fidelity_loss(reference, _ort_outputs(model, data), data.split_labels("holdout"))
+    kept = seen < start_loss
+    entry = {"images": data.size("all"), "epochs": epochs, "train_loss": [round(v, 6) for v in losses],
+             "held_out_loss_seen": seen, "onnx_torch_relative_error": agreement, "kept": kept,
+             "why": "the split run was accepted; the refit repeats its schedule on every image" if kept
+             else "the refit's loss on the held-out images it trained on is not below the starting model's",
+             "seconds": round(time.perf_counter() - t0, 2)}
+    return (model if kept else tuned), entry
 
 
 class _Run:
     """One fine-tuning run: the student (converted, its conversion checked), the teacher, the
     optimiser with its schedule, and the data order."""
 
-    def __init__(self, original, pruned, data, reference, config: FinetuneConfig, hints: dict):
+    def __init__(self, original, pruned, data, reference, config: FinetuneConfig, hints: dict,
+                 train_split: str = "score"):
         import torch
 
         torch.manual_seed(config.seed)
         if config.threads:
             torch.set_num_threads(config.threads)
-        self.config, self.data, self.reference = config, data, reference
+        self.config, self.data, self.reference, self.train_split = config, data, reference, train_split
         self.rng = np.random.default_rng(config.seed)
         shapes = {s.name: [max(1, s.batch), *s.sample_shape] for s in data.specs}
         self.student = Bridge(pruned, "pruned model", train_bn_stats=config.bn == "train", input_shapes=shapes)
         self.first = next(data.batches("holdout"))
         self.tolerance, self.conversion_error = agreement_tolerance(self.student, pruned, self.first)
         self.student.module.to(config.device)
-        self.hints = {k: v for k, v in hints.items() if config.features > 0 and self.student.produces(k)}
+        self.hints = {k: (axis, kept) for k, (axis, kept, read) in hints.items()
+                      if config.features > 0 and self.student.produces(k)
+                      and (read or config.feature_tensors == "all")}
         self.teacher = _Teacher(original, config.device, self.hints, shapes)
         self.captured = self.student.capture(self.hints)
         self.kinds = output_kinds(reference)
         self.params = self.student.trainable()
         if self.params:
             self.optimizer = torch.optim.Adam(self.params, lr=config.lr)
-            lo, hi = data.split_range("score")
+            lo, hi = data.split_range(train_split)
             total = config.epochs * -(-(hi - lo) // config.batch_size)
             # a warm-up (one epoch at most: the first full-rate steps undo much of the training-free
             # repair), then cosine decay
@@ -229,12 +271,12 @@ class _Run:
                 self.optimizer, lambda k: min(1.0, (k + 1) / warm) * 0.5 * (1 + np.cos(np.pi * min(1.0, k / total))))
 
     def train_epoch(self) -> float:
-        """One pass over the 'score' split in a new order; returns the mean training loss."""
+        """One pass over the training split in a new order; returns the mean training loss."""
         import torch
 
         config, data = self.config, self.data
         _train_mode(self.student.module, config.bn)
-        lo, hi = data.split_range("score")
+        lo, hi = data.split_range(self.train_split)
         order = lo + self.rng.permutation(hi - lo)
         total = 0.0
         for b in range(0, len(order), config.batch_size):
@@ -298,7 +340,12 @@ def _step(config, t0, start, final, train_losses, held_losses, best_epoch, accep
 
 
 def hints_for(analysis, removed) -> dict:
-    """The feature-matching tensors of a pruning: every channel tensor a Conv/Gemm reads as data
-    (`Analysis.read_tensors`), with the channels the pruning kept."""
+    """The feature-matching tensors of a pruning: {name: (channel axis, kept channels or None for
+    all, read)} for every channel tensor of the graph (not a graph input), `read` marking those a
+    Conv/Gemm reads as data (`Analysis.read_tensors`, the ones matched by default)."""
     kept = analysis.kept_channels(removed)
-    return {name: (axis, kept.get(name)) for name, axis in analysis.read_tensors().items()}
+    reads = analysis.read_tensors()
+    inputs = {i.name for i in analysis.model.graph.input}
+    others = {name: (t.axis, kept.get(name), False) for name, t in sorted(analysis.tensors.items())
+              if t.split is None and name not in inputs and name not in reads}
+    return {**{name: (axis, kept.get(name), True) for name, axis in reads.items()}, **others}

@@ -68,5 +68,7 @@ def finetune(run) -> None:
                                           progress=run.finetune_progress,
                                           hints=hints_for(run.prep.analysis, run.removed))
         run.steps.append(step)
-        # per epoch: the teacher and the student over the training split, the student over the held-out one
-        run.passes["finetune"] = step["epochs_run"] * (2 * run.data.size("score") + run.data.size("holdout"))
+        # per epoch: the teacher and the student over the training split, the student over the held-out
+        # one; per refit epoch: the teacher and the student over both splits
+        run.passes["finetune"] = step["epochs_run"] * (2 * run.data.size("score") + run.data.size("holdout")) + \
+            step.get("refit", {}).get("epochs", 0) * 2 * run.data.size("all")

@@ -226,7 +226,7 @@ def render_analysis(groups: list[dict], console: Console) -> None:
 
 def write_json(data: dict, path: str) -> None:
     """Write JSON atomically (temp file + rename), with the mode the umask gives."""
-    from .io import new_file_mode
+    from ..io import new_file_mode
 
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".report.", suffix=".tmp", dir=folder)
