@@ -45,7 +45,7 @@ def holdout_metrics(model: onnx.ModelProto, data: CalibData, reference, held_out
 def variety_of(config) -> str:
     """The variety mode in effect: as given (or set by the preset), else cluster for blend with
     data, else off (without data the variety's weight signatures lowered the repaired accuracy,
-    docs/benchmarks.md)."""
+    docs/results.md)."""
     chosen = config.selection.variety
     return chosen or ("cluster" if config.scoring.criterion == "blend" and config.calibration.calib else "off")
 

@@ -399,7 +399,7 @@ CHECK_SAMPLES = 96            # synthetic check inputs per run (one batch where 
 # the calibration images at --ratio 0.5 (two seeds) where 1, 2, 4 px gave 45-47%
 CHECK_BLURS = (1 / 28, 2 / 28, 4 / 28)
 FIT_BLURS = (4 / 28, 8 / 28)
-# collapse thresholds, measured on the bundled Fashion-MNIST ResNet (docs/benchmarks.md) on 96 seeded
+# collapse thresholds, measured on the bundled Fashion-MNIST ResNet (docs/results.md) on 96 seeded
 # N(0, 1) inputs, which no repair step fits. Pruned models at 10-24% test accuracy (10k images) had
 # output cosines 0.39-0.86 with the original and a top-1 agreement 0.00-0.01 above the agreement of
 # two unrelated predictors with the same class frequencies (`chance`); those at 74-93% had cosines

@@ -63,7 +63,7 @@ def resolve_round_to(round_to: int | None, for_speed: bool, provider: str = "cpu
     off those kernels. MobileNetV2 at ratio 0.3 kept 52% of the MACs with odd widths and was no
     faster (0.89-0.98x), 1.25-1.5x faster with 8; on this AVX-512 machine 16 beat 8 outright at
     ratio 0.7 (MobileNetV2 12.1 vs 13.6 ms, ResNet-18 45.5 vs 47.6 ms at batch 8, one thread)
-    while keeping more channels (docs/bench.md). GPUs: multiples of 8 suit fp16 tensor cores.
+    while keeping more channels (docs/speed.md). GPUs: multiples of 8 suit fp16 tensor cores.
     When speed is not the goal, exact ratios (1) are the better default.
     """
     if round_to is not None:
