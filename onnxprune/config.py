@@ -14,7 +14,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field, fields
 
-from .errors import OnnxPruneError
+from .errors import UsageError
 
 ALLOCATORS = ("uniform", "global", "sensitivity", "utilization", "redundancy")
 DATA_ALLOCATORS = ("sensitivity", "utilization", "redundancy")
@@ -182,7 +182,7 @@ class PruneConfig:
         """Check every option and pair of options without reading any file; returns self.
 
         Raises:
-            OnnxPruneError: the first problem found, in the words the CLI prints.
+            UsageError (an OnnxPruneError): the first problem found, in the words the CLI prints.
         """
         for check in (_check_scoring, _check_budget, _check_selection, _check_verification):
             check(self)
@@ -196,12 +196,12 @@ def check_ratio_given(config: PruneConfig) -> None:
     other = next((flag for flag, value in (("--target-macs", b.target_macs), ("--target-latency", b.target_latency),
                                            ("--plan", config.selection.plan)) if value is not None), None)
     if other:
-        raise OnnxPruneError(f"give --ratio or {other}, not both ({other} decides how much is removed)")
+        raise UsageError(f"give --ratio or {other}, not both ({other} decides how much is removed)")
 
 
 def _fail_unless(ok: bool, message: str) -> None:
     if not ok:
-        raise OnnxPruneError(message)
+        raise UsageError(message)
 
 
 def _check_scoring(c: PruneConfig) -> None:
@@ -232,7 +232,7 @@ def _check_selection(c: PruneConfig) -> None:
         _fail_unless(s.variety in VARIETIES, f"unknown --variety '{s.variety}'; choose cluster, gate, soft or off")
     method = s.allocate or ("global" if s.global_pruning else "sensitivity" if c.calibration.calib else "uniform")
     if method == "sensitivity" and not c.calibration.calib:
-        raise OnnxPruneError("--allocate sensitivity needs calibration data: give --calib PATH")
+        raise UsageError("--allocate sensitivity needs calibration data: give --calib PATH")
     _fail_unless(method in ALLOCATORS, f"unknown allocator '{method}'; choose uniform, global, sensitivity, "
                                        f"utilization or redundancy")
     _fail_unless(method not in DATA_ALLOCATORS or bool(c.calibration.calib),

@@ -286,9 +286,9 @@ def build() -> tuple[dict[str, bytes], list[dict]]:
         case("ratio_zero", [V], [V, "-o", "{out}", "--ratio", "0", *ok_flags], 0, "wrote",
              note="ratio 0: the output computes exactly what the input computes"),
         case("ratio_0.99", [V], [V, "-o", "{out}", "--ratio", "0.99", *ok_flags], 0, "wrote"),
-        case("ratio_one", [V], [V, "-o", "{out}", "--ratio", "1"], 1, "ratio must be in [0, 1), got 1.0"),
-        case("ratio_negative", [V], [V, "-o", "{out}", "--ratio", "-0.1"], 1, "ratio must be in [0, 1), got -0.1"),
-        case("ratio_nan", [V], [V, "-o", "{out}", "--ratio", "nan"], 1, "ratio must be in [0, 1), got nan"),
+        case("ratio_one", [V], [V, "-o", "{out}", "--ratio", "1"], 2, "ratio must be in [0, 1), got 1.0"),
+        case("ratio_negative", [V], [V, "-o", "{out}", "--ratio", "-0.1"], 2, "ratio must be in [0, 1), got -0.1"),
+        case("ratio_nan", [V], [V, "-o", "{out}", "--ratio", "nan"], 2, "ratio must be in [0, 1), got nan"),
         # an unknown --criterion is a usage error (exit 2, several lines): tests/test_cli_usability.py
         case("analyse_not_protobuf", ["not_protobuf.onnx"], ["analyse", "not_protobuf.onnx"], 1, "not a valid ONNX model"),
         case("analyse_no_conv", ["no_conv.onnx"], ["analyse", "no_conv.onnx"], 1, "no Conv or ConvTranspose"),

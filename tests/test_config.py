@@ -42,7 +42,7 @@ def test_bad_options_fail_before_the_model_is_read(kw, flags, message):
     assert time.perf_counter() - start < 5.0      # no model read, no data loaded (a calibration pass takes longer)
     if flags is not None:
         result = CliRunner().invoke(main, [MISSING, *flags])
-        assert result.exit_code == 1 and result.output.strip() == f"error: {err.value}"
+        assert result.exit_code == 2 and result.output.strip() == f"error: {err.value}"   # usage errors
 
 
 def test_a_plan_makes_the_selection_options_moot():

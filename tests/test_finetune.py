@@ -182,7 +182,7 @@ def test_finetune_without_extra_fails_before_any_work(tmp_path, monkeypatch):
 def test_finetune_option_errors(tmp_path, args, message):
     result = CliRunner().invoke(main, [str(ROOT / "models" / "fmnist_resnet.onnx"), *args,
                                        "-o", str(tmp_path / "o.onnx")])
-    assert result.exit_code == 1 and message in result.output
+    assert result.exit_code == 2 and message in result.output     # usage errors
     assert not (tmp_path / "o.onnx").exists()
 
 

@@ -237,7 +237,7 @@ def test_an_explicit_ratio_with_another_amount_is_refused(tmp_path, other):
     # --ratio has a default; only a --ratio typed by the user conflicts (it used to be ignored silently)
     out = tmp_path / "p.onnx"
     result = invoke(RESNET, "--criterion", "l1", "--ratio", "0.3", *other, "-o", out)
-    assert result.exit_code == 1
+    assert result.exit_code == 2     # a usage error
     assert result.stderr.strip() == f"error: give --ratio or {other[0]}, not both ({other[0]} decides how much is removed)"
     assert not out.exists()
 

@@ -41,7 +41,7 @@ from typing import Any, Callable, Hashable
 import numpy as np
 
 from .. import rewrite
-from ..errors import OnnxPruneError
+from ..errors import OnnxPruneError, UsageError
 
 TOLERANCE = 0.02
 MAX_STEPS = 8
@@ -257,16 +257,17 @@ class Meter:
 
 
 def check_options(target, target_macs, plan, provider, batch, threads) -> None:
-    """Reject a latency target that cannot be searched before any expensive work."""
+    """Reject a latency target that cannot be searched before any expensive work (a usage error;
+    a provider onnxruntime does not offer is a problem of the machine: `check_provider`)."""
     if not 0.0 < target < 1.0:
-        raise OnnxPruneError(f"--target-latency must be in (0, 1) (a latency ratio; 0.5 = twice as fast), "
-                             f"got {target}")
+        raise UsageError(f"--target-latency must be in (0, 1) (a latency ratio; 0.5 = twice as fast), "
+                         f"got {target}")
     if target_macs is not None:
-        raise OnnxPruneError("give --target-latency or --target-macs, not both")
+        raise UsageError("give --target-latency or --target-macs, not both")
     if plan is not None:
-        raise OnnxPruneError("--target-latency searches the plan: it cannot be combined with --plan")
+        raise UsageError("--target-latency searches the plan: it cannot be combined with --plan")
     if (batch is not None and batch < 1) or threads < 0:
-        raise OnnxPruneError(f"--latency-batch must be >= 1 and --latency-threads >= 0, got {batch} and {threads}")
+        raise UsageError(f"--latency-batch must be >= 1 and --latency-threads >= 0, got {batch} and {threads}")
     check_provider(provider)
 
 

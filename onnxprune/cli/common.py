@@ -27,11 +27,12 @@ def parse_input_shapes(values: tuple[str, ...]) -> dict[str, list[int]]:
 
 
 def fail(exc: Exception, debug: bool) -> None:
-    """Print `exc` as one error line and exit 1 (re-raise it under --debug)."""
+    """Print `exc` as one error line and exit with its code (1; 2 for a usage error; re-raise it
+    under --debug)."""
     if debug:
         raise exc
     click.echo(f"error: {exc}", err=True)
-    sys.exit(1)
+    sys.exit(getattr(exc, "exit_code", 1))
 
 
 def run_guarded(debug: bool, fn):

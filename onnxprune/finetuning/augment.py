@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import OnnxPruneError
+from ..errors import UsageError
 
 AUGMENTATIONS = ("shift", "crop", "flip", "mix")
 DEFAULT_AUGMENT = ("shift",)
@@ -35,7 +35,7 @@ def parse_augment(value: str | tuple | list | None) -> tuple[str, ...]:
         elif name in AUGMENTATIONS:
             result.append(name)
         else:
-            raise OnnxPruneError(f"unknown augmentation '{name}'; choose none, default or a list of "
+            raise UsageError(f"unknown augmentation '{name}'; choose none, default or a list of "
                                  f"{', '.join(AUGMENTATIONS)}")
     return tuple(dict.fromkeys(result))
 

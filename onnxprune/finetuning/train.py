@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 
-from ..errors import OnnxPruneError
+from ..errors import OnnxPruneError, UsageError
 from ..verification.evaluate import fidelity_loss
 from ..progress import iterate as stage_iterate, note as stage_note
 from .augment import DEFAULT_AUGMENT, augment, parse_augment
@@ -76,7 +76,7 @@ class FinetuneConfig:
                   (self.device in DEVICES, f"unknown device '{self.device}'; choose cpu or cuda")]
         for ok, message in checks:
             if not ok:
-                raise OnnxPruneError(message)
+                raise UsageError(message)
 
     def to_dict(self) -> dict:
         """The options as plain JSON values."""

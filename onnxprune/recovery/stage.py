@@ -4,7 +4,7 @@ when asked for, or the data-free repair without data (`datafree`)."""
 from __future__ import annotations
 
 from ..analysis import metrics
-from ..errors import OnnxPruneError
+from ..errors import UsageError
 from .. import progress
 from . import datafree, sequence
 
@@ -19,7 +19,7 @@ def finetune_config(config):
     tuning = FinetuneConfig(epochs=r.epochs, lr=r.lr, batch_size=r.finetune_batch, augment=r.augment, device=r.device,
                             seed=config.scoring.seed)
     if not config.calibration.calib:
-        raise OnnxPruneError("--finetune needs calibration data: give --calib PATH (images or arrays; labels not needed)")
+        raise UsageError("--finetune needs calibration data: give --calib PATH (images or arrays; labels not needed)")
     check_ready(tuning)
     return tuning
 

@@ -15,7 +15,7 @@ import math
 import os
 import tempfile
 
-from .render import human, json_default
+from .render import human, json_default, settings
 
 BEFORE, AFTER, KEPT, REJECTED, CHOSEN = "#b8b8b8", "#3b75af", "#3b9a5a", "#d9822b", "#c0392b"
 PALETTE = ("#3b75af", "#d9822b", "#3b9a5a", "#c0392b", "#8e6bbf", "#8c564b", "#d16fb5", "#7f7f7f",
@@ -77,15 +77,8 @@ def render_html(report: dict) -> str:
 # --- sections ------------------------------------------------------------------------------------
 
 def _how(report: dict) -> str:
-    alloc = report.get("allocation") or {}
-    if report.get("target_latency") is not None:
-        amount = f"target latency {report['target_latency']}x of the original"
-    elif report.get("target_macs") is not None:
-        amount = f"target: {report['target_macs']:.0%} of the MACs removed"
-    else:
-        amount = f"ratio {report.get('ratio')} of the channels of every group"
-    return (f"criterion {report.get('criterion')}, {amount}, allocation {alloc.get('method', '-')}, "
-            f"preset {report.get('preset', '-')}" + (f"; written to {report['output']}" if report.get("output") else ""))
+    return (f"{settings(report)}, preset {report.get('preset', '-')}"
+            + (f"; written to {report['output']}" if report.get("output") else ""))
 
 
 def _summary(report: dict) -> str:

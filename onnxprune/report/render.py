@@ -26,7 +26,7 @@ def _ratio(after: float, before: float) -> str:
 def render_prune(report: dict, console: Console, show_groups: bool = False) -> None:
     """What a prune did, for a terminal of 80 columns or more: the before/after table, then one
     labelled block per stage, each naming the data and the loss behind its figures."""
-    console.print(f"[bold]onnxprune[/bold] {os.path.basename(report['model'])}: {_settings(report)}")
+    console.print(f"[bold]onnxprune[/bold] {os.path.basename(report['model'])}: {settings(report)}")
     console.print(_summary_table(report))
     for line in _verification_lines(report):
         console.print(line, markup=False)
@@ -56,16 +56,17 @@ def render_prune(report: dict, console: Console, show_groups: bool = False) -> N
         console.print(f"note: {note}", markup=False)
 
 
-def _settings(report: dict) -> str:
-    """'criterion blend, ratio 0.5, allocation sensitivity' (how much was asked and how it was chosen)."""
+def settings(report: dict) -> str:
+    """'criterion blend, target: 50% of the MACs removed, allocation sensitivity': how much was
+    asked and how it was chosen (the first line of the terminal output and of the HTML page)."""
     alloc = report.get("allocation") or {}
     if report.get("target_latency") is not None:
-        how = f"target latency {report['target_latency']}x"
+        amount = f"target latency {report['target_latency']}x of the original"
     elif report.get("target_macs") is not None:
-        how = f"target: {report['target_macs']} of the MACs removed"
+        amount = f"target: {report['target_macs']:.0%} of the MACs removed"
     else:
-        how = f"ratio {report['ratio']}"
-    return f"criterion {report['criterion']}, {how}, allocation {alloc.get('method', '-')}"
+        amount = f"ratio {report.get('ratio')} of the channels of every group"
+    return f"criterion {report.get('criterion')}, {amount}, allocation {alloc.get('method', '-')}"
 
 
 def _summary_table(report: dict) -> Table:
