@@ -446,10 +446,11 @@ def test_cli_and_api_defaults_agree():
 def test_feature_hints_cover_every_channel_tensor():
     """hints_for lists every channel tensor of the pruning (graph inputs excepted) with the kept
     channels; the ones marked read are exactly those a Conv/Gemm reads (the default matches those)."""
-    from onnxprune import graph, groups, io
+    from onnxprune import io
+    from onnxprune.analysis import fold, graph, groups
     from onnxprune.finetuning import hints_for
 
-    model = graph.normalise(io.load(MODELS / "resnet_style.onnx"))
+    model = fold.normalise(io.load(MODELS / "resnet_style.onnx"))
     an = groups.analyse(model, graph.infer_shapes(model, graph.fixed_input_shapes(model, None)))
     removed = np.arange(0, len(an.unit_blocked), 2)
     removed = removed[~an.unit_blocked[removed]]

@@ -213,7 +213,7 @@ def analyse(model: onnx.ModelProto, shapes: dict) -> Analysis:
     """Find the channel-dependency groups of `model`.
 
     Args:
-        model: a normalised model (see `graph.normalise`), not modified.
+        model: a normalised model (see `fold.normalise`), not modified.
         shapes: tensor name -> static shape, from `graph.infer_shapes`.
     Returns:
         The `Analysis`, whose `groups` list every group with the reasons its blocked units are kept.
