@@ -64,6 +64,11 @@ class Rule:
         """Whether the op reads its data input transposed (Gemm's transA)."""
         return False
 
+    def reads_split(self, node) -> bool:
+        """Whether `analyse` follows channels split over two axes (``Channels.split``); every
+        other op blocks such inputs."""
+        return False
+
     def bias_scale(self, node) -> float:
         """The factor the op applies to its bias input (Gemm's beta; 1 elsewhere)."""
         return 1.0
@@ -838,6 +843,10 @@ def _clamp_range(start: int, end: int, size: int) -> tuple[int, int]:
 class Transpose(Rule):
     """Transpose moves the channel axis to ``perm.index(axis)``; a channel shuffle swaps split axes."""
 
+    def reads_split(self, node) -> bool:
+        """A permutation moves both split axes."""
+        return True
+
     def analyse(self, node, an) -> None:
         x = an.channels(node.input[0])
         if x is None:
@@ -873,6 +882,10 @@ class Reshape(Rule):
     from every outer slice and the shape stays a product. A Reshape's shape constant is rewritten
     where it spells the changed dimension out.
     """
+
+    def reads_split(self, node) -> bool:
+        """A Reshape regroups split axes (Flatten/Squeeze/Unsqueeze do not follow them)."""
+        return node.op_type == "Reshape"
 
     def analyse(self, node, an) -> None:
         x = an.channels(node.input[0])
