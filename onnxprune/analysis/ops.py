@@ -9,6 +9,25 @@ Each rule has two halves that must agree:
   attributes/constant inputs from the kept channel indices of its tensors.
 
 An op that is not in ``RULES`` blocks every channel tensor it reads: nothing is guessed.
+
+What other modules ask of an op (is it a filter source, its weight layout as filter rows, may a
+least-squares refit or ThiNet read it, is it a BatchNormalization, a convolution, depthwise, its
+MACs) is a property or method of its rule; ``rule_or_default`` answers for unknown ops too.
+
+Ops outside the table, or questions that are not about channel flow, stay as op_type comparisons
+where they are asked (``tests/test_structure.py`` holds the same list as its allow-list):
+- ``analysis.fold``: Dropout is never folded (with the random and control-flow ops);
+- ``analysis.graph``: Identity chains are looked through; ``INF_OK`` names the ops whose
+  constants may be infinite;
+- ``analysis.shapes`` and ``rewrite``: the shape-subgraph evaluator computes the *values* of
+  Shape/Gather/Slice/Concat/arithmetic/Cast/Identity on shape vectors;
+- ``finetuning.bridge``: onnx2torch converts Gemm to ``torch.nn.Linear`` (its weight and bias
+  transforms) and Identity-of-constant nodes are folded before conversion;
+- ``recovery.datafree``: the moment propagation computes each activation function (Relu, Clip,
+  PRelu...) and follows sums and pass-through ops by what they compute;
+- ``verification.evaluate``: graph outputs made by a Concat are scored per part;
+- ``verification.verify``: value-dependent ops (Tile, Expand, ...) are reported.
+Constant, If/Loop/Scan, quantized and other ops the table does not know are compared freely.
 """
 
 from __future__ import annotations
