@@ -19,6 +19,7 @@ from . import io, rewrite
 from .allocation import allocator, latency
 from .allocation.select import Plan
 from .analysis import fold, graph
+from .analysis.ops import rule_or_default
 from .analysis.groups import Analysis, analyse as analyse_groups
 from .calibration import stage as calibration
 from .config import PruneConfig, check_ratio_given
@@ -63,7 +64,7 @@ def prepare(model_or_path, input_shape: dict | None = None) -> Prepared:
         source = "<ModelProto>"
         model = model_or_path
         io.check_supported(model)
-    if not any(n.op_type in ("Conv", "ConvTranspose") for n in model.graph.node):
+    if not any(rule_or_default(n).convolves for n in model.graph.node):
         raise OnnxPruneError(f"{source}: nothing to prune: the model has no Conv or ConvTranspose node")
     input_shapes = graph.fixed_input_shapes(model, input_shape)
     norm = fold.normalise(model, input_shapes, folded := {})

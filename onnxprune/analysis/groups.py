@@ -222,7 +222,7 @@ def analyse(model: onnx.ModelProto, shapes: dict) -> Analysis:
     for node in model.graph.node:
         rule = rule_for(node)
         split_inputs = [n for n in node.input if an.channels(n) is not None and an.channels(n).split]
-        if split_inputs and node.op_type not in ("Transpose", "Reshape"):
+        if split_inputs and not (rule is not None and rule.reads_split(node)):
             for name in node.input:
                 if an.channels(name) is not None:
                     an.block(name, f"channels split over two axes are read by {node.op_type} '{node.name}'")

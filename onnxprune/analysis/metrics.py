@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from .graph import GraphIndex, attr
+from .graph import GraphIndex
 from ..io import serialized_size
-from .ops import rule_for
+from .ops import rule_for, rule_or_default
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def _macs(node, shapes) -> int:
 def stats(model: onnx.ModelProto, shapes: dict) -> ModelStats:
     """Parameters, MACs (batch 1), Conv count and serialized size of `model`."""
     size = serialized_size(model)   # above 2 GiB protobuf cannot size it: estimated from the tensors
-    convs = sum(1 for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose"))
+    convs = sum(1 for n in model.graph.node if rule_or_default(n).convolves)
     return ModelStats(params=count_params(model), macs=int(sum(node_macs(model, shapes).values())),
                       convs=convs, bytes=size)
 
@@ -100,12 +100,7 @@ class MacModel:
             if key not in per_node:
                 continue
             x, y = node.input[0], node.output[0]
-            depthwise = False
-            if node.op_type in ("Conv", "ConvTranspose") and attr(node, "group", 1) > 1:
-                w = index.const(node.input[1])
-                groups = attr(node, "group", 1)
-                c_in = w.shape[0] if node.op_type == "ConvTranspose" else w.shape[1] * groups
-                depthwise = c_in // groups == 1
+            depthwise = rule_or_default(node).depthwise(node, index.const)
             ins = x if x in analysis.tensors and not depthwise else None
             outs = y if y in analysis.tensors else None
             self.terms.append((per_node[key], ins, outs))

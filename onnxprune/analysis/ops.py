@@ -9,6 +9,25 @@ Each rule has two halves that must agree:
   attributes/constant inputs from the kept channel indices of its tensors.
 
 An op that is not in ``RULES`` blocks every channel tensor it reads: nothing is guessed.
+
+What other modules ask of an op (is it a filter source, its weight layout as filter rows, may a
+least-squares refit or ThiNet read it, is it a BatchNormalization, a convolution, depthwise, its
+MACs) is a property or method of its rule; ``rule_or_default`` answers for unknown ops too.
+
+Ops outside the table, or questions that are not about channel flow, stay as op_type comparisons
+where they are asked (``tests/test_structure.py`` holds the same list as its allow-list):
+- ``analysis.fold``: Dropout is never folded (with the random and control-flow ops);
+- ``analysis.graph``: Identity chains are looked through; ``INF_OK`` names the ops whose
+  constants may be infinite;
+- ``analysis.shapes`` and ``rewrite``: the shape-subgraph evaluator computes the *values* of
+  Shape/Gather/Slice/Concat/arithmetic/Cast/Identity on shape vectors;
+- ``finetuning.bridge``: onnx2torch converts Gemm to ``torch.nn.Linear`` (its weight and bias
+  transforms) and Identity-of-constant nodes are folded before conversion;
+- ``recovery.datafree``: the moment propagation computes each activation function (Relu, Clip,
+  PRelu...) and follows sums and pass-through ops by what they compute;
+- ``verification.evaluate``: graph outputs made by a Concat are scored per part;
+- ``verification.verify``: value-dependent ops (Tile, Expand, ...) are reported.
+Constant, If/Loop/Scan, quantized and other ops the table does not know are compared freely.
 """
 
 from __future__ import annotations
@@ -49,6 +68,42 @@ class Rule:
 
     # what other modules ask of an op, answered here rather than by comparing op_type strings
     counts_macs = False    # a multiply-accumulate op counted by `metrics` (weights of a source)
+    is_filter_source = False   # its weight (input 1) holds one filter per output channel (`filters`)
+    convolves = False      # a spatial convolution (Conv, ConvTranspose): what `prepare` requires
+    patch_rows = False     # an output value is a filter row times an im2col patch of the input (Conv)
+    is_batchnorm = False   # a BatchNormalization: per-channel gamma/beta/mean/var at inputs 1..4
+    moment_matched = False  # its outputs get affine moment matching when its input lost channels
+
+    def dense_filter(self, node) -> bool:
+        """Whether each filter row reads every input channel (Conv with group 1, Gemm): the layout
+        a least-squares refit or ThiNet works on."""
+        return False
+
+    def input_transposed(self, node) -> bool:
+        """Whether the op reads its data input transposed (Gemm's transA)."""
+        return False
+
+    def reads_split(self, node) -> bool:
+        """Whether `analyse` follows channels split over two axes (``Channels.split``); every
+        other op blocks such inputs."""
+        return False
+
+    def bias_scale(self, node) -> float:
+        """The factor the op applies to its bias input (Gemm's beta; 1 elsewhere)."""
+        return 1.0
+
+    def refit_refusal(self, node) -> str | None:
+        """Why a least-squares refit of this dense-filter node is not done; None when it is."""
+        return None
+
+    def from_filters(self, node, w: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """The inverse of `filters`: the weight of layout `w` holding the filter `rows`."""
+        raise TypeError(f"{node.op_type} is not a filter source")
+
+    def depthwise(self, node, const) -> bool:
+        """Whether the node is depthwise-like (grouped, one input channel per group); `const` reads
+        a constant tensor by name (``GraphIndex.const``), called only for a grouped node's weight."""
+        return False
 
     def filters(self, node, w: np.ndarray) -> np.ndarray:
         """The weights `w` of each output channel of this source node, one row per channel."""
@@ -161,6 +216,9 @@ class Pool(Rule):
 class Normalization(Rule):
     """BatchNormalization / InstanceNormalization: per-channel parameters at inputs 1..n."""
 
+    def __init__(self, batch: bool):
+        self.is_batchnorm = batch
+
     def analyse(self, node, an) -> None:
         x = an.channels(node.input[0])
         if x is None:
@@ -271,6 +329,27 @@ class Conv(Rule):
 
     transpose = False
     counts_macs = True
+    is_filter_source = True
+    convolves = True
+    patch_rows = True
+    moment_matched = True
+
+    def dense_filter(self, node) -> bool:
+        """A Conv with group 1 (never a ConvTranspose)."""
+        return not self.transpose and attr(node, "group", 1) == 1
+
+    def from_filters(self, node, w: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Conv rows ``[O, C*kH*kW]`` back to ``[O, C, kH, kW]``."""
+        return rows.reshape(w.shape)
+
+    def depthwise(self, node, const) -> bool:
+        """Grouped with one input channel per group (input channels: ``w[1] * group``, or ``w[0]`` transposed)."""
+        groups = attr(node, "group", 1)
+        if groups <= 1:
+            return False
+        w = const(node.input[1])
+        c_in = w.shape[0] if self.transpose else w.shape[1] * groups
+        return c_in // groups == 1
 
     def out_axis(self, node) -> int:
         """Conv weights are ``[O, C/group, kH, kW]``; ConvTranspose ``[C, O/group, kH, kW]``."""
@@ -391,6 +470,8 @@ class ConvTranspose(Conv):
     """ConvTranspose: weight is ``[C_in, C_out/group, kH, kW]``."""
 
     transpose = True
+    patch_rows = False
+    moment_matched = False
 
     def filters(self, node, w: np.ndarray) -> np.ndarray:
         """Output channel o of group g reads weight rows ``g*k_in:(g+1)*k_in`` at column ``o % k_out``."""
@@ -415,6 +496,30 @@ class Gemm(Rule):
     """Gemm with a constant B: input features index B's K axis; output features are a source."""
 
     counts_macs = True
+    is_filter_source = True
+    moment_matched = True
+
+    def dense_filter(self, node) -> bool:
+        """Every output feature reads all of A's features."""
+        return True
+
+    def input_transposed(self, node) -> bool:
+        """``transA``."""
+        return bool(attr(node, "transA", 0))
+
+    def bias_scale(self, node) -> float:
+        """``beta``."""
+        return attr(node, "beta", 1.0)
+
+    def refit_refusal(self, node) -> str | None:
+        """The refit solves ``A @ B + C`` plainly: no alpha, beta or transA."""
+        if attr(node, "transA", 0) or attr(node, "alpha", 1.0) != 1.0 or attr(node, "beta", 1.0) != 1.0:
+            return "Gemm with alpha/beta/transA"
+        return None
+
+    def from_filters(self, node, w: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Rows ``[N, K]`` back to B's layout (``[K, N]`` without transB)."""
+        return rows if attr(node, "transB", 0) else rows.T
 
     def out_axis(self, node) -> int:
         """B is ``[N, K]`` with transB, else ``[K, N]``."""
@@ -485,6 +590,7 @@ class MatMul(Rule):
     """MatMul by a constant 2-D matrix over the channel axis (the last axis): like Gemm."""
 
     counts_macs = True
+    is_filter_source = True
 
     def out_axis(self, node) -> int:
         """A constant B is ``[K, N]``."""
@@ -756,6 +862,10 @@ def _clamp_range(start: int, end: int, size: int) -> tuple[int, int]:
 class Transpose(Rule):
     """Transpose moves the channel axis to ``perm.index(axis)``; a channel shuffle swaps split axes."""
 
+    def reads_split(self, node) -> bool:
+        """A permutation moves both split axes."""
+        return True
+
     def analyse(self, node, an) -> None:
         x = an.channels(node.input[0])
         if x is None:
@@ -791,6 +901,10 @@ class Reshape(Rule):
     from every outer slice and the shape stays a product. A Reshape's shape constant is rewritten
     where it spells the changed dimension out.
     """
+
+    def reads_split(self, node) -> bool:
+        """A Reshape regroups split axes (Flatten/Squeeze/Unsqueeze do not follow them)."""
+        return node.op_type == "Reshape"
 
     def analyse(self, node, an) -> None:
         x = an.channels(node.input[0])
@@ -1000,8 +1114,8 @@ RULES: dict[str, Rule] = {
     **{op: Reduce() for op in _REDUCE},
     **{op: Pool() for op in ["MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool",
                              "GlobalLpPool", "MaxRoiPool"]},
-    "BatchNormalization": Normalization(),
-    "InstanceNormalization": Normalization(),
+    "BatchNormalization": Normalization(batch=True),
+    "InstanceNormalization": Normalization(batch=False),
     "Conv": Conv(),
     "ConvTranspose": ConvTranspose(),
     "Gemm": Gemm(),
@@ -1043,3 +1157,16 @@ def rule_for(node) -> Rule | None:
     if node.domain not in ("", "ai.onnx"):
         return None
     return RULES.get(node.op_type)
+
+
+_UNKNOWN = Rule()   # answers every question of an op outside the table: no filters, no layout
+
+
+def rule_or_default(node) -> Rule:
+    """The rule of `node`, or a plain `Rule` (every property False) when its op is unknown."""
+    return rule_for(node) or _UNKNOWN
+
+
+def is_batchnorm(node) -> bool:
+    """Whether `node` is a (standard-domain) BatchNormalization."""
+    return rule_or_default(node).is_batchnorm

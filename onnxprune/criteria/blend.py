@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..analysis.ops import is_batchnorm
 from .registry import REGISTRY, ScoreContext, register
 
 RHO_MIN = 0.9
@@ -40,7 +41,7 @@ DEFAULT_POOL = ("activation", "thinet")   # the data-driven families blended by 
 def pool(ctx: ScoreContext) -> list[str]:
     """The criteria blended for this model: data-free ones, plus activation ones with calibration data."""
     names = ["l1", "l2", "fpgm"]
-    if any(n.op_type == "BatchNormalization" for n in ctx.analysis.model.graph.node):
+    if any(is_batchnorm(n) for n in ctx.analysis.model.graph.node):
         names.append("bn_scale")
     extra = ctx.options.get("blend_pool", DEFAULT_POOL)      # what the preset adds (config.PRESETS)
     if ctx.stats and "activation" in extra:

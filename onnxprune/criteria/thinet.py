@@ -13,7 +13,8 @@ import numpy as np
 
 from ..calibration.activations import with_outputs
 from ..errors import OnnxPruneError
-from ..analysis.graph import GraphIndex, attr
+from ..analysis.graph import GraphIndex
+from ..analysis.ops import rule_or_default
 from ..recovery.reconstruct import out_spatial, im2col_rows
 from ..runtime.sessions import session
 from .registry import ScoreContext, register
@@ -24,8 +25,9 @@ MAX_IMAGES = 64
 
 def contributions(node, w: np.ndarray, x: np.ndarray, rng) -> np.ndarray:
     """[C, M] contribution of each input channel of `node` to M sampled output values."""
-    if node.op_type == "Gemm":
-        b = w if attr(node, "transB", 0) else w.T                      # [O, K]
+    rule = rule_or_default(node)
+    if not rule.patch_rows:
+        b = rule.filters(node, w)                                      # [O, K]
         o = rng.integers(0, b.shape[0], size=(x.shape[0], SAMPLES_PER_IMAGE))
         n = np.repeat(np.arange(x.shape[0]), SAMPLES_PER_IMAGE)
         return (x[n].T * b[o.ravel()].T)                               # [K, M]
@@ -65,8 +67,8 @@ def thinet(ctx: ScoreContext) -> dict[int, np.ndarray]:
     consumers = {}
     for tensor in an.read_tensors():
         for node, slot in index.consumers.get(tensor, []):
-            if slot == 0 and ((node.op_type == "Conv" and attr(node, "group", 1) == 1) or
-                              (node.op_type == "Gemm" and not attr(node, "transA", 0))):
+            rule = rule_or_default(node)
+            if slot == 0 and rule.dense_filter(node) and not rule.input_transposed(node):
                 consumers.setdefault(tensor, []).append(node)
     names = list(consumers)
     sess = session(with_outputs(an.model, names))

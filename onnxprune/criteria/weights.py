@@ -13,7 +13,7 @@ import numpy as np
 from scipy.spatial.distance import cdist
 
 from ..analysis.graph import GraphIndex
-from ..analysis.ops import rule_for
+from ..analysis.ops import is_batchnorm, rule_for
 from .registry import ScoreContext, register
 
 
@@ -98,7 +98,7 @@ def bn_scale(ctx: ScoreContext) -> dict[int, np.ndarray]:
         found = False
         for tensor in g.tensors:
             for node, slot in index.consumers.get(tensor, []):
-                if node.op_type == "BatchNormalization" and slot == 0:
+                if is_batchnorm(node) and slot == 0:
                     gamma = index.const(node.input[1])
                     if gamma is not None:
                         _accumulate(an, g.id, tensor, np.abs(gamma.astype(np.float64)), scores)

@@ -37,6 +37,7 @@ from onnx import numpy_helper
 
 from ..errors import OnnxPruneError
 from ..analysis.graph import attr, real_inputs
+from ..analysis.ops import is_batchnorm
 
 EXTRA_HINT = "pip install 'onnxprune[finetune]' (or pip install -e '.[finetune]' in a clone)"
 AGREEMENT_RTOL = 1e-4     # the written ONNX must reproduce the torch module's outputs this closely ...
@@ -148,7 +149,7 @@ def _add_bn_ranks(model: onnx.ModelProto, input_shapes: dict | None) -> None:
     inference leaves without one (a PaddleOCR recogniser: BN after a run-time Reshape)."""
     from ..analysis.graph import fixed_input_shapes, infer_shapes
 
-    inputs = [n.input[0] for n in model.graph.node if n.op_type == "BatchNormalization"]
+    inputs = [n.input[0] for n in model.graph.node if is_batchnorm(n)]
     if not inputs:
         return
     try:

@@ -50,6 +50,7 @@ import onnx
 
 from .. import rewrite
 from ..analysis.graph import GraphIndex, attr
+from ..analysis.ops import is_batchnorm, rule_or_default
 
 ACTIVATIONS = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu",
                "Softplus", "Gelu", "PRelu", "Softsign", "Mish"}
@@ -291,8 +292,9 @@ def moments(model: onnx.ModelProto, shapes: dict | None = None) -> tuple[dict[st
     info = {}
     for node in model.graph.node:
         op = node.op_type
+        rule = rule_or_default(node)
         out = node.output[0] if node.output else None
-        if op == "BatchNormalization":
+        if rule.is_batchnorm:
             gamma, beta = index.const(node.input[1]), index.const(node.input[2])
             if gamma is None or beta is None:
                 continue
@@ -301,12 +303,12 @@ def moments(model: onnx.ModelProto, shapes: dict | None = None) -> tuple[dict[st
             if corr is None or len(corr) != len(gamma):
                 corr = np.eye(len(gamma))
             result[out] = Moments(beta, corr * np.outer(gamma, gamma))
-        elif op == "Conv":
+        elif rule.patch_rows:       # a Conv: its output correlation, when a BN follows
             w = index.const(node.input[1])
-            if w is None or w.ndim != 4 or attr(node, "group", 1) != 1 or len(w) > MAX_COV_CHANNELS:
+            if w is None or w.ndim != 4 or not rule.dense_filter(node) or len(w) > MAX_COV_CHANNELS:
                 continue
             consumers = index.consumers.get(out, [])
-            bn = next((n for n, slot in consumers if n.op_type == "BatchNormalization" and slot == 0), None)
+            bn = next((n for n, slot in consumers if is_batchnorm(n) and slot == 0), None)
             if bn is None:
                 continue
             src = result.get(node.input[0])

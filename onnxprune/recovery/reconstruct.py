@@ -25,6 +25,7 @@ from onnx import numpy_helper
 from ..calibration.activations import progress, with_outputs
 from ..calibration.calib import CalibData
 from ..analysis.graph import GraphIndex, attr, remove_dead, unique_name
+from ..analysis.ops import rule_or_default
 from ..analysis.segments import OverBudget, Walker, prefix
 from ..runtime.sessions import session
 
@@ -97,15 +98,14 @@ def _targets(model: onnx.ModelProto, kept: dict, max_dim: int) -> tuple[list, li
     index = GraphIndex(model)
     chosen, skipped = [], []
     for node in model.graph.node:
-        if node.input and node.input[0] in kept and node.op_type in ("Conv", "Gemm"):
+        rule = rule_or_default(node)
+        if node.input and node.input[0] in kept and rule.dense_filter(node):
             w = index.const(node.input[1])
-            if node.op_type == "Conv" and attr(node, "group", 1) != 1:
+            refusal = rule.refit_refusal(node)
+            if refusal:
+                skipped.append((node.output[0], refusal))
                 continue
-            if node.op_type == "Gemm" and (attr(node, "transA", 0) or attr(node, "alpha", 1.0) != 1.0
-                                           or attr(node, "beta", 1.0) != 1.0):
-                skipped.append((node.output[0], "Gemm with alpha/beta/transA"))
-                continue
-            d = int(np.prod(w.shape[1:])) if node.op_type == "Conv" else w.shape[1 if attr(node, "transB", 0) else 0]
+            d = rule.filters(node, w).shape[1]     # inputs per output: a filter row's length
             if d > max_dim:
                 skipped.append((node.output[0], f"{d} inputs per output exceed {max_dim}"))
                 continue
@@ -145,7 +145,7 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[s
     def design(o, x, k):
         """(G, H) of layer `o` from its input batch `x` (the k-th score batch)."""
         node, w_shape = wanted[o]
-        if node.op_type == "Conv":
+        if rule_or_default(node).patch_rows:
             out_shape = (x.shape[0], 0) + out_spatial(node, x.shape, w_shape)
             rows = im2col_rows(x, node, w_shape, _positions(node, out_shape, per_image, (seed, k, targets.index(o))))
         else:
@@ -202,13 +202,10 @@ def _tensor_names(model: onnx.ModelProto) -> set[str]:
 def _solve_layer(model: onnx.ModelProto, node, acc, eta: float, names: set[str]) -> None:
     """Replace `node`'s weight and bias by the anchored ridge solution of its accumulated (G, H)."""
     w = GraphIndex(model).const(node.input[1])
-    if node.op_type == "Conv":
-        w0 = w.reshape(w.shape[0], -1).astype(np.float64)
-    else:
-        w0 = (w if attr(node, "transB", 0) else w.T).astype(np.float64)
+    rule = rule_or_default(node)
+    w0 = rule.filters(node, w).astype(np.float64)
     sol = solve_ridge(acc[0], acc[1], w0, eta)
-    new_w = sol[:-1].T
-    new_w = new_w.reshape(w.shape) if node.op_type == "Conv" else (new_w if attr(node, "transB", 0) else new_w.T)
+    new_w = rule.from_filters(node, w, sol[:-1].T)
     _replace(model, node, 1, new_w.astype(w.dtype), names)
     _replace(model, node, 2, sol[-1].astype(w.dtype), names)
 
@@ -223,7 +220,7 @@ def out_spatial(node, x_shape, w_shape) -> tuple[int, ...]:
 def _positions(node, out_shape, per_image, seed):
     """Sampled output locations (n, then a coordinate per spatial axis) of a Conv for one batch,
     reproducible from `seed`; None for Gemm."""
-    if node.op_type != "Conv":
+    if not rule_or_default(node).patch_rows:
         return None
     rng = np.random.default_rng(list(seed))
     n, spatial = out_shape[0], tuple(out_shape[2:])

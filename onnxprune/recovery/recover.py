@@ -25,7 +25,7 @@ from ..calibration import activations
 from ..calibration.calib import CalibData
 from ..verification.evaluate import fidelity_loss
 from ..analysis.graph import GraphIndex, remove_dead, unique_name
-from ..analysis.ops import rule_for
+from ..analysis.ops import is_batchnorm, rule_for, rule_or_default
 
 
 def held_out_loss(model: onnx.ModelProto, data: CalibData, reference: list[np.ndarray], loss=fidelity_loss) -> float:
@@ -52,7 +52,7 @@ def _all_names(model: onnx.ModelProto) -> set:
 
 def reestimate_bn(model: onnx.ModelProto, data: CalibData, sweeps: int = 2) -> onnx.ModelProto | None:
     """A copy of `model` whose BN statistics equal the empirical ones of their inputs (None: no BN)."""
-    bns = [n for n in model.graph.node if n.op_type == "BatchNormalization"]
+    bns = [n for n in model.graph.node if is_batchnorm(n)]
     if not bns:
         return None
     result = onnx.ModelProto()
@@ -61,7 +61,7 @@ def reestimate_bn(model: onnx.ModelProto, data: CalibData, sweeps: int = 2) -> o
         stats = activations.collect(result, {n.input[0]: 1 for n in bns}, data, "score", label="BN re-estimation")
         names = _all_names(result)
         index = GraphIndex(result)
-        for node in [n for n in result.graph.node if n.op_type == "BatchNormalization"]:
+        for node in [n for n in result.graph.node if is_batchnorm(n)]:
             st = stats[node.input[0]]
             old_mean, old_var = index.const(node.input[3]), index.const(node.input[4])
             # a channel whose statistics do not fit the BN's dtype (an input blown up by the pruning)
@@ -79,8 +79,8 @@ def repaired_nodes(pruned: onnx.ModelProto, kept: dict[str, np.ndarray]) -> list
     index = GraphIndex(pruned)
     result = []
     for node in pruned.graph.node:
-        if node.op_type in ("Conv", "Gemm") and node.input[0] in kept:
-            if not any(c.op_type == "BatchNormalization" for c, _ in index.consumers.get(node.output[0], [])):
+        if rule_or_default(node).moment_matched and node.input[0] in kept:
+            if not any(is_batchnorm(c) for c, _ in index.consumers.get(node.output[0], [])):
                 result.append(node.output[0])
     return result
 
@@ -119,20 +119,11 @@ def match_moments(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict
         bias = index.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         base = np.zeros(len(a)) if bias is None else np.broadcast_to(bias.reshape(-1) if bias.size in (1, len(a))
                                                                       else bias, (len(a),))
-        if node.op_type == "Gemm":
-            beta = _attr(node, "beta", 1.0)
-            if beta == 0:
-                continue
-            new_bias = (a * base * beta + c) / beta
-        else:
-            new_bias = a * base + c
+        beta = rule_for(node).bias_scale(node)     # the bias is applied scaled (Gemm's beta)
+        if beta == 0:
+            continue
+        new_bias = (a * base * beta + c) / beta
         _set_initializer(result, node, 2, new_bias.astype(w.dtype), names)
     remove_dead(result)    # the replaced weights and biases would otherwise stay in the file, unread
     return result, teacher_stats
 
-
-def _attr(node, name, default):
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
