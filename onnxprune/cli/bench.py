@@ -29,7 +29,7 @@ from .common import parse_input_shapes, run_guarded
 @click.option("--profile", "profile_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="Write onnxruntime per-node profiles to DIR and print the 10 slowest nodes per model.")
 @click.option("--spin", is_flag=True,
-              help="Let idle intra-op threads spin (onnxruntime's default; off here so alternating sessions "
+              help="Let idle intra-op threads spin (onnxruntime's default; off here so two models timed in turn "
                    "do not steal each other's cores).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (schema_version 1).")
