@@ -1,4 +1,5 @@
 """python -m onnxprune"""
 from .cli import main
 
-main()
+if __name__ == "__main__":   # a spawned worker process (runtime.pool) imports this module again without running it
+    main()

@@ -1,7 +1,7 @@
 """One frozen `PruneConfig` for a pruning run, built from API keywords or CLI flags.
 
 A config is made of small parts (scoring, budget, selection, calibration, recovery, latency,
-verification), each a frozen dataclass whose fields are `prune`'s keywords of the same name.
+verification, runtime), each a frozen dataclass whose fields are `prune`'s keywords of the same name.
 `PRESETS` is the one table of what each preset changes; `resolved()` applies it. `validate()`
 checks every option and every incompatible pair before any file is read, with the message the
 CLI prints too. `to_dict()` / `from_dict()` give the plain-data form (the report's `options`):
@@ -89,7 +89,7 @@ class Recovery:
     lr: float = 1e-3
     finetune_batch: int = 32
     augment: str | tuple = "default"
-    device: str = "cpu"
+    device: str = "cpu"          # fine-tuning's torch device and onnxruntime's for every pass (runtime.sessions)
 
 
 @dataclass(frozen=True)
@@ -110,8 +110,16 @@ class Verification:
     min_fidelity: float | None = None
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """Where the independent forward passes run (runtime.pool): in-process, worker processes or Ray."""
+
+    workers: int = 1             # worker processes (with `ray`: actors; 1 there means one per cluster CPU/GPU)
+    ray: str | None = None       # a Ray cluster's address, or "auto"
+
+
 PARTS = {"scoring": Scoring, "budget": Budget, "selection": Selection, "calibration": Calibration,
-         "recovery": Recovery, "latency": Latency, "verification": Verification}
+         "recovery": Recovery, "latency": Latency, "verification": Verification, "runtime": Runtime}
 TUPLES = {"ignore", "mean", "std"}
 
 
@@ -126,6 +134,7 @@ class PruneConfig:
     recovery: Recovery = field(default_factory=Recovery)
     latency: Latency = field(default_factory=Latency)
     verification: Verification = field(default_factory=Verification)
+    runtime: Runtime = field(default_factory=Runtime)
     input_shape: dict | None = None
 
     @classmethod
@@ -184,7 +193,7 @@ class PruneConfig:
         Raises:
             UsageError (an OnnxPruneError): the first problem found, in the words the CLI prints.
         """
-        for check in (_check_scoring, _check_budget, _check_selection, _check_verification):
+        for check in (_check_scoring, _check_budget, _check_selection, _check_verification, _check_runtime):
             check(self)
         return self
 
@@ -242,3 +251,13 @@ def _check_selection(c: PruneConfig) -> None:
 def _check_verification(c: PruneConfig) -> None:
     m = c.verification.min_fidelity
     _fail_unless(m is None or 0.0 <= m <= 1.0, f"--min-fidelity must be in [0, 1], got {m}")
+
+
+def _check_runtime(c: PruneConfig) -> None:
+    r = c.runtime
+    _fail_unless(str(c.recovery.device).lower() in ("cpu", "cuda"),
+                 f"unknown device '{c.recovery.device}'; choose cpu or cuda")
+    _fail_unless(isinstance(r.workers, int) and not isinstance(r.workers, bool) and r.workers >= 1,
+                 f"--workers must be a whole number of at least 1, got {r.workers!r}")
+    _fail_unless(r.ray is None or (isinstance(r.ray, str) and r.ray.strip() != ""),
+                 "--ray needs a cluster address (host:port, ray://host:port) or auto")

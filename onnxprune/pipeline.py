@@ -26,7 +26,7 @@ from .config import PruneConfig, check_ratio_given
 from .errors import OnnxPruneError
 from .recovery import stage as recovery
 from .report import build
-from .runtime import providers
+from .runtime import pool, providers, sessions
 from .verification import stage as verification
 from .verification.verify import Verification
 
@@ -102,21 +102,25 @@ def prune(model_or_path, criterion: str | None = None, ratio: float | None = Non
     if ratio is not None:
         check_ratio_given(config)
     run = start(config, finetune_progress)
-    with run.timed("analyse"):
-        run.prep = prepare(model_or_path, config.input_shape)
-        recovery.check_model(run)
-        check_prunable(run.prep)
-    if run.config.calibration.calib:
-        with run.timed("calibration"):
-            calibration.run(run)
-    with run.timed("score_select"):
-        allocator.run(run, model_or_path)
-    with run.timed("rewrite"):
-        run.removed = run.plan.removed_units(run.prep.analysis)
-        run.pruned = rewrite.apply(run.prep.analysis, run.removed)
-    recovery.run(run)
-    with run.timed("verify"):
-        verification.run(run)
+    runtime = run.config.runtime
+    # every session on --device; the independent passes on --workers processes or --ray actors
+    with pool.active(runtime.workers, runtime.ray, run.config.recovery.device) as workers:
+        with run.timed("analyse"):
+            run.prep = prepare(model_or_path, config.input_shape)
+            recovery.check_model(run)
+            check_prunable(run.prep)
+        if run.config.calibration.calib:
+            with run.timed("calibration"):
+                calibration.run(run)
+        with run.timed("score_select"):
+            allocator.run(run, model_or_path)
+        with run.timed("rewrite"):
+            run.removed = run.plan.removed_units(run.prep.analysis)
+            run.pruned = rewrite.apply(run.prep.analysis, run.removed)
+        recovery.run(run)
+        with run.timed("verify"):
+            verification.run(run)
+        run.workers = {**workers.stats(), "device": run.config.recovery.device}
     return PruneResult(run.pruned, run.plan, run.prep.analysis, run.check, build.prune_report(run))
 
 
@@ -140,6 +144,9 @@ def start(config: PruneConfig, finetune_progress=None) -> "Run":
         latency.check_options(budget.target_latency, budget.target_macs, sel.plan, lat.latency_provider,
                               lat.latency_batch, lat.latency_threads)
     config.validate()
+    sessions.check_device(config.recovery.device)     # onnxruntime's CUDA provider and a GPU, at once
+    if config.runtime.ray:
+        pool.require_ray()
     resolved = replace(config.resolved(), latency=lat)
     resolved = replace(resolved, selection=replace(resolved.selection, round_to=round_to))
     return Run(resolved, source, tuning, finetune_progress)
@@ -181,6 +188,7 @@ class Run:
     holdout: dict | None = None            # held-out metrics of the pruned model (calibration.stage)
     timings: dict = field(default_factory=dict)
     passes: dict = field(default_factory=dict)   # image passes through the whole network, per stage
+    workers: dict | None = None            # where the passes ran (runtime.pool's stats, the device)
 
     @contextmanager
     def timed(self, stage: str):

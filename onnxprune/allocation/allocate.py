@@ -21,7 +21,8 @@ import numpy as np
 
 from ..verification.evaluate import Reference, fidelity_loss
 from ..analysis.groups import Analysis
-from ..runtime.masking import fixed_batch, group_starts, outputs_of, suffix_runners
+from ..runtime import pool
+from ..runtime.masking import fixed_batch, group_starts, outputs_of, probe_losses, suffix_states
 from ..analysis.metrics import MacModel
 from ..progress import iterate as stage_iterate
 from .select import SelectConfig, limit_removal, select
@@ -112,26 +113,30 @@ def sensitivity_curves(analysis: Analysis, scores, group_ids, feeds: dict[str, n
     cost = {"sample_rows": rows, "probe_rows": rows, "full_model_passes": float(rows), "repeatable": bool(repeatable)}
     curves = {}
     label = "sensitivity probes (groups)" if not second else "sensitivity probes again (groups)"
-    for gid, runner, cut_feeds in stage_iterate(suffix_runners(analysis, group_ids, feeds, start), label, len(group_ids)):
+    def grid_masks(gid):
         size = analysis.groups[gid].size
         units = analysis.group_units[gid]
         order = np.argsort(np.where(analysis.unit_blocked[units], np.inf, scores[gid]), kind="stable")
         removable = int((~analysis.unit_blocked[units]).sum())
-        masks, rhos = [], []
+        masks = []
         for rho in grid:
             n = min(int(math.floor(rho * size + 1e-9)), removable, size - 1)
             mask = np.ones(size)
             mask[order[:n]] = 0.0
             masks.append({gid: mask})
-            rhos.append(rho)
-        losses = runner.losses(cut_feeds, masks, reference, labels)
-        curve = {0.0: 0.0, **{rho: float(loss) - base for rho, loss in zip(rhos, losses)}}
+        return masks
+
+    # the groups' probes are independent: the pool (--workers, --ray) runs them, results in group order
+    tasks = ((gid, at, state, grid_masks(gid)) for gid, at, state in
+             stage_iterate(suffix_states(analysis, group_ids, feeds, start), label, len(group_ids)))
+    for gid, losses, samples in pool.current().map(probe_losses, tasks, (analysis, reference, labels), label):
+        curve = {0.0: 0.0, **{rho: float(loss) - base for rho, loss in zip(grid, losses)}}
         if grid != GRID:
             known = sorted(curve)
             curve = {rho: float(np.interp(rho, known, [curve[k] for k in known])) for rho in (0.0,) + GRID}
         curves[gid] = curve
-        cost["sample_rows"] += runner.samples
-        cost["full_model_passes"] += runner.samples * float(node_macs[start[gid]:].sum())
+        cost["sample_rows"] += samples
+        cost["full_model_passes"] += samples * float(node_macs[start[gid]:].sum())
     cost["full_model_passes"] = round(cost["full_model_passes"], 1)
     return curves, cost
 

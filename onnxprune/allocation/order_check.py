@@ -11,6 +11,7 @@ from ..analysis.groups import Analysis
 from ..calibration.calib import CalibData
 from ..recovery import recover as recovery
 from ..recovery.reconstruct import reconstruct
+from ..runtime import pool
 from ..verification.evaluate import choice_loss
 from .select import select
 
@@ -60,18 +61,23 @@ def check_orders(allocator, orders: dict[str, dict], target_macs, data: CalibDat
     config, counts, reasons, _ = allocator.counts_for(target_macs)   # the same counts for every order
 
     def loss_of(scores, chooser, config=config, counts=counts, reasons=reasons) -> float:
+        return losses_of([scores], chooser, config, counts, reasons)[0]
+
+    def losses_of(orders, chooser, config=config, counts=counts, reasons=reasons) -> list[float]:
+        # the candidates are independent: the pool (--workers, --ray) repairs them, results in order
         nonlocal passes
-        plan, _ = select(an, scores, config, counts=counts, notes=reasons, chooser=chooser)
-        loss, cost = repaired_loss(an, plan.removed_units(an), data, means, reference, recover)
-        passes += cost
-        progress.advance()
-        return loss
+        removed = [select(an, s, config, counts=counts, notes=reasons, chooser=chooser)[0].removed_units(an)
+                   for s in orders]
+        results = pool.current().map(repaired_task, removed, (an, data, means, reference, recover), "order check")
+        passes += sum(cost for _, cost in results)
+        progress.advance(len(results))
+        return [loss for loss, _ in results]
 
     # variety questioned: compare the orders (and counts) without it (its forced keepers are the
     # same for every order and would blur the comparison), then try it on the final choice
     chooser = None if question_variety else allocator.chooser
     first = next(iter(orders))
-    losses = {name: loss_of({**allocator.scores, **order}, chooser) for name, order in orders.items()}
+    losses = dict(zip(orders, losses_of([{**allocator.scores, **order} for order in orders.values()], chooser)))
     best = min(orders, key=lambda n: (losses[n], n != first))
     held = losses[best]
     allocator.scores = {**allocator.scores, **orders[best]}
@@ -126,6 +132,11 @@ def try_own_counts(allocator, target_macs, order: dict, to_beat: float, loss_of,
     if not kept:
         allocator.scores, allocator.curves = first_scores, first_curves
     return {"loss": loss, "kept": kept, "probe_passes": round(cost["full_model_passes"], 1)}
+
+
+def repaired_task(shared, removed) -> tuple[float, int]:
+    """`repaired_loss` as a task of `runtime.pool`: shared = (an, data, means, reference, recover)."""
+    return repaired_loss(shared[0], removed, *shared[1:])
 
 
 def repaired_loss(an: Analysis, removed, data: CalibData, means: dict, reference: list,

@@ -122,7 +122,9 @@ def finetune_options(command):
         click.option("--augment", default="default", show_default=True,
                      help="Image augmentation in fine-tuning: default (shift), none, or a list of shift,crop,flip."),
         click.option("--device", type=SuggestChoice(["cpu", "cuda"], case_sensitive=False), default="cpu",
-                     show_default=True, help="torch device for fine-tuning."),
+                     show_default=True,
+                     help="Where the passes run: onnxruntime's calibration, probes, order check, recovery and "
+                          "verification (prune; cuda needs the [gpu] extra and a GPU) and torch's fine-tuning."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -213,12 +215,18 @@ def main():
               help="Then fine-tune against the original on the --calib data (distillation, no labels needed; "
                    "needs the [finetune] extra).")
 @finetune_options
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes for the independent forward passes (sensitivity probes, order-check "
+                   "candidates), each with its share of the CPU threads; the same file as with 1. With --ray: "
+                   "actors [default there: one per cluster CPU, or GPU with --device cuda].")
+@click.option("--ray", "ray_address", metavar="ADDRESS", default=None,
+              help="Run those passes on Ray actors: a cluster address or auto (needs the [ray] extra).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def prune(model, output, criterion, ratio, global_pruning, max_ratio, min_channels, round_to, ignore, plan,
           save_plan, input_shape, report_path, show, seed, no_verify, calib, calib_samples, batch_size, mean, std,
           scale, holdout, recover, allocate, target_macs, preset, variety, target_latency, latency_provider,
           latency_batch, latency_threads, then_bench, plot_groups, ensemble_mode, order_check, finetune, epochs, lr,
-          finetune_batch, augment, device, min_fidelity, debug):
+          finetune_batch, augment, device, min_fidelity, workers, ray_address, debug):
     """Prune MODEL and write the smaller model."""
     shapes = parse_input_shapes(input_shape)
     min_fidelity = parse_fraction(min_fidelity, "--min-fidelity")
@@ -251,8 +259,8 @@ def prune(model, output, criterion, ratio, global_pruning, max_ratio, min_channe
             preset=preset, target_latency=target_latency, latency_provider=latency_provider.lower(),
             latency_batch=latency_batch, latency_threads=latency_threads, for_speed=then_bench,
             ensemble_mode=ensemble_mode, order_check=order_check, finetune=finetune, epochs=epochs, lr=lr,
-            finetune_batch=finetune_batch, augment=augment, device=device,
-            min_fidelity=min_fidelity)
+            finetune_batch=finetune_batch, augment=augment, device=device.lower(),
+            min_fidelity=min_fidelity, workers=workers, ray=ray_address)
         console = Console()
         report.render_prune(result.report, console, show_groups="groups" in show)
         if result.verification is not None and not result.verification.valid:

@@ -64,4 +64,5 @@ def prune_report(run) -> dict:
         "seconds": {k: round(v, 3) for k, v in run.timings.items()},
         "forward_passes": {**{k: round(v, 1) for k, v in run.passes.items() if v},
                            "total": round(sum(run.passes.values()), 1)},
+        "workers": run.workers,
     }

@@ -183,12 +183,32 @@ def suffix_runners(analysis: Analysis, group_ids, feeds: dict[str, np.ndarray], 
     group's first producer; `cut_feeds` are the unmasked tensors live at that cut, carried
     forward once through the network (onnxprune/analysis/segments.py), so no probe re-runs the prefix.
     """
+    for gid, start, state in suffix_states(analysis, group_ids, feeds, starts):
+        yield gid, suffix_runner(analysis, gid, start, state), state
+
+
+def suffix_states(analysis: Analysis, group_ids, feeds: dict[str, np.ndarray], starts: dict[int, int] | None = None):
+    """Yield ``(gid, start, cut_feeds)`` for each group in node order: `suffix_runners` without
+    the runners (a worker process builds its own, `suffix_runner`)."""
     starts = starts or group_starts(analysis, group_ids)
     walker = Walker(analysis.model, split_batch(feeds, fixed_batch(analysis.model)))
     for gid in sorted(group_ids, key=lambda g: (starts[g], g)):
         walker.advance(analysis.model, starts[gid])
-        state = {k: np.concatenate([part[k] for part in walker.state]) for k in walker.state[0]}
-        yield gid, MaskRunner(analysis, [gid], start=starts[gid], input_types={k: v.dtype for k, v in state.items()}), state
+        yield gid, starts[gid], {k: np.concatenate([part[k] for part in walker.state]) for k in walker.state[0]}
+
+
+def suffix_runner(analysis: Analysis, gid: int, start: int, cut_feeds: dict[str, np.ndarray]) -> "MaskRunner":
+    """The runner that masks group `gid` on the suffix sub-model from node `start`, fed `cut_feeds`."""
+    return MaskRunner(analysis, [gid], start=start, input_types={k: v.dtype for k, v in cut_feeds.items()})
+
+
+def probe_losses(shared, task) -> tuple[int, np.ndarray, int]:
+    """One group's probe, as a task of `runtime.pool`: shared = (analysis, reference, labels),
+    task = (gid, start, cut_feeds, unit masks) -> (gid, the fidelity loss of each mask, sample rows run)."""
+    analysis, reference, labels = shared
+    gid, start, cut_feeds, masks = task
+    runner = suffix_runner(analysis, gid, start, cut_feeds)
+    return gid, runner.losses(cut_feeds, masks, reference, labels), runner.samples
 
 
 def tensor_batch_axes(analysis: Analysis) -> dict[str, int]:

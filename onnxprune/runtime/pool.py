@@ -1,0 +1,428 @@
+"""Independent evaluations run one after another, in worker processes or on Ray actors (--workers, --ray).
+
+A probe-heavy stage calls `current().map(fn, tasks, shared)` with a module-level function
+`fn(shared, task)`, an iterable of tasks and the state every task reads (`shared`: the analysis,
+the reference outputs, the calibration data). The results come back as a list in task order,
+whatever ran where, so what the stage computes from them is what the serial run computes: the
+same seed gives the same file.
+
+- `Serial`: in this process, one task after another (`--workers 1`, the default).
+- `Processes(n)`: n spawned worker processes, each with its own onnxruntime sessions on its share
+  of the intra-op threads (the cores / n). `shared` is pickled once per map and sent to each
+  worker once; tasks are dealt to workers as they come free, one in flight per worker, so a
+  generator of tasks is read lazily and its memory stays bounded.
+- `RayActors(address, n)`: the same on Ray actors that hold sessions; `shared` is put in the
+  object store once per map (ray.put) and each actor reads it once.
+
+A worker or actor that dies (killed, out of memory, its node lost) is replaced and its task run
+again, at most MAX_RETRIES times; then the map raises an OnnxPruneError and nothing is returned,
+so a stage never goes on with part of its results.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pickle
+import traceback
+from contextlib import contextmanager
+
+from ..errors import OnnxPruneError, UsageError
+from . import sessions
+
+MAX_RETRIES = 2          # reruns of a task whose worker died, before the run stops with an error
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")   # numpy's BLAS in a worker
+
+
+def cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:      # not Linux
+        return os.cpu_count() or 1
+
+
+def share(workers: int, total: int | None = None) -> int:
+    """Intra-op threads of each of `workers` workers: the cores divided between them (at least 1)."""
+    return max(1, (total or cores()) // max(1, workers))
+
+
+class Serial:
+    """Every task in this process, in order (what the other pools must reproduce)."""
+
+    name = "serial"
+    workers = 1
+
+    def __init__(self):
+        self.tasks = 0
+        self.retries = 0
+
+    def map(self, fn, tasks, shared=None, what: str = "tasks") -> list:
+        """[fn(shared, task) for task in tasks]."""
+        results = [fn(shared, task) for task in tasks]
+        self.tasks += len(results)
+        return results
+
+    def stats(self) -> dict:
+        """What ran where, for the report."""
+        return {"backend": self.name, "workers": self.workers, "tasks": self.tasks, "retries": self.retries}
+
+    def close(self) -> None:
+        """Nothing to stop."""
+
+
+def worker_main(conn, device: str, threads: int) -> None:
+    """A worker process: receives ("shared", key, obj), ("task", index, fn, key, task) and "stop"
+    messages (pickled bytes) and answers each task with ("ok", index, result) or ("error", index,
+    exception or its text)."""
+    store = {}
+    with sessions.configured(device, threads):
+        while True:
+            try:
+                message = pickle.loads(conn.recv_bytes())
+            except EOFError:       # the parent has gone
+                return
+            if message == "stop":
+                return
+            if message[0] == "shared":
+                store = {message[1]: message[2]}      # only the current map's state is kept
+                continue
+            _, index, fn, key, task = message
+            try:
+                reply = pickle.dumps(("ok", index, fn(store[key], task)), protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:      # the task's own failure goes back to the parent as it is
+                reply = pickle.dumps(("error", index, picklable(exc)), protocol=pickle.HIGHEST_PROTOCOL)
+            conn.send_bytes(reply)
+
+
+def serve(read_fd: int, write_fd: int, device: str, threads: int) -> None:
+    """The entry point of a worker process started by `Worker`: `worker_main` on the pipes it was given."""
+    from multiprocessing.connection import Connection
+
+    worker_main(Duplex(Connection(read_fd, writable=False), Connection(write_fd, readable=False)), device, threads)
+
+
+class Duplex:
+    """Two one-way connections used as one: recv from the first, send to the second."""
+
+    def __init__(self, incoming, outgoing):
+        self.incoming, self.outgoing = incoming, outgoing
+
+    def recv_bytes(self) -> bytes:
+        """The next message."""
+        return self.incoming.recv_bytes()
+
+    def send_bytes(self, payload: bytes) -> None:
+        """Send one message."""
+        self.outgoing.send_bytes(payload)
+
+
+def picklable(exc: Exception):
+    """`exc` itself when it can be pickled, else an OnnxPruneError with its type, text and traceback."""
+    try:
+        pickle.dumps(exc)
+        return exc
+    except Exception:
+        return OnnxPruneError(f"{type(exc).__name__}: {exc}\n{''.join(traceback.format_exception(exc))}")
+
+
+def worker_environment(threads: int) -> dict:
+    """The environment of a worker process: this one's, with this process's import path (the task
+    functions are found as here) and numpy's BLAS limited to the worker's threads."""
+    import sys
+
+    env = dict(os.environ)
+    env.update({k: str(threads) for k in THREAD_VARIABLES})
+    env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
+    return env
+
+
+class Worker:
+    """One worker process (a fresh interpreter running `serve`: unlike multiprocessing's spawn, it
+    does not import the caller's main module again) and the parent's ends of its two pipes."""
+
+    def __init__(self, device: str, threads: int):
+        import subprocess
+        import sys
+        from multiprocessing.connection import Connection
+
+        to_child, from_parent = os.pipe()
+        to_parent, from_child = os.pipe()
+        code = (f"from onnxprune.runtime.pool import serve; serve({to_child}, {from_child}, {device!r}, {threads})")
+        self.process = subprocess.Popen([sys.executable, "-c", code], pass_fds=(to_child, from_child),
+                                        env=worker_environment(threads), stdin=subprocess.DEVNULL)
+        os.close(to_child)        # the child's ends: closed here, so that its death reads as end-of-file
+        os.close(from_child)
+        self.reader = Connection(to_parent, writable=False)
+        self.writer = Connection(from_parent, readable=False)
+        self.key = None     # the map whose shared state this worker holds
+        self.job = None     # (index, task, attempts) in flight
+
+    def send(self, payload: bytes) -> bool:
+        """Send pickled bytes; False when the worker has gone."""
+        try:
+            self.writer.send_bytes(payload)
+            return True
+        except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
+            return False
+
+    def alive(self) -> bool:
+        """Whether the process still runs."""
+        return self.process.poll() is None
+
+    def stop(self) -> None:
+        """Ask the worker to stop, then make sure it has."""
+        import subprocess
+
+        self.send(pickle.dumps("stop"))
+        try:
+            self.process.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+        self.reader.close()
+        self.writer.close()
+
+
+class Processes(Serial):
+    """`workers` spawned worker processes (started at the first map, kept until `close`)."""
+
+    name = "processes"
+
+    def __init__(self, workers: int, device: str = "cpu", threads: int | None = None):
+        # fresh processes, not forks: a forked copy of a process running onnxruntime's thread pools can hang
+        super().__init__()
+        self.workers, self.device = workers, device
+        self.threads = threads or share(workers)
+        self.pool: list[Worker] = []
+        self.keys = itertools.count()
+
+    def map(self, fn, tasks, shared=None, what: str = "tasks") -> list:
+        """[fn(shared, task) for task in tasks], computed by the workers, in task order."""
+        from multiprocessing.connection import wait
+
+        if not self.pool:
+            self.pool = [Worker(self.device, self.threads) for _ in range(self.workers)]
+        key = next(self.keys)
+        shared_bytes = pickle.dumps(("shared", key, shared), protocol=pickle.HIGHEST_PROTOCOL)
+        source, again, results = enumerate(tasks), [], {}
+        try:
+            while True:
+                for worker in self.pool:
+                    if worker.job is None:
+                        job = again.pop(0) if again else next(((i, t, 0) for i, t in source), None)
+                        if job is not None:
+                            self.give(worker, job, fn, key, shared_bytes, again, what)
+                busy = [w for w in self.pool if w.job is not None]
+                if not busy:
+                    break
+                ready = wait([w.reader for w in busy])
+                for worker in busy:
+                    if worker.reader in ready:
+                        self.collect(worker, results, again, what)
+        except BaseException:
+            self.close()       # workers may hold stale tasks: none of their results may be used
+            raise
+        self.tasks += len(results)
+        return [results[i] for i in range(len(results))]
+
+    def give(self, worker: Worker, job, fn, key, shared_bytes: bytes, again: list, what: str) -> None:
+        """Send `job` (and the map's shared state, once) to `worker`; a worker found dead is replaced."""
+        worker.job = job
+        ok = worker.key == key or worker.send(shared_bytes)
+        worker.key = key if ok else None
+        ok = ok and worker.send(pickle.dumps(("task", job[0], fn, key, job[1]), protocol=pickle.HIGHEST_PROTOCOL))
+        if not ok:
+            self.replace(worker, again, what)
+
+    def collect(self, worker: Worker, results: dict, again: list, what: str) -> None:
+        """Read `worker`'s answer: a result, the task's own error (raised), or its death."""
+        if worker.reader.poll():
+            try:
+                status, index, value = pickle.loads(worker.reader.recv_bytes())
+            except (EOFError, OSError):     # end of file: the worker has gone
+                status = None
+            if status is not None:
+                worker.job = None
+                if status == "error":
+                    raise value
+                results[index] = value
+                return
+        try:
+            worker.process.wait(timeout=5)     # end of file: the worker is exiting
+        except Exception:                      # still running: nothing to read after all
+            return
+        self.replace(worker, again, what)
+
+    def replace(self, worker: Worker, again: list, what: str) -> None:
+        """`worker` died: start another in its place and queue its task again, or give up."""
+        index, task, attempts = worker.job
+        code = worker.process.poll()
+        worker.stop()
+        self.pool[self.pool.index(worker)] = Worker(self.device, self.threads)
+        if attempts >= MAX_RETRIES:
+            raise OnnxPruneError(f"a worker process died {attempts + 1} times running {what} task {index} "
+                                 f"(exit code {code}); nothing was written: rerun with fewer --workers "
+                                 f"(memory?) or --workers 1")
+        self.retries += 1
+        again.append((index, task, attempts + 1))
+
+    def close(self) -> None:
+        """Stop every worker."""
+        for worker in self.pool:
+            worker.stop()
+        self.pool = []
+
+
+def require_ray(flag: str = "--ray"):
+    """The ray module, or a one-line UsageError naming the extra."""
+    try:
+        import ray
+    except ImportError:
+        raise UsageError(f"{flag} needs Ray: pip install 'onnxprune[ray]'") from None
+    return ray
+
+
+class Holder:
+    """A Ray actor's state: the settings of its sessions and the current map's shared state."""
+
+    def __init__(self, device: str, threads: int):
+        sessions.SETTINGS.update(device=device, threads=threads)
+        self.key, self.shared = None, None
+
+    def load(self, key, shared) -> None:
+        """Hold `shared` (Ray resolves the object reference it was given) for map `key`."""
+        self.key, self.shared = key, shared
+
+    def run(self, fn, task):
+        """fn(shared, task)."""
+        return fn(self.shared, task)
+
+
+class RayActors(Serial):
+    """Tasks on Ray actors (one in flight per actor); `address` is a cluster address or "auto"."""
+
+    name = "ray"
+
+    def __init__(self, address: str, workers: int = 1, device: str = "cpu"):
+        super().__init__()
+        ray = self.ray = require_ray()
+        self.started = not ray.is_initialized()
+        try:
+            if self.started:
+                ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+            resources = ray.cluster_resources()
+        except Exception as exc:
+            raise OnnxPruneError(f"--ray {address}: could not reach a Ray cluster ({first_line(exc)})") from None
+        self.address, self.device = address, device
+        kind = "GPU" if device == "cuda" else "CPU"
+        available = int(resources.get(kind, 0))
+        if available < 1:
+            self.close()
+            raise OnnxPruneError(f"--ray {address}: the cluster has no {kind}s for --device {device}")
+        self.workers = workers if workers > 1 else available
+        self.cpus = share(self.workers, int(resources.get("CPU", 1)))
+        self.actor_class = ray.remote(num_cpus=self.cpus, num_gpus=1 if kind == "GPU" else 0,
+                                      max_restarts=0)(Holder)
+        self.actors = [self.new_actor() for _ in range(self.workers)]
+        self.keys = itertools.count()
+
+    def new_actor(self):
+        """An actor whose sessions run on this pool's device with its share of the CPUs as threads."""
+        return self.actor_class.remote(self.device, self.cpus)
+
+    def map(self, fn, tasks, shared=None, what: str = "tasks") -> list:
+        """[fn(shared, task) for task in tasks], computed on the actors, in task order."""
+        ray = self.ray
+        key, ref = next(self.keys), ray.put(shared)
+        loaded = {}
+        source, again, results, running, jobs = enumerate(tasks), [], {}, {}, {}
+        while True:
+            for slot, actor in enumerate(self.actors):
+                if slot in running.values():
+                    continue
+                job = again.pop(0) if again else next(((i, t, 0) for i, t in source), None)
+                if job is None:
+                    break
+                if loaded.get(slot) != key:
+                    actor.load.remote(key, ref)
+                    loaded[slot] = key
+                running[actor.run.remote(fn, job[1])] = slot
+                jobs[slot] = job
+            if not running:
+                break
+            done, _ = ray.wait(list(running), num_returns=1)
+            slot = running.pop(done[0])
+            job = jobs.pop(slot)
+            try:
+                results[job[0]] = ray.get(done[0])
+            except ray.exceptions.RayTaskError as exc:       # the task's own failure
+                raise exc.as_instanceof_cause() from None
+            except ray.exceptions.RayActorError as exc:       # the actor (or its node) died
+                self.retry(slot, job, again, what, exc)
+                loaded.pop(slot, None)
+            except ray.exceptions.RayError as exc:
+                raise OnnxPruneError(f"--ray {self.address}: the Ray cluster was lost ({first_line(exc)}); "
+                                     f"nothing was written") from None
+        self.tasks += len(results)
+        return [results[i] for i in range(len(results))]
+
+    def retry(self, slot: int, job, again: list, what: str, exc) -> None:
+        """The actor in `slot` died: start another and queue its task again, or give up."""
+        index, task, attempts = job
+        try:
+            self.actors[slot] = self.new_actor()
+        except Exception as error:
+            raise OnnxPruneError(f"--ray {self.address}: the Ray cluster was lost ({first_line(error)}); "
+                                 f"nothing was written") from None
+        if attempts >= MAX_RETRIES:
+            raise OnnxPruneError(f"a Ray actor died {attempts + 1} times running {what} task {index} "
+                                 f"({first_line(exc)}); nothing was written")
+        self.retries += 1
+        again.append((index, task, attempts + 1))
+
+    def close(self) -> None:
+        """Stop the actors, and Ray itself when this pool started it."""
+        for actor in getattr(self, "actors", []):
+            try:
+                self.ray.kill(actor)
+            except Exception:      # already gone with its cluster
+                pass
+        self.actors = []
+        if self.started and self.ray.is_initialized():
+            self.ray.shutdown()
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's text (its type where it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+POOLS: list = [Serial()]      # the innermost is the one stages use (`current`)
+
+
+def current():
+    """The pool the running stage hands its independent evaluations to (Serial outside `active`)."""
+    return POOLS[-1]
+
+
+def make(workers: int = 1, ray: str | None = None, device: str = "cpu"):
+    """The pool for `--workers`/`--ray`: Serial, Processes or RayActors."""
+    if ray:
+        return RayActors(ray, workers, device)
+    return Processes(workers, device) if workers > 1 else Serial()
+
+
+@contextmanager
+def active(workers: int = 1, ray: str | None = None, device: str = "cpu"):
+    """Inside the block, `current()` is the pool for these options and sessions run on `device`;
+    the pool's workers are stopped after it (an error included)."""
+    pool = make(workers, ray, device)
+    POOLS.append(pool)
+    try:
+        with sessions.configured(device):
+            yield pool
+    finally:
+        POOLS.remove(pool)
+        pool.close()
