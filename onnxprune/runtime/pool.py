@@ -205,11 +205,11 @@ class Processes(Serial):
             self.pool = [Worker(self.device, self.threads) for _ in range(self.workers)]
         key = next(self.keys)
         shared_bytes = pickle.dumps(("shared", key, shared), protocol=pickle.HIGHEST_PROTOCOL)
-        source, again, results = enumerate(tasks), [], {}
+        source, again, results, errors = enumerate(tasks), [], {}, {}
         try:
             while True:
                 for worker in self.pool:
-                    if worker.job is None:
+                    if worker.job is None and not errors:
                         job = again.pop(0) if again else next(((i, t, 0) for i, t in source), None)
                         if job is not None:
                             self.give(worker, job, fn, key, shared_bytes, again, what)
@@ -219,7 +219,9 @@ class Processes(Serial):
                 ready = wait([w.reader for w in busy])
                 for worker in busy:
                     if worker.reader in ready:
-                        self.collect(worker, results, again, what)
+                        self.collect(worker, results, errors, again, what)
+            if errors:     # the first failed task's error, as the serial run raises it
+                raise errors[min(errors)]
         except BaseException:
             self.close()       # workers may hold stale tasks: none of their results may be used
             raise
@@ -235,8 +237,8 @@ class Processes(Serial):
         if not ok:
             self.replace(worker, again, what)
 
-    def collect(self, worker: Worker, results: dict, again: list, what: str) -> None:
-        """Read `worker`'s answer: a result, the task's own error (raised), or its death."""
+    def collect(self, worker: Worker, results: dict, errors: dict, again: list, what: str) -> None:
+        """Read `worker`'s answer: a result, the task's own error (kept in `errors`), or its death."""
         if worker.reader.poll():
             try:
                 status, index, value = pickle.loads(worker.reader.recv_bytes())
@@ -244,9 +246,7 @@ class Processes(Serial):
                 status = None
             if status is not None:
                 worker.job = None
-                if status == "error":
-                    raise value
-                results[index] = value
+                (errors if status == "error" else results)[index] = value
                 return
         try:
             worker.process.wait(timeout=5)     # end of file: the worker is exiting

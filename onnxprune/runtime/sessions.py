@@ -14,6 +14,7 @@ provider (`--device`: the CPU provider, or CUDA with the CPU provider as fallbac
 from __future__ import annotations
 
 import os
+import warnings
 from contextlib import contextmanager
 
 import numpy as np
@@ -107,7 +108,9 @@ def check_device(device: str) -> None:
         [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])]))
     try:
-        used = session(probe, threads=1, device=device).get_providers()
+        with warnings.catch_warnings():     # onnxruntime warns as it falls back; the error below says it once
+            warnings.simplefilter("ignore")
+            used = session(probe, threads=1, device=device).get_providers()
     except Exception as exc:   # a broken CUDA install raises from the session constructor
         raise UsageError(f"--device {device}: onnxruntime could not start its {record.display} provider "
                          f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); use --device cpu") from None
