@@ -56,16 +56,30 @@ class Serial:
     def __init__(self):
         self.tasks = 0
         self.retries = 0
+        self.seconds: dict[str, float] = {}    # wall time of the maps, per label
 
     def map(self, fn, tasks, shared=None, what: str = "tasks") -> list:
-        """[fn(shared, task) for task in tasks]."""
-        results = [fn(shared, task) for task in tasks]
+        """[fn(shared, task) for task in tasks], in task order; `what` names the tasks in messages
+        and in `stats()["seconds"]`."""
+        import time
+
+        start = time.perf_counter()
+        results = self.run(fn, tasks, shared, what)
         self.tasks += len(results)
+        self.seconds[what] = self.seconds.get(what, 0.0) + time.perf_counter() - start
         return results
 
+    def run(self, fn, tasks, shared, what: str) -> list:
+        """The tasks' results (here: one after another in this process)."""
+        return [fn(shared, task) for task in tasks]
+
+    def start(self) -> None:
+        """Start the workers ahead of the first map (nothing to start here)."""
+
     def stats(self) -> dict:
-        """What ran where, for the report."""
-        return {"backend": self.name, "workers": self.workers, "tasks": self.tasks, "retries": self.retries}
+        """What ran where, for the report: backend, workers, tasks, retries, seconds per label."""
+        return {"backend": self.name, "workers": self.workers, "tasks": self.tasks, "retries": self.retries,
+                "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
 
     def close(self) -> None:
         """Nothing to stop."""
@@ -197,12 +211,16 @@ class Processes(Serial):
         self.pool: list[Worker] = []
         self.keys = itertools.count()
 
-    def map(self, fn, tasks, shared=None, what: str = "tasks") -> list:
-        """[fn(shared, task) for task in tasks], computed by the workers, in task order."""
-        from multiprocessing.connection import wait
-
+    def start(self) -> None:
+        """Start the worker processes (they import the package while the parent goes on)."""
         if not self.pool:
             self.pool = [Worker(self.device, self.threads) for _ in range(self.workers)]
+
+    def run(self, fn, tasks, shared, what: str) -> list:
+        """The tasks' results, computed by the workers, in task order."""
+        from multiprocessing.connection import wait
+
+        self.start()
         key = next(self.keys)
         shared_bytes = pickle.dumps(("shared", key, shared), protocol=pickle.HIGHEST_PROTOCOL)
         source, again, results, errors = enumerate(tasks), [], {}, {}
@@ -225,7 +243,6 @@ class Processes(Serial):
         except BaseException:
             self.close()       # workers may hold stale tasks: none of their results may be used
             raise
-        self.tasks += len(results)
         return [results[i] for i in range(len(results))]
 
     def give(self, worker: Worker, job, fn, key, shared_bytes: bytes, again: list, what: str) -> None:
@@ -331,8 +348,8 @@ class RayActors(Serial):
         """An actor whose sessions run on this pool's device with its share of the CPUs as threads."""
         return self.actor_class.remote(self.device, self.cpus)
 
-    def map(self, fn, tasks, shared=None, what: str = "tasks") -> list:
-        """[fn(shared, task) for task in tasks], computed on the actors, in task order."""
+    def run(self, fn, tasks, shared, what: str) -> list:
+        """The tasks' results, computed on the actors, in task order."""
         ray = self.ray
         key, ref = next(self.keys), ray.put(shared)
         loaded = {}
@@ -364,7 +381,6 @@ class RayActors(Serial):
             except ray.exceptions.RayError as exc:
                 raise OnnxPruneError(f"--ray {self.address}: the Ray cluster was lost ({first_line(exc)}); "
                                      f"nothing was written") from None
-        self.tasks += len(results)
         return [results[i] for i in range(len(results))]
 
     def retry(self, slot: int, job, again: list, what: str, exc) -> None:
@@ -419,6 +435,7 @@ def active(workers: int = 1, ray: str | None = None, device: str = "cpu"):
     """Inside the block, `current()` is the pool for these options and sessions run on `device`;
     the pool's workers are stopped after it (an error included)."""
     pool = make(workers, ray, device)
+    pool.start()
     POOLS.append(pool)
     try:
         with sessions.configured(device):
