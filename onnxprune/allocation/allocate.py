@@ -21,8 +21,7 @@ import numpy as np
 
 from ..verification.evaluate import Reference, fidelity_loss
 from ..analysis.groups import Analysis
-from ..runtime import pool
-from ..runtime.masking import fixed_batch, group_starts, outputs_of, probe_losses, suffix_states
+from ..runtime.masking import fixed_batch, group_starts, outputs_of, probes, suffix_states
 from ..analysis.metrics import MacModel
 from ..progress import iterate as stage_iterate
 from .select import SelectConfig, limit_removal, select
@@ -129,7 +128,7 @@ def sensitivity_curves(analysis: Analysis, scores, group_ids, feeds: dict[str, n
     # the groups' probes are independent: the pool (--workers, --ray) runs them, results in group order
     tasks = ((gid, at, state, grid_masks(gid)) for gid, at, state in
              stage_iterate(suffix_states(analysis, group_ids, feeds, start), label, len(group_ids)))
-    for gid, losses, samples in pool.current().map(probe_losses, tasks, (analysis, reference, labels), label):
+    for gid, losses, samples in probes(tasks, (analysis, reference, labels), label):
         curve = {0.0: 0.0, **{rho: float(loss) - base for rho, loss in zip(grid, losses)}}
         if grid != GRID:
             known = sorted(curve)

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import OnnxPruneError
 from ..verification.evaluate import Reference
-from ..runtime.masking import MaskRunner, outputs_of, suffix_runners
+from ..runtime.masking import MaskRunner, outputs_of, probes, suffix_states
 from .registry import ScoreContext, register
 
 BATCH = 64
@@ -50,13 +50,39 @@ def sample_masks(rng, size: int, count: int, keep_prob: float, blocked: np.ndarr
 def group_game(ctx: ScoreContext, gid: int, runner: MaskRunner, feeds, reference, labels,
                masks: int, keep_prob: float, rng) -> dict:
     """Sample the group's mask game: coefficients, importances and utilization strength."""
-    an = ctx.analysis
+    z = game_masks(ctx.analysis, gid, masks, keep_prob, rng)
+    return fit_game(ctx.analysis, gid, z, runner.losses(feeds, [{gid: row} for row in z], reference, labels), masks)
+
+
+def game_masks(an, gid: int, masks: int, keep_prob: float, rng) -> np.ndarray:
+    """The game's random masks of group `gid`: `masks` to fit on, then max(16, masks // 4) to test."""
+    return sample_masks(rng, an.groups[gid].size, masks + max(16, masks // 4), keep_prob,
+                        an.unit_blocked[an.group_units[gid]])
+
+
+def group_games(an, gids, feeds, reference, mask_count, keep_prob: float, rng, what: str) -> tuple[dict, int]:
+    """Every group's game (`group_game`), the groups' losses run by the pool (--workers, --ray);
+    the masks are drawn here, group after group, so that `rng` gives the serial run's.
+    `mask_count(gid)` is the number of masks to fit on. Returns ({gid: game}, sample rows run)."""
+    drawn = {}
+
+    def tasks():
+        for gid, start, state in suffix_states(an, gids, feeds):
+            drawn[gid] = game_masks(an, gid, mask_count(gid), keep_prob, rng)
+            yield gid, start, state, [{gid: row} for row in drawn[gid]]
+
+    games, samples = {}, 0
+    for gid, y, rows in probes(tasks(), (an, reference, None), what):
+        games[gid] = fit_game(an, gid, drawn.pop(gid), y, mask_count(gid))
+        samples += rows
+    return games, samples
+
+
+def fit_game(an, gid: int, z: np.ndarray, y: np.ndarray, n_fit: int) -> dict:
+    """Importances and utilization from the losses `y` of masks `z` (the first `n_fit` fitted, the rest held out)."""
     size = an.groups[gid].size
     blocked = an.unit_blocked[an.group_units[gid]]
-    n_fit = masks
-    n_test = max(16, masks // 4)
-    z = sample_masks(rng, size, n_fit + n_test, keep_prob, blocked)
-    y = runner.losses(feeds, [{gid: row} for row in z], reference, labels)
+    n_test = len(z) - n_fit
     coef, _ = fit_additive(z[:n_fit], y[:n_fit])
     free = ~blocked
     importance = np.zeros(size)
@@ -88,14 +114,9 @@ def ensemble(ctx: ScoreContext) -> dict[int, np.ndarray]:
     if mode != "group":
         raise OnnxPruneError(f"unknown ensemble mode '{mode}'; choose group or joint")
     keep_prob = 1.0 - float(np.clip(ctx.options.get("ratio", 0.5), 0.1, 0.5))
-    result, games, samples = {}, {}, 0
-    for gid, runner, cut_feeds in suffix_runners(an, gids, feeds):
-        size = an.groups[gid].size
-        masks = int(ctx.options.get("ensemble_masks") or max(256, 4 * size))
-        game = group_game(ctx, gid, runner, cut_feeds, reference, None, masks, keep_prob, rng)
-        result[gid] = game["importance"]
-        games[gid] = game
-        samples += runner.samples
+    games, samples = group_games(an, gids, feeds, reference, lambda gid: int(
+        ctx.options.get("ensemble_masks") or max(256, 4 * an.groups[gid].size)), keep_prob, rng, "ensemble games")
+    result = {gid: game["importance"] for gid, game in games.items()}
     ctx.extras["ensemble"] = {"mode": "group", "utilization": {gid: g["utilization"] for gid, g in games.items()},
                               "masks": int(sum(g["masks"] for g in games.values())),
                               "forward_samples": samples}

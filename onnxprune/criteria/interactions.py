@@ -16,9 +16,9 @@ import numpy as np
 
 from ..errors import OnnxPruneError
 from ..verification.evaluate import Reference
-from ..runtime.masking import outputs_of, suffix_runners
+from ..runtime.masking import outputs_of
 from .registry import ScoreContext, register
-from .ensembles import first_batch, group_game
+from .ensembles import first_batch, group_games
 
 KEEP_PROB = 0.5
 
@@ -34,12 +34,8 @@ def games(ctx: ScoreContext, keep_prob: float = KEEP_PROB) -> dict[int, dict]:
     feeds = first_batch(ctx.data, 64)
     reference = Reference.of(an, outputs_of(an.model, feeds))
     rng = np.random.default_rng(ctx.seed)
-    result, samples = {}, 0
-    for gid, runner, cut_feeds in suffix_runners(an, gids, feeds):
-        size = an.groups[gid].size
-        masks = int(ctx.options.get("ensemble_masks") or 4 * size)
-        result[gid] = group_game(ctx, gid, runner, cut_feeds, reference, None, masks, keep_prob, rng)
-        samples += runner.samples
+    result, samples = group_games(an, gids, feeds, reference, lambda gid: int(
+        ctx.options.get("ensemble_masks") or 4 * an.groups[gid].size), keep_prob, rng, "interaction games")
     ctx.extras["games"] = result
     ctx.extras["interactions"] = {"utilization": {gid: round(g["utilization"], 4) for gid, g in result.items()},
                                   "forward_samples": samples}

@@ -202,6 +202,33 @@ def suffix_runner(analysis: Analysis, gid: int, start: int, cut_feeds: dict[str,
     return MaskRunner(analysis, [gid], start=start, input_types={k: v.dtype for k, v in cut_feeds.items()})
 
 
+def probes(tasks, shared, what: str) -> list[tuple[int, np.ndarray, int]]:
+    """`probe_losses` of every (gid, start, cut_feeds, masks) task, by the pool (--workers, --ray):
+    [(gid, losses, sample rows)] in task order. With more than one worker, a group's masks are
+    cut into the onnxruntime calls `MaskRunner.run` would make for them (whole calls, so every
+    loss is the serial run's), so that the workers share out one large group too."""
+    from . import pool
+
+    runner_pool = pool.current()
+    pieces = split_probes(tasks, fixed_batch(shared[0].model)) if runner_pool.workers > 1 else tasks
+    joined = []
+    for gid, losses, samples in runner_pool.map(probe_losses, pieces, shared, what):
+        if joined and joined[-1][0] == gid:      # the next piece of the same group
+            joined[-1] = (gid, np.concatenate([joined[-1][1], losses]), joined[-1][2] + samples)
+        else:
+            joined.append((gid, losses, samples))
+    return joined
+
+
+def split_probes(tasks, static_batch: int):
+    """Each (gid, start, cut_feeds, masks) task cut into pieces of one `MaskRunner.run` call each."""
+    for gid, start, state, masks in tasks:
+        rows = len(next(iter(state.values())))
+        per_call = 1 if static_batch else max(1, MAX_ROWS // rows)
+        for i in range(0, len(masks), per_call):
+            yield gid, start, state, masks[i:i + per_call]
+
+
 def probe_losses(shared, task) -> tuple[int, np.ndarray, int]:
     """One group's probe, as a task of `runtime.pool`: shared = (analysis, reference, labels),
     task = (gid, start, cut_feeds, unit masks) -> (gid, the fidelity loss of each mask, sample rows run)."""
