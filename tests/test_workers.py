@@ -212,3 +212,20 @@ def test_cli_device_cuda_missing_exits_2_in_one_line(monkeypatch, tmp_path):
     lines = out.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --device cuda: this onnxruntime has no CUDA provider")
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_a_memory_mapped_npy_travels_to_workers_as_its_path(tmp_path):
+    import pickle
+
+    from onnxprune.calibration.calib import CalibConfig, CalibData, input_specs
+    from onnxprune.pipeline import prepare
+
+    arrays = np.random.default_rng(0).standard_normal((40, 3, 32, 32)).astype(np.float32)   # 480 KiB
+    np.save(tmp_path / "x.npy", arrays)
+    prep = prepare(MODEL)
+    data = CalibData(CalibConfig(str(tmp_path / "x.npy"), 40), input_specs(prep.original, prep.input_shapes))
+    message = pickle.dumps(data.with_score_limit(8))
+    assert len(message) < 10_000                      # not the arrays
+    copy = pickle.loads(message)
+    assert copy.size("score") == 8
+    np.testing.assert_array_equal(next(copy.batches("holdout"))["input"], next(data.batches("holdout"))["input"])

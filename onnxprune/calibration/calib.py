@@ -182,6 +182,19 @@ class CalibData:
         score_end = self.split_at if self.score_limit is None else min(self.split_at, self.score_limit)
         return {"score": (0, score_end), "holdout": (self.split_at, self.count), "all": (0, self.count)}[split]
 
+    def __getstate__(self) -> dict:
+        """What a worker process is sent (runtime.pool): a memory-mapped .npy goes as its path and is
+        mapped again there, not copied into the message."""
+        state = dict(self.__dict__)
+        if self.kind == "arrays" and isinstance(next(iter(self.arrays.values())), np.memmap):
+            state["arrays"] = {name: None for name in self.arrays}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self.kind == "arrays" and any(v is None for v in self.arrays.values()):
+            self.arrays = {name: np.load(self.config.path, mmap_mode="r") for name in self.arrays}
+
     def with_score_limit(self, samples: int) -> "CalibData":
         """A view of the same data whose 'score' split is its first `samples` samples (a whole
         number of fixed batches); 'holdout' is unchanged."""
