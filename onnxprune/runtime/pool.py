@@ -222,7 +222,10 @@ class Processes(Serial):
 
         self.start()
         key = next(self.keys)
-        shared_bytes = pickle.dumps(("shared", key, shared), protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            shared_bytes = pickle.dumps(("shared", key, shared), protocol=pickle.HIGHEST_PROTOCOL)
+        except ValueError as exc:     # protobuf cannot serialize a model above 2 GB
+            raise unsendable(what, exc) from None
         source, again, results, errors = enumerate(tasks), [], {}, {}
         try:
             while True:
@@ -351,7 +354,10 @@ class RayActors(Serial):
     def run(self, fn, tasks, shared, what: str) -> list:
         """The tasks' results, computed on the actors, in task order."""
         ray = self.ray
-        key, ref = next(self.keys), ray.put(shared)
+        try:
+            key, ref = next(self.keys), ray.put(shared)
+        except ValueError as exc:     # protobuf cannot serialize a model above 2 GB
+            raise unsendable(what, exc) from None
         loaded = {}
         source, again, results, running, jobs = enumerate(tasks), [], {}, {}, {}
         while True:
@@ -407,6 +413,12 @@ class RayActors(Serial):
         self.actors = []
         if self.started and self.ray.is_initialized():
             self.ray.shutdown()
+
+
+def unsendable(what: str, exc: BaseException) -> OnnxPruneError:
+    """The error for shared state that cannot be pickled (a model above protobuf's 2 GB limit)."""
+    return OnnxPruneError(f"the {what} tasks' model cannot be sent to workers ({first_line(exc)}); "
+                          f"use --workers 1 without --ray")
 
 
 def first_line(exc: BaseException) -> str:
