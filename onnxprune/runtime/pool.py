@@ -199,7 +199,7 @@ class Worker:
 
 
 class Processes(Serial):
-    """`workers` spawned worker processes (started at the first map, kept until `close`)."""
+    """`workers` worker processes (started by `start` or the first map, kept until `close`)."""
 
     name = "processes"
 
@@ -268,17 +268,13 @@ class Processes(Serial):
                 worker.job = None
                 (errors if status == "error" else results)[index] = value
                 return
-        try:
-            worker.process.wait(timeout=5)     # end of file: the worker is exiting
-        except Exception:                      # still running: nothing to read after all
-            return
-        self.replace(worker, again, what)
+        self.replace(worker, again, what)      # end of file: the worker has gone (or is going)
 
     def replace(self, worker: Worker, again: list, what: str) -> None:
         """`worker` died: start another in its place and queue its task again, or give up."""
         index, task, attempts = worker.job
-        code = worker.process.poll()
         worker.stop()
+        code = worker.process.returncode
         self.pool[self.pool.index(worker)] = Worker(self.device, self.threads)
         if attempts >= MAX_RETRIES:
             raise OnnxPruneError(f"a worker process died {attempts + 1} times running {what} task {index} "
@@ -341,8 +337,12 @@ class RayActors(Serial):
             self.close()
             raise OnnxPruneError(f"--ray {address}: the cluster has no {kind}s for --device {device}")
         self.workers = workers if workers > 1 else available
-        self.cpus = share(self.workers, int(resources.get("CPU", 1)))
-        self.actor_class = ray.remote(num_cpus=self.cpus, num_gpus=1 if kind == "GPU" else 0,
+        cpus = float(resources.get("CPU", 1))
+        self.cpus = share(self.workers, int(cpus))      # each actor's intra-op threads
+        # fractions where more actors than CPUs (GPUs) were asked for: an actor that cannot be
+        # placed would wait for ever, and its tasks with it
+        self.actor_class = ray.remote(num_cpus=min(float(self.cpus), cpus / self.workers),
+                                      num_gpus=min(1.0, available / self.workers) if kind == "GPU" else 0,
                                       max_restarts=0)(Holder)
         self.actors = [self.new_actor() for _ in range(self.workers)]
         self.keys = itertools.count()
@@ -358,11 +358,11 @@ class RayActors(Serial):
             key, ref = next(self.keys), ray.put(shared)
         except ValueError as exc:     # protobuf cannot serialize a model above 2 GB
             raise unsendable(what, exc) from None
-        loaded = {}
+        loaded, errors = {}, {}
         source, again, results, running, jobs = enumerate(tasks), [], {}, {}, {}
         while True:
             for slot, actor in enumerate(self.actors):
-                if slot in running.values():
+                if slot in running.values() or errors:
                     continue
                 job = again.pop(0) if again else next(((i, t, 0) for i, t in source), None)
                 if job is None:
@@ -379,14 +379,17 @@ class RayActors(Serial):
             job = jobs.pop(slot)
             try:
                 results[job[0]] = ray.get(done[0])
-            except ray.exceptions.RayTaskError as exc:       # the task's own failure
-                raise exc.as_instanceof_cause() from None
+            except ray.exceptions.RayTaskError as exc:       # the task's own failure: raised below
+                cause = getattr(exc, "cause", None)
+                errors[job[0]] = cause if isinstance(cause, Exception) else exc.as_instanceof_cause()
             except ray.exceptions.RayActorError as exc:       # the actor (or its node) died
                 self.retry(slot, job, again, what, exc)
                 loaded.pop(slot, None)
             except ray.exceptions.RayError as exc:
                 raise OnnxPruneError(f"--ray {self.address}: the Ray cluster was lost ({first_line(exc)}); "
                                      f"nothing was written") from None
+        if errors:     # the first failed task's error, as the serial run raises it
+            raise errors[min(errors)]
         return [results[i] for i in range(len(results))]
 
     def retry(self, slot: int, job, again: list, what: str, exc) -> None:
