@@ -231,3 +231,9 @@ def test_a_memory_mapped_npy_travels_to_workers_as_its_path(tmp_path):
     copy = pickle.loads(message)
     assert copy.size("score") == 8
     np.testing.assert_array_equal(next(copy.batches("holdout"))["input"], next(data.batches("holdout"))["input"])
+
+
+def test_an_unreachable_ray_cluster_is_one_line_and_no_model():
+    pytest.importorskip("ray", reason="the [ray] extra is not installed (pip install 'onnxprune[ray]')")
+    with pytest.raises(OnnxPruneError, match=r"^--ray 127\.0\.0\.1:1: could not reach a Ray cluster \("):
+        onnxprune.prune(MODEL, ray="127.0.0.1:1")      # port 1: nothing listens

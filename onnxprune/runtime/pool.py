@@ -326,6 +326,7 @@ class RayActors(Serial):
         self.started = not ray.is_initialized()
         try:
             if self.started:
+                reachable(address)
                 ray.init(address=address, logging_level="ERROR", log_to_driver=False)
             resources = ray.cluster_resources()
         except Exception as exc:
@@ -416,6 +417,17 @@ class RayActors(Serial):
         self.actors = []
         if self.started and self.ray.is_initialized():
             self.ray.shutdown()
+
+
+def reachable(address: str, timeout: float = 5.0) -> None:
+    """Raise OSError at once when `address` (host:port or ray://host:port) takes no connection:
+    ray.init would retry an unreachable cluster for minutes. "auto" and other forms pass."""
+    import re
+    import socket
+
+    match = re.fullmatch(r"(?:ray://)?\[?([^\]/]+?)\]?:(\d+)", address.strip())
+    if match:
+        socket.create_connection((match.group(1), int(match.group(2))), timeout=timeout).close()
 
 
 def unsendable(what: str, exc: BaseException) -> OnnxPruneError:
