@@ -114,6 +114,7 @@ def prune(model_or_path, criterion: str | None = None, ratio: float | None = Non
                 calibration.run(run)
         with run.timed("score_select"):
             allocator.run(run, model_or_path)
+        workers.release()     # no later stage hands out passes: free the workers' copies of the model
         with run.timed("rewrite"):
             run.removed = run.plan.removed_units(run.prep.analysis)
             run.pruned = rewrite.apply(run.prep.analysis, run.removed)

@@ -76,6 +76,9 @@ class Serial:
     def start(self) -> None:
         """Start the workers ahead of the first map (nothing to start here)."""
 
+    def release(self) -> None:
+        """Stop the workers until the next map (they hold a copy of the model each)."""
+
     def stats(self) -> dict:
         """What ran where, for the report: backend, workers, tasks, retries, seconds per label."""
         return {"backend": self.name, "workers": self.workers, "tasks": self.tasks, "retries": self.retries,
@@ -284,10 +287,12 @@ class Processes(Serial):
         again.append((index, task, attempts + 1))
 
     def close(self) -> None:
-        """Stop every worker."""
+        """Stop every worker (a later map starts them again)."""
         for worker in self.pool:
             worker.stop()
         self.pool = []
+
+    release = close
 
 
 def require_ray(flag: str = "--ray"):
@@ -345,8 +350,13 @@ class RayActors(Serial):
         self.actor_class = ray.remote(num_cpus=min(float(self.cpus), cpus / self.workers),
                                       num_gpus=min(1.0, available / self.workers) if kind == "GPU" else 0,
                                       max_restarts=0)(Holder)
-        self.actors = [self.new_actor() for _ in range(self.workers)]
+        self.actors = []
         self.keys = itertools.count()
+
+    def start(self) -> None:
+        """Create the actors (Ray places them while the run goes on)."""
+        if not self.actors:
+            self.actors = [self.new_actor() for _ in range(self.workers)]
 
     def new_actor(self):
         """An actor whose sessions run on this pool's device with its share of the CPUs as threads."""
@@ -355,6 +365,7 @@ class RayActors(Serial):
     def run(self, fn, tasks, shared, what: str) -> list:
         """The tasks' results, computed on the actors, in task order."""
         ray = self.ray
+        self.start()
         try:
             key, ref = next(self.keys), ray.put(shared)
         except ValueError as exc:     # protobuf cannot serialize a model above 2 GB
@@ -407,14 +418,18 @@ class RayActors(Serial):
         self.retries += 1
         again.append((index, task, attempts + 1))
 
-    def close(self) -> None:
-        """Stop the actors, and Ray itself when this pool started it."""
+    def release(self) -> None:
+        """Stop the actors until the next map (each holds a copy of the model)."""
         for actor in getattr(self, "actors", []):
             try:
                 self.ray.kill(actor)
             except Exception:      # already gone with its cluster
                 pass
         self.actors = []
+
+    def close(self) -> None:
+        """Stop the actors, and Ray itself when this pool started it."""
+        self.release()
         if self.started and self.ray.is_initialized():
             self.ray.shutdown()
 
