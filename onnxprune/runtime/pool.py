@@ -11,8 +11,9 @@ same seed gives the same file.
   of the intra-op threads (the cores / n). `shared` is pickled once per map and sent to each
   worker once; tasks are dealt to workers as they come free, one in flight per worker, so a
   generator of tasks is read lazily and its memory stays bounded.
-- `RayActors(address, n)`: the same on Ray actors that hold sessions; `shared` is put in the
-  object store once per map (ray.put) and each actor reads it once.
+- `RayActors(address, n)`: the same on Ray actors that hold sessions; each part of `shared` is
+  put in the object store once per run (ray.put; the analysed model serves several stages) and
+  each actor reads it once per map.
 
 A worker or actor that dies (killed, out of memory, its node lost) is replaced and its task run
 again, at most MAX_RETRIES times; then the map raises an OnnxPruneError and nothing is returned,
@@ -311,9 +312,10 @@ class Holder:
         sessions.SETTINGS.update(device=device, threads=threads)
         self.key, self.shared = None, None
 
-    def load(self, key, shared) -> None:
-        """Hold `shared` (Ray resolves the object reference it was given) for map `key`."""
-        self.key, self.shared = key, shared
+    def load(self, key, is_tuple: bool, *parts) -> None:
+        """Hold the shared state of map `key`: its `parts` (Ray resolves the object references it was
+        given), a tuple of them when `is_tuple`."""
+        self.key, self.shared = key, (tuple(parts) if is_tuple else parts[0])
 
     def run(self, fn, task):
         """fn(shared, task)."""
@@ -352,6 +354,7 @@ class RayActors(Serial):
                                       max_restarts=0)(Holder)
         self.actors = []
         self.keys = itertools.count()
+        self.stored: dict[int, tuple] = {}     # id -> (object, its reference): see `put`
 
     def start(self) -> None:
         """Create the actors (Ray places them while the run goes on)."""
@@ -367,7 +370,7 @@ class RayActors(Serial):
         ray = self.ray
         self.start()
         try:
-            key, ref = next(self.keys), ray.put(shared)
+            key, refs = next(self.keys), self.put(shared)
         except ValueError as exc:     # protobuf cannot serialize a model above 2 GB
             raise unsendable(what, exc) from None
         loaded, errors = {}, {}
@@ -380,7 +383,7 @@ class RayActors(Serial):
                 if job is None:
                     break
                 if loaded.get(slot) != key:
-                    actor.load.remote(key, ref)
+                    actor.load.remote(key, isinstance(shared, tuple), *refs)
                     loaded[slot] = key
                 running[actor.run.remote(fn, job[1])] = slot
                 jobs[slot] = job
@@ -404,6 +407,17 @@ class RayActors(Serial):
             raise errors[min(errors)]
         return [results[i] for i in range(len(results))]
 
+    def put(self, shared) -> list:
+        """Object references for the parts of `shared` (its items when a tuple): each object is put
+        in the object store once per run, however many stages share it (the analysed model)."""
+        parts = shared if isinstance(shared, tuple) else (shared,)
+        refs = []
+        for part in parts:
+            if id(part) not in self.stored:      # the object itself is kept, so its id stays its own
+                self.stored[id(part)] = (part, self.ray.put(part))
+            refs.append(self.stored[id(part)][1])
+        return refs
+
     def retry(self, slot: int, job, again: list, what: str, exc) -> None:
         """The actor in `slot` died: start another and queue its task again, or give up."""
         index, task, attempts = job
@@ -419,13 +433,15 @@ class RayActors(Serial):
         again.append((index, task, attempts + 1))
 
     def release(self) -> None:
-        """Stop the actors until the next map (each holds a copy of the model)."""
+        """Stop the actors until the next map (each holds a copy of the model) and drop the
+        object store's copies."""
         for actor in getattr(self, "actors", []):
             try:
                 self.ray.kill(actor)
             except Exception:      # already gone with its cluster
                 pass
         self.actors = []
+        self.stored = {}
 
     def close(self) -> None:
         """Stop the actors, and Ray itself when this pool started it."""
