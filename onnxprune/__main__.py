@@ -1,5 +1,5 @@
 """python -m onnxprune"""
 from .cli import main
 
-if __name__ == "__main__":   # a spawned worker process (runtime.pool) imports this module again without running it
+if __name__ == "__main__":   # not when imported (multiprocessing's spawn imports the main module again)
     main()
