@@ -174,6 +174,10 @@ class AxisGuarded(Rule):
         self.why = why
         self.reduces = reduces
 
+    def reads_split(self, node) -> bool:
+        """Softmax-like ops follow channels split into (radix, C): over the radix axis they are exact."""
+        return not self.reduces
+
     def analyse(self, node, an) -> None:
         x = an.channels(node.input[0])
         if x is None:
@@ -181,6 +185,9 @@ class AxisGuarded(Rule):
         rank = an.rank(x.name)
         legacy = an.opset < 13 and node.op_type in ("Softmax", "LogSoftmax", "Hardmax")
         axis = _norm_axis(attr(node, "axis", 1 if legacy else self.default_axis), rank)
+        if x.split:
+            self._split(node, an, x, axis, legacy)
+            return
         # legacy softmax and LayerNormalization work over every axis from `axis` on
         covered = axis <= x.axis if legacy or node.op_type == "LayerNormalization" else False
         if axis == x.axis or covered:
@@ -194,6 +201,77 @@ class AxisGuarded(Rule):
                 an.tie_same(x.name, node.output[0])
             return
         Rule.analyse(self, node, an)
+
+
+    def _split(self, node, an, x, axis, legacy) -> None:
+        """Channels split into (outer, inner) axes, as split attention and selective kernels
+        reshape theirs into (radix, C): a softmax over the outer (radix) axis mixes only the
+        channels (a, b) of one inner index b, which are tied already (removed together, every
+        radix slice keeping the same b): exact. Over the inner axis it normalises across channels."""
+        crosses = axis <= x.axis + 1 if legacy else axis == x.axis + 1   # legacy: every axis from `axis` on
+        if crosses:
+            an.block(x.name, f"{node.op_type} '{node.name}' {self.why}")
+            return
+        self.reject_others(node, an, skip=(0,))
+        if an.register(node.output[0], x.axis, like=x, split=x.split) is not None:
+            an.tie_same(x.name, node.output[0])
+
+
+class LayerNorm(AxisGuarded):
+    """LayerNormalization: a pass-through unless it normalises the channel axis, where it is an
+    approximation (the mean and variance change with the channels kept, `_Builder.approximate`)
+    whose per-channel scale and bias are sliced like BatchNormalization's."""
+
+    def __init__(self):
+        super().__init__(-1, "normalises over the channel axis")
+
+    def reads_split(self, node) -> bool:
+        """LayerNormalization blocks split channels."""
+        return False
+
+    def analyse(self, node, an) -> None:
+        x = an.channels(node.input[0])
+        if x is None:
+            return Rule.analyse(self, node, an)
+        rank = an.rank(x.name)
+        axis = _norm_axis(attr(node, "axis", -1), rank)
+        if axis > x.axis:
+            return Rule.analyse(self, node, an)
+        self.reject_others(node, an, skip=(0,))
+        for slot in (1, 2):
+            if len(node.input) > slot and node.input[slot] and self._param_axis(node, an, slot, x, rank) is None:
+                an.block(x.name, f"LayerNormalization '{node.name}' has a parameter that cannot be sliced by channel")
+                return
+        if any(o and an.index.consumers.get(o) for o in node.output[1:]):
+            an.block(x.name, f"LayerNormalization '{node.name}' returns its mean or inverse deviation")
+            return
+        if not an.approximate(x.name, f"LayerNormalization '{node.name}' normalises over the channel axis"):
+            return
+        if an.register(node.output[0], x.axis, like=x) is not None:
+            an.tie_same(x.name, node.output[0])
+
+    @staticmethod
+    def _param_axis(node, an, slot, x, rank):
+        """The axis of the constant scale/bias at `slot` that runs along the channels (-1 where it
+        broadcasts over them), or None when it is not a constant."""
+        value = an.index.const(node.input[slot])
+        if value is None:
+            return None
+        aligned = value.ndim - (rank - x.axis)
+        if 0 <= aligned < value.ndim and value.shape[aligned] == x.size and x.size > 1:
+            return aligned
+        return -1 if aligned < 0 or value.shape[aligned] == 1 else None
+
+    def rewrite(self, node, rw) -> None:
+        keep = rw.kept(node.input[0])
+        if keep is None:
+            return
+        x, rank = rw.channels(node.input[0]), len(rw.shape(node.input[0]))
+        for slot in (1, 2):
+            if len(node.input) > slot and node.input[slot]:
+                aligned = self._param_axis(node, rw, slot, x, rank)
+                if aligned is not None and aligned >= 0:
+                    rw.set_const(node, slot, np.take(rw.const(node.input[slot]), keep, axis=aligned))
 
 
 class Pool(Rule):
@@ -253,6 +331,10 @@ class Broadcast(Rule):
     constants with the full count on that axis are sliced; size-1 operands broadcast freely.
     """
 
+    def reads_split(self, node) -> bool:
+        """Split channels (radix, C) times per-channel tensors, as selective kernels weight their paths."""
+        return True
+
     def analyse(self, node, an) -> None:
         out = node.output[0]
         out_shape = an.shape(out)
@@ -264,6 +346,8 @@ class Broadcast(Rule):
             for _, x in carried:
                 an.block(x.name, f"{node.op_type} '{node.name}': output shape unknown")
             return
+        if any(x.split for _, x in carried):
+            return self._split(node, an, ins, carried, out_shape)
         rank = len(out_shape)
         full = [(slot, x) for slot, x in carried if x.size > 1 or out_shape[x.axis + rank - an.rank(x.name)] == 1]
         axes = {x.axis + rank - an.rank(x.name) for _, x in full}
@@ -300,11 +384,54 @@ class Broadcast(Rule):
             for _, x in full:
                 an.tie_same(x.name, out)
 
+    @staticmethod
+    def _split(node, an, ins, carried, out_shape) -> None:
+        """Channels split into (outer, inner) on axes (k, k+1), combined with tensors that carry
+        the same split there, or the inner channels alone on axis k+1 (one value per path of a
+        selective kernel: inner channel b meets (a, b) for every a, which are tied already), or
+        constants and tensors of size 1 on both axes. The output carries the split."""
+        rank = len(out_shape)
+        first = next(x for _, x in carried if x.split)
+        k = first.axis + rank - an.rank(first.name)
+        outer, inner = first.split
+        problem = None if out_shape[k:k + 2] == [outer, inner] else "changes the split channel axes"
+        plain = []
+        for slot, name in ins:
+            x = an.channels(name)
+            if x is not None and x.split:
+                if x.split != first.split or x.axis + rank - an.rank(name) != k:
+                    problem = "combines channels split in different ways"
+            elif x is not None:
+                if x.axis + rank - an.rank(name) != k + 1 or x.size != inner:
+                    problem = f"combines split channels with '{name}', whose channels do not line up"
+                plain.append(x)
+            else:
+                shape = an.shape(name)
+                dims = [1, 1] if shape is None else [shape[a - rank + len(shape)] if a - rank + len(shape) >= 0 else 1
+                                                     for a in (k, k + 1)]
+                if shape is None or dims[1] != 1:
+                    problem = f"operand '{name}' carries values along the split channel axes that cannot be sliced"
+        if problem:
+            for _, x in carried:
+                an.block(x.name, f"{node.op_type} '{node.name}' {problem}")
+            return
+        out = node.output[0]
+        if an.register(out, k, like=first, split=first.split) is None:
+            return
+        for _, x in carried:
+            if x.split:
+                an.tie_same(x.name, out)
+        idx = np.arange(outer * inner)
+        for x in plain:
+            an.tie(x.name, idx % inner, out, idx)
+
     def rewrite(self, node, rw) -> None:
         keep = rw.kept(node.output[0])
         if keep is None:
             return
         ch = rw.channels(node.output[0])
+        if ch.split:
+            return   # analysis admits only operands of size 1 on the split axes besides channel tensors
         rank = len(rw.shape(node.output[0]))
         for slot, name in enumerate(node.input):
             if not name or rw.channels(name) is not None:
@@ -982,12 +1109,42 @@ class Reduce(Rule):
                 return Rule.analyse(self, node, an)
             axes = list(range(rank))
         axes = [_norm_axis(int(a), rank) for a in axes]
-        if x.axis in axes:
-            an.block(x.name, f"{node.op_type} '{node.name}' reduces over the channel axis")
-            return
         keep = attr(node, "keepdims", 1)
+        if x.split:
+            return self._split(node, an, x, axes, keep)
+        if x.axis in axes:
+            # the output has no channel axis left; what it computes changes with the channels kept
+            an.approximate(x.name, f"{node.op_type} '{node.name}' reduces over the channel axis "
+                                   f"(its value changes with the channels kept)")
+            return
         out_axis = x.axis if keep else x.axis - sum(1 for a in axes if a < x.axis)
         if an.register(node.output[0], out_axis, like=x) is not None:
+            an.tie_same(x.name, node.output[0])
+
+    def reads_split(self, node) -> bool:
+        """A reduction over the outer axis of split channels (the radix sum of split attention)."""
+        return True
+
+    @staticmethod
+    def _split(node, an, x, axes, keep) -> None:
+        """Channels split into (outer, inner): summing over the outer (radix) axis adds channels
+        (a, b) of one inner index b, tied already: output channel b, exact. Over other axes the
+        split stays; over the inner axis the reduction crosses channels (blocked)."""
+        outer, inner = x.split
+        before = sum(1 for a in axes if a < x.axis)
+        if x.axis + 1 in axes:
+            an.block(x.name, f"{node.op_type} '{node.name}' reduces over split channels")
+            return
+        if x.axis in axes:
+            out_axis = x.axis + 1 if keep else x.axis - before
+            if an.register(node.output[0], out_axis, size=inner) is None:
+                an.block(x.name, f"{node.op_type} '{node.name}': output shape unknown")
+                return
+            idx = np.arange(x.size)
+            an.tie(x.name, idx, node.output[0], idx % inner)
+            return
+        out_axis = x.axis if keep else x.axis - before
+        if an.register(node.output[0], out_axis, like=x, split=x.split) is not None:
             an.tie_same(x.name, node.output[0])
 
 
@@ -1136,7 +1293,7 @@ RULES: dict[str, Rule] = {
     "Softmax": AxisGuarded(-1, "normalises over the channel axis"),
     "LogSoftmax": AxisGuarded(-1, "normalises over the channel axis"),
     "Hardmax": AxisGuarded(-1, "normalises over the channel axis"),
-    "LayerNormalization": AxisGuarded(-1, "normalises over the channel axis"),
+    "LayerNormalization": LayerNorm(),
     "ArgMax": AxisGuarded(0, "picks along the channel axis", reduces=True),
     "ArgMin": AxisGuarded(0, "picks along the channel axis", reduces=True),
     "LRN": Barrier("normalises across neighbouring channels"),

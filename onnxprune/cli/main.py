@@ -156,6 +156,10 @@ def main():
                    "on the CPU provider of an AVX-512 CPU, else 8 (multiples of onnxruntime's channel blocks run "
                    "faster); else 1].")
 @click.option("--ignore", multiple=True, metavar="PATTERN", help="Leave groups of matching node names alone (fnmatch).")
+@click.option("--approximate", is_flag=True,
+              help="Also prune channels read by ops whose result changes with the channel count (LayerNorm "
+                   "over channels, a mean or max over channels, GRN): not exact; the report lists these groups "
+                   "and the measured fidelity of the rewrite against the masked original.")
 @click.option("--plan", "plan", type=click.Path(path_type=Path), help="Apply a saved plan instead of scoring.")
 @click.option("--save-plan", type=click.Path(path_type=Path), help="Write the plan (kept channels per group) as JSON.")
 @click.option("--input-shape", multiple=True, metavar="NAME:DIMS", help="Fix dynamic input dims, e.g. x:1,3,224,224.")
@@ -214,7 +218,7 @@ def main():
                    "needs the [finetune] extra).")
 @finetune_options
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def prune(model, output, criterion, ratio, global_pruning, max_ratio, min_channels, round_to, ignore, plan,
+def prune(model, output, criterion, ratio, global_pruning, max_ratio, min_channels, round_to, ignore, approximate, plan,
           save_plan, input_shape, report_path, show, seed, no_verify, calib, calib_samples, batch_size, mean, std,
           scale, holdout, recover, allocate, target_macs, preset, variety, target_latency, latency_provider,
           latency_batch, latency_threads, then_bench, plot_groups, ensemble_mode, order_check, finetune, epochs, lr,
@@ -244,7 +248,8 @@ def prune(model, output, criterion, ratio, global_pruning, max_ratio, min_channe
         result = pipeline.prune(
             str(model), criterion=criterion, ratio=ratio if ratio_given else None,   # only a typed --ratio conflicts
             global_pruning=global_pruning, max_ratio=max_ratio,
-            min_channels=min_channels, round_to=round_to, ignore=ignore, plan=str(plan) if plan else None,
+            min_channels=min_channels, round_to=round_to, ignore=ignore, approximate=approximate,
+            plan=str(plan) if plan else None,
             save_plan=str(save_plan) if save_plan else None, input_shape=shapes, seed=seed, verify=not no_verify,
             calib=calib, calib_samples=calib_samples, batch_size=batch_size, mean=mean, std=std, scale=scale,
             holdout=holdout, recover=recover, allocate=allocate, target_macs=target_macs, variety=variety,

@@ -109,7 +109,21 @@ def _verification_lines(report: dict) -> list[str]:
     fidelity = report.get("fidelity")
     if fidelity and fidelity.get("outputs"):
         lines.append("fidelity: " + fidelity_cell(fidelity, markup=False))
+    lines.extend(_approximate_lines(report.get("approximate")))
     return lines
+
+
+def _approximate_lines(approx: dict | None) -> list[str]:
+    """The groups pruned approximately (--approximate) and the rewrite's fidelity to the masked original."""
+    if not approx:
+        return []
+    names = ", ".join(g["name"] for g in approx["groups"][:6]) + (" ..." if len(approx["groups"]) > 6 else "")
+    worst = min(approx["outputs"].values(), key=lambda o: o["cosine"], default=None)
+    figure = f"cosine {worst['cosine']:.4f}, max relative diff {worst['max_rel_diff']:.3g}" if worst else "no float output"
+    verdict = "faithful" if approx["faithful"] else "NOT faithful"
+    return [f"approximate: {len(approx['groups'])} group(s) pruned through ops whose result changes with the channel "
+            f"count ({names}); against the masked original on {approx['samples']} random inputs: {figure} "
+            f"({verdict}, threshold {approx['threshold']:g})"]
 
 
 def _print_skipped(skipped: list[dict], console: Console) -> None:
