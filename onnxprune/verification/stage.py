@@ -33,13 +33,13 @@ def run(run) -> None:
     holdout_notes = warnings_for(run.holdout) if run.holdout else []
     # the held-out warnings say it already where they apply (one class for every image)
     warning = None if holdout_notes else datafree.collapse_warning(run.fidelity, bool(config.calibration.calib))
-    failure = datafree.fidelity_failure(run.fidelity, min_fidelity)
-    if failure and min_fidelity is not None:
-        raise OnnxPruneError(failure)
-    approx = approximate.note(run.approximate)
+    approx = approximate.note(run.approximate)   # the more specific cause: named first
     if approx and min_fidelity is not None:
         raise OnnxPruneError(approx.replace("structurally valid but", "not written:").replace(
             "; prune", f" (--min-fidelity {min_fidelity:g}); prune"))
+    failure = datafree.fidelity_failure(run.fidelity, min_fidelity)
+    if failure and min_fidelity is not None:
+        raise OnnxPruneError(failure)
     if approx:
         run.ctx.notes.append(approx)
     if warning:

@@ -1,0 +1,278 @@
+"""Channel statistics and attention blocks from the wild (issue #20, items 2-3), small graphs built here.
+
+Approximate (``approximate=True`` / ``--approximate``; blocked without it, the reason naming the
+option): LayerNorm over channels (channels-last LayerNormalization, a channels-first LayerNorm2d
+spelled ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div/Mul/Add), CBAM's spatial map from a mean and a
+max over channels, ConvNeXt-V2's GRN. Their rewrite is checked against what it should compute
+(the statistics over the kept channels, the affine parameters sliced) and the pipeline's fidelity
+check against the masked original. Exact, under the oracle: selective-kernel and split-attention
+weighting (Softmax and sum over the radix axis of channels split into (radix, C)).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fixtures import B, X, init, weight
+from helpers import check_oracle
+from onnxprune import criteria, rewrite
+from onnxprune.allocation.select import SelectConfig, select
+from onnxprune.errors import OnnxPruneError
+from onnxprune.pipeline import prepare, prune
+from onnxprune.runtime.sessions import random_feeds, session
+from onnxprune.verification import approximate
+from test_topologies import assert_blocked, assert_prunable
+
+C = 8
+
+
+def _pw(b, x, c_in, c_out, name):
+    return b.conv(x, c_in, c_out, name, k=1)
+
+
+def _layernorm_last(opset=17):
+    """c0 (1x1) -> NHWC -> LayerNormalization(-1) -> NCHW -> c1 (1x1): ConvNeXt's LayerNorm2d."""
+    b = B(1)
+    h = _pw(b, "x", 3, C, "c0")
+    h = b.op("Transpose", [h], "to_last", perm=[0, 2, 3, 1])
+    h = b.op("LayerNormalization", [h, b.f32("ln_s", b.rng.uniform(0.5, 1.5, C)), b.f32("ln_b", b.rng.normal(0, .3, C))],
+             "ln", axis=-1, epsilon=1e-6)
+    h = b.op("Transpose", [h], "to_first", perm=[0, 3, 1, 2])
+    return b.model(X, [_pw(b, h, C, 4, "c1")], opset=opset)
+
+
+def _layernorm_first():
+    """c0 -> LayerNorm2d over axis 1 as ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div/Mul/Add -> c1."""
+    b = B(2)
+    h = _pw(b, "x", 3, C, "c0")
+    mu = b.op("ReduceMean", [h], "mu", axes=[1], keepdims=1)
+    d = b.op("Sub", [h, mu], "d")
+    var = b.op("ReduceMean", [b.op("Pow", [d, b.f32("two", 2.0)], "sq")], "var", axes=[1], keepdims=1)
+    std = b.op("Sqrt", [b.op("Add", [var, b.f32("eps", 1e-6)], "ve")], "std")
+    h = b.op("Div", [d, std], "n")
+    h = b.op("Mul", [h, b.f32("g", b.rng.uniform(0.5, 1.5, (C, 1, 1)))], "scaled")
+    h = b.op("Add", [h, b.f32("beta", b.rng.normal(0, .3, (C, 1, 1)))], "shifted")
+    return b.model(X, [_pw(b, h, C, 4, "c1")])
+
+
+def _cbam():
+    """c0 -> x * sigmoid(conv7x7(concat(mean_c(x), max_c(x)))) -> c1: CBAM's spatial attention."""
+    b = B(3)
+    h = b.relu(b.conv("x", 3, C, "c0"), "r0")
+    avg = b.op("ReduceMean", [h], "avg", axes=[1], keepdims=1)
+    mx = b.op("ReduceMax", [h], "mx", axes=[1], keepdims=1)
+    s = b.op("Sigmoid", [b.conv(b.op("Concat", [avg, mx], "cat", axis=1), 2, 1, "spatial", k=7)], "gate")
+    h = b.op("Mul", [h, s], "att")
+    return b.model(X, [b.conv(h, C, 4, "c1")])
+
+
+def _grn():
+    """c0 -> NHWC -> GRN: x + gamma * (x * Gx / mean_c(Gx)) + beta, Gx the L2 norm over space -> NCHW -> c1."""
+    b = B(4)
+    h = b.op("Transpose", [_pw(b, "x", 3, C, "c0")], "to_last", perm=[0, 2, 3, 1])
+    gx = b.op("ReduceL2", [h], "gx", axes=[1, 2], keepdims=1)
+    nx = b.op("Div", [gx, b.op("Add", [b.op("ReduceMean", [gx], "gm", axes=[-1], keepdims=1), b.f32("eps", 1e-6)],
+                                   "ge")], "nx")
+    t = b.op("Mul", [b.f32("gamma", b.rng.normal(0, 1, (1, 1, 1, C))), b.op("Mul", [h, nx], "xn")], "gt")
+    h = b.op("Add", [h, b.op("Add", [t, b.f32("beta", b.rng.normal(0, .3, (1, 1, 1, C)))], "gb")], "grn")
+    h = b.op("Transpose", [h], "to_first", perm=[0, 3, 1, 2])
+    return b.model(X, [_pw(b, h, C, 4, "c1")])
+
+
+def _groups(model, approx):
+    return {g.name: g for g in prepare(model, approximate=approx).analysis.groups}
+
+
+def _prune_rewrite(model, ratio=0.5):
+    """Analyse with approximations on, remove `ratio` of c0's channels by l1; (prep, removed, pruned)."""
+    prep = prepare(model, approximate=True)
+    an = prep.analysis
+    plan, _ = select(an, criteria.score("l1", criteria.ScoreContext(an, seed=0)), SelectConfig(ratio=ratio))
+    removed = plan.removed_units(an)
+    assert len(removed) > 0
+    return prep, removed, rewrite.apply(an, removed)
+
+
+def _conv1x1(x, w, bias):
+    return np.einsum("oc,nchw->nohw", w[:, :, 0, 0], x) + bias[None, :, None, None]
+
+
+def _norm_over_kept(model, pruned, keep, affine):
+    """What the pruned model should compute: c0's kept filters, the norm over those channels only
+    (its per-channel parameters sliced), c1 reading the kept channels."""
+    feeds = random_feeds(model, {"x": X["x"]}, seed=3)
+    x = feeds["x"].astype(np.float64)
+    h = _conv1x1(x, init(model, "c0_w")[keep], init(model, "c0_b")[keep])
+    mu, var = h.mean(1, keepdims=True), h.var(1, keepdims=True)
+    scale, shift = affine
+    h = (h - mu) / np.sqrt(var + 1e-6) * scale[keep][None, :, None, None] + shift[keep][None, :, None, None]
+    want = _conv1x1(h, init(model, "c1_w")[:, keep], init(model, "c1_b"))
+    got = session(pruned).run(None, feeds)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+# ---- LayerNorm over channels -------------------------------------------------------------------
+
+@pytest.mark.parametrize("build", [_layernorm_last, _layernorm_first])
+def test_layernorm_over_channels_is_blocked_naming_the_option(build):
+    g = _groups(build(), approx=False)["c0"]
+    assert_blocked(g, "approximate, pass --approximate to prune it")
+    assert any("normalises over the channel axis" in r or "reduces over the channel axis" in r for r in g.reasons)
+
+
+def test_layernorm_channels_last_prunes_over_the_kept_channels():
+    model = _layernorm_last()
+    g = _groups(model, approx=True)["c0"]
+    assert_prunable(g, C)
+    assert any("LayerNormalization 'ln' normalises over the channel axis" in r for r in g.approximate)
+    prep, removed, pruned = _prune_rewrite(model)
+    keep = np.setdiff1d(np.arange(C), removed)   # c0's units are its channels, in order
+    assert weight(pruned, "ln").shape == (len(keep),) and weight(pruned, "ln", 2).shape == (len(keep),)
+    _norm_over_kept(model, pruned, keep, (init(model, "ln_s"), init(model, "ln_b")))
+
+
+def test_layernorm_channels_first_prunes_over_the_kept_channels():
+    model = _layernorm_first()
+    assert_prunable(_groups(model, approx=True)["c0"], C)
+    prep, removed, pruned = _prune_rewrite(model)
+    keep = np.setdiff1d(np.arange(C), removed)
+    assert weight(pruned, "scaled").shape == (len(keep), 1, 1)
+    _norm_over_kept(model, pruned, keep, (init(model, "g").ravel(), init(model, "beta").ravel()))
+
+
+def test_layernorm_with_used_statistics_or_runtime_scale_stays_blocked():
+    b = B(1)
+    h = b.op("Transpose", [_pw(b, "x", 3, C, "c0")], "t", perm=[0, 2, 3, 1])
+    outs = b.op("LayerNormalization", [h, "scale", b.f32("ln_b", np.zeros(C))], "ln", n_out=3, axis=-1)
+    model = b.model({**X, "scale": [C]}, [_pw(b, b.op("Transpose", [outs[0]], "t2", perm=[0, 3, 1, 2]), C, 4, "c1"),
+                                          outs[1]])
+    assert_blocked(_groups(model, approx=True)["c0"], "has a parameter that cannot be sliced by channel")
+    b = B(1)
+    h = b.op("Transpose", [_pw(b, "x", 3, C, "c0")], "t", perm=[0, 2, 3, 1])
+    outs = b.op("LayerNormalization", [h, b.f32("s", np.ones(C)), b.f32("ln_b", np.zeros(C))], "ln", n_out=2, axis=-1)
+    y = b.op("Add", [b.op("Transpose", [outs[0]], "t2", perm=[0, 3, 1, 2]), b.op("Transpose", [outs[1]], "t3",
+                                                                               perm=[0, 3, 1, 2])], "y")
+    assert_blocked(_groups(b.model(X, [_pw(b, y, C, 4, "c1")]), approx=True)["c0"],
+                   "returns its mean or inverse deviation")
+
+
+def test_layernorm_over_other_axes_stays_exact():
+    """LayerNormalization over the spatial axes only (channels first, axis 2) is a pass-through."""
+    b = B(1)
+    h = b.op("LayerNormalization", [_pw(b, "x", 3, C, "c0"), b.f32("s", np.ones((16, 16)))], "ln", axis=2)
+    model = b.model(X, [_pw(b, h, C, 4, "c1")], opset=17)
+    g = _groups(model, approx=False)["c0"]
+    assert_prunable(g, C)
+    assert not g.approximate
+    check_oracle(model, "l1", 0.5)
+
+
+# ---- CBAM and GRN --------------------------------------------------------------------------------
+
+def test_cbam_spatial_map_is_approximate():
+    model = _cbam()
+    assert_blocked(_groups(model, approx=False)["c0"], "reduces over the channel axis", "pass --approximate")
+    g = _groups(model, approx=True)["c0"]
+    assert_prunable(g, C)
+    assert {r.split("'")[1] for r in g.approximate} == {"avg", "mx"}
+    prep, removed, pruned = _prune_rewrite(model)
+    result = approximate.check(prep.analysis, removed, pruned, prep.input_shapes, min_cosine=1.0)
+    assert [r["name"] for r in result["groups"]] == ["c0"]
+    assert result["outputs"]["c1"]["cosine"] < 1.0 - 1e-9   # the mean over fewer channels is not the masked one
+    assert not result["faithful"] and "not faithful" in approximate.note(result)
+
+
+def test_grn_slices_gamma_and_beta():
+    model = _grn()
+    assert_blocked(_groups(model, approx=False)["c0"], "ReduceMean 'gm' reduces over the channel axis")
+    assert_prunable(_groups(model, approx=True)["c0"], C)
+    prep, removed, pruned = _prune_rewrite(model)
+    keep = np.setdiff1d(np.arange(C), removed)
+    assert weight(pruned, "gt", 0).shape == (1, 1, 1, len(keep)) and weight(pruned, "gb", 1).shape == (1, 1, 1, len(keep))
+    # what GRN over the kept channels computes
+    feeds = random_feeds(model, {"x": X["x"]}, seed=1)
+    h = _conv1x1(feeds["x"].astype(np.float64), init(model, "c0_w")[keep], init(model, "c0_b")[keep]).transpose(0, 2, 3, 1)
+    gx = np.sqrt((h ** 2).sum(axis=(1, 2), keepdims=True))
+    nx = gx / (gx.mean(-1, keepdims=True) + 1e-6)
+    h = h + init(model, "gamma")[..., keep] * (h * nx) + init(model, "beta")[..., keep]
+    want = _conv1x1(h.transpose(0, 3, 1, 2), init(model, "c1_w")[:, keep], init(model, "c1_b"))
+    np.testing.assert_allclose(session(pruned).run(None, feeds)[0], want, rtol=1e-4, atol=1e-4)
+
+
+# ---- the pipeline: report, fidelity check, --min-fidelity ---------------------------------------
+
+def test_prune_reports_the_approximate_groups_and_their_fidelity():
+    model = _layernorm_last()
+    with pytest.raises(OnnxPruneError, match="nothing to prune.*pass --approximate to prune it"):
+        prune(model, criterion="l1", ratio=0.5, recover=False)   # its only group passes the LayerNorm
+    result = prune(model, criterion="l1", ratio=0.5, recover=False, approximate=True)
+    rep = result.report
+    assert rep["options"]["approximate"] is True
+    approx = rep["approximate"]
+    assert [g["name"] for g in approx["groups"]] == ["c0"] and approx["groups"][0]["removed"] == C // 2
+    cos = approx["outputs"]["c1"]["cosine"]
+    assert 0.0 < cos < 1.0 - 1e-9
+    assert approx["faithful"] == (cos >= approximate.APPROX_COSINE)
+    assert next(g for g in rep["groups"] if g["name"] == "c0")["approximate"]
+
+
+def test_min_fidelity_refuses_an_unfaithful_approximation():
+    with pytest.raises(OnnxPruneError, match="the approximation is not faithful"):
+        prune(_layernorm_last(), criterion="l1", ratio=0.5, recover=False, approximate=True, min_fidelity=0.999999)
+
+
+def test_cli_approximate_flag(tmp_path):
+    import onnx
+    from click.testing import CliRunner
+
+    from onnxprune.cli.main import main
+
+    path = tmp_path / "ln.onnx"
+    onnx.save(_layernorm_last(), path)
+    res = CliRunner().invoke(main, ["prune", str(path), "--criterion", "l1", "--approximate", "--no-recover",
+                                    "-o", str(tmp_path / "out.onnx"), "--report", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    assert "approximate: 1 group(s) pruned through ops" in res.output     # the console wraps at 80 columns
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert [g["name"] for g in rep["approximate"]["groups"]] == ["c0"]
+    assert ("approximation is not faithful" in " ".join(rep["notes"])) == (not rep["approximate"]["faithful"])
+
+
+# ---- selective kernel / split attention: exact through radix groups ---------------------------
+
+def _selective_kernel(softmax_axis=1, sum_axis=1):
+    """Two paths, stacked on a new axis 1, weighted by a softmax over paths of an attention made of
+    (paths, C) channels, then summed over the paths (timm's SelectiveKernel)."""
+    b = B(5)
+    x = b.relu(b.conv("x", 3, C, "stem"), "r")
+    paths = [b.relu(b.conv(x, C, C, f"p{i}", dilation=i + 1), f"pr{i}") for i in range(2)]
+    stack = b.op("Concat", [b.op("Unsqueeze", [p, b.i64(f"ax{i}", [1])], f"u{i}") for i, p in enumerate(paths)],
+                 "stack", axis=1)
+    s = b.op("ReduceSum", [stack, b.i64("one", [1])], "s", keepdims=0)
+    a = b.relu(b.conv(b.op("GlobalAveragePool", [s], "gap"), C, 4, "fc_reduce", k=1), "ar")
+    a = b.op("Reshape", [b.conv(a, 4, 2 * C, "fc_select", k=1), b.i64("shp", [1, 2, C, 1, 1])], "ar5")
+    a = b.op("Softmax", [a], "sm", axis=softmax_axis)
+    y = b.op("ReduceSum", [b.op("Mul", [stack, a], "w"), b.i64("sum_ax", [sum_axis])], "y", keepdims=0)
+    if sum_axis != 1:
+        y = b.op("ReduceMean", [y, b.i64("m_ax", [1])], "ym", keepdims=0)
+    return b.model(X, [b.conv(y, C, 4, "head")])
+
+
+def test_selective_kernel_prunes_exactly():
+    model = _selective_kernel()
+    g = _groups(model, approx=False)
+    for name in ("p0", "stem", "fc_reduce"):
+        assert_prunable(g[name])
+    assert not any(grp.approximate for grp in g.values())
+    pruned, an, removed = check_oracle(model, "l1", 0.5)
+    assert weight(pruned, "fc_select").shape[0] == 2 * weight(pruned, "p0").shape[0]
+
+
+def test_softmax_or_sum_over_the_split_channels_blocks():
+    g = _groups(_selective_kernel(softmax_axis=2), approx=True)
+    assert_blocked(g["fc_select"], "Softmax 'sm' normalises over the channel axis")
+    assert not g["p0"].prunable
+    assert_blocked(_groups(_selective_kernel(sum_axis=2), approx=True)["p0"], "reduces over split channels")
