@@ -507,6 +507,14 @@ class Conv(Rule):
         groups = attr(node, "group", 1)
         c_in = w.shape[0] if self.transpose else w.shape[1] * groups
         c_out = w.shape[1] * groups if self.transpose else w.shape[0]
+        if x is not None and x.axis >= 2 and self._slides_over_channels(node, an, x, w):
+            # ECA: a 1-in 1-out Conv1d along the channel axis; a removed channel changes what its
+            # neighbours' windows see (and where the zero padding starts), so this is approximate
+            if an.approximate(x.name, f"{node.op_type} '{node.name}' slides a kernel along the channel axis "
+                                      f"(neighbouring channels interact)"):
+                if an.register(out, x.axis, like=x) is not None:
+                    an.tie_same(x.name, out)
+            return
         if x is not None and (x.axis != 1 or x.size != c_in):
             an.block(x.name, f"{node.op_type} '{node.name}' reads {c_in} channels on axis 1")
             x = None
@@ -528,10 +536,22 @@ class Conv(Rule):
             if x is not None:
                 an.tie(x.name, ins, x.name, ins % k_in)
 
+    def _slides_over_channels(self, node, an, x, w) -> bool:
+        """A one-channel Conv whose spatial axis is the channel axis of `x` (ECA), stride 1, its
+        output as long as its input there: channels map to themselves."""
+        shape, out_shape = an.shape(node.input[0]), an.shape(node.output[0])
+        if self.transpose or attr(node, "group", 1) != 1 or w.shape[0] != 1 or w.shape[1] != 1 \
+                or shape is None or out_shape is None or len(shape) != len(out_shape) or shape[1] != 1:
+            return False
+        strides = attr(node, "strides", [1] * (len(shape) - 2))
+        return strides[x.axis - 2] == 1 and out_shape[x.axis] == shape[x.axis]
+
     def rewrite(self, node, rw) -> None:
         keep_in, keep_out = rw.kept(node.input[0]), rw.kept(node.output[0])
         if keep_in is None and keep_out is None:
             return
+        if keep_in is not None and rw.channels(node.input[0]).axis != 1:
+            return   # ECA's Conv1d along the channel axis: its weight has no channel axis to slice
         w = rw.const(node.input[1])
         groups = attr(node, "group", 1)
         w, merged_delta, merged = self._merge(node, rw, w, groups, keep_in)
@@ -1207,6 +1227,64 @@ class Resize(Rule):
                 rw.set_const(node, 3, sizes)
 
 
+class Expand(Rule):
+    """Expand broadcasts to a shape: channels pass where the shape's entry on the channel axis is
+    the channel count or 1, a constant (rewritten) or computed from the shape of a tensor with
+    the same channels (ECA's ``expand_as(x)``: the shape evaluator shows that it follows them)."""
+
+    def analyse(self, node, an) -> None:
+        x = an.channels(node.input[0])
+        if x is None:
+            self.reject_others(node, an, skip=())
+            return
+        self.reject_others(node, an, skip=(0,))
+        out_shape, rank = an.shape(node.output[0]), an.rank(x.name)
+        target = an.shapes.get(node.input[1])
+        if out_shape is None or target is None or len(target) != 1 or not isinstance(target[0], int):
+            an.block(x.name, f"Expand '{node.name}': shapes unknown")
+            return
+        axis = x.axis + len(out_shape) - rank
+        pos = axis - (len(out_shape) - target[0])
+        if not self._follows(node, an, x, pos):
+            an.block(x.name, f"Expand '{node.name}' expands the channel axis to a size that does not follow "
+                             f"the channel count")
+            return
+        if an.register(node.output[0], axis, like=x) is not None:
+            an.tie_same(x.name, node.output[0])
+
+    @staticmethod
+    def _follows(node, an, x, pos) -> bool:
+        """Whether the target shape's entry `pos` (< 0: none) is 1 or the channel count, now and
+        with one channel fewer, the other entries staying."""
+        if pos < 0:
+            return True
+        value = an.index.const(node.input[1])
+        if value is not None:
+            return int(np.asarray(value).reshape(-1)[pos]) in (1, x.size)
+        evaluate = shape_evaluator([node.input[1]], an, x)
+        if evaluate is None or x.split:
+            return False
+        try:
+            (now,), (fewer,) = evaluate(x.size), evaluate(x.size - 1)
+        except Exception:   # noqa: BLE001 - a shape computation the evaluator cannot run stays blocked
+            return False
+        same = np.array_equal(np.delete(now, pos), np.delete(fewer, pos))
+        return bool(same and (now[pos], fewer[pos]) in ((1, 1), (x.size, x.size - 1)))
+
+    def rewrite(self, node, rw) -> None:
+        keep = rw.kept(node.input[0])
+        value = rw.const(node.input[1]) if keep is not None else None
+        if value is None:
+            return   # computed at run time from a shape that follows the pruned count
+        x = rw.channels(node.input[0])
+        pos = x.axis + len(rw.shape(node.output[0])) - len(rw.shape(node.input[0])) - \
+            (len(rw.shape(node.output[0])) - value.size)
+        if 0 <= pos < value.size and int(value[pos]) == x.size and x.size > 1:
+            value = value.copy()
+            value[pos] = len(keep)
+            rw.set_const(node, 1, value)
+
+
 class Pad(Rule):
     """Pad must not pad the channel axis."""
 
@@ -1303,7 +1381,7 @@ RULES: dict[str, Rule] = {
     "DepthToSpace": Barrier("moves channels into space"),
     "SpaceToDepth": Barrier("moves space into channels"),
     "Gather": Barrier("indexes channels (not supported yet)"),
-    "Expand": Barrier("broadcasts a channel tensor (not supported yet)"),
+    "Expand": Expand(),
     "Tile": Barrier("repeats channels (not supported yet)"),
     "Einsum": Barrier("contracts arbitrary axes"),
 }
