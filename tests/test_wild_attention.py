@@ -276,3 +276,79 @@ def test_softmax_or_sum_over_the_split_channels_blocks():
     assert_blocked(g["fc_select"], "Softmax 'sm' normalises over the channel axis")
     assert not g["p0"].prunable
     assert_blocked(_groups(_selective_kernel(sum_axis=2), approx=True)["p0"], "reduces over split channels")
+
+
+# ---- ECA: Conv1d along the channel axis; Expand to the shape of a tensor with the same channels ---
+
+def _eca():
+    """c0 -> h * expand_as(sigmoid(conv1d(view(gap(h), N, 1, C))), h) -> c1 (timm's EcaModule)."""
+    b = B(6)
+    h = b.relu(b.conv("x", 3, C, "c0"), "r0")
+    batch = b.op("Unsqueeze", [b.op("Gather", [b.op("Shape", [h], "shp"), b.i64("zero", 0)], "n", axis=0),
+                               b.i64("ax0", [0])], "n1")
+    v = b.op("Reshape", [b.op("GlobalAveragePool", [h], "gap"), b.op("Concat", [batch, b.i64("one_m1", [1, -1])],
+                                                                     "s3", axis=0)], "v")
+    a = b.op("Conv", [v, b.f32("eca_w", b.rng.normal(0, 1, (1, 1, 3)))], "eca", kernel_shape=[3], pads=[1, 1])
+    a = b.op("Reshape", [b.op("Sigmoid", [a], "sig"), b.op("Concat", [batch, b.i64("m1_1_1", [-1, 1, 1])], "s4",
+                                                            axis=0)], "a4")
+    a = b.op("Expand", [a, b.op("Shape", [h], "shp2")], "ex")
+    return b.model(X, [b.conv(b.op("Mul", [h, a], "att"), C, 4, "c1")], out_shapes=[[1, 4, 16, 16]])
+
+
+def test_eca_is_approximate_and_computes_over_the_kept_channels():
+    model = _eca()
+    assert_blocked(_groups(model, approx=False)["c0"], "Conv 'eca' slides a kernel along the channel axis",
+                   "pass --approximate")
+    assert_prunable(_groups(model, approx=True)["c0"], C)
+    prep, removed, pruned = _prune_rewrite(model)
+    keep = np.setdiff1d(np.arange(C), removed)
+    assert weight(pruned, "eca").shape == (1, 1, 3)
+    feeds = random_feeds(model, {"x": X["x"]}, seed=2)
+    h = np.maximum(session(_first_conv_model(model)).run(None, feeds)[0], 0)[:, keep]
+    m = np.pad(h.mean(axis=(2, 3)), ((0, 0), (1, 1)))
+    w = init(model, "eca_w").ravel()
+    gate = 1 / (1 + np.exp(-(w[0] * m[:, :-2] + w[1] * m[:, 1:-1] + w[2] * m[:, 2:])))
+    mid = h * gate[:, :, None, None]
+    want = session(_second_conv_model(model, keep)).run(None, {"h": mid.astype(np.float32)})[0]
+    np.testing.assert_allclose(session(pruned).run(None, feeds)[0], want, rtol=1e-4, atol=1e-4)
+    result = prune(model, criterion="l1", ratio=0.5, approximate=True)   # with the data-free repair
+    assert result.verification.valid
+
+
+def _first_conv_model(model):
+    from helpers import make_model, tensor
+    from onnx import helper
+    n = next(n for n in model.graph.node if n.name == "c0")
+    inits = {k: init(model, k) for k in n.input[1:]}
+    return make_model([helper.make_node("Conv", list(n.input), ["y"], **{a.name: helper.get_attribute_value(a)
+                                                                       for a in n.attribute})],
+                      [tensor("x", X["x"])], [tensor("y", None)], inits)
+
+
+def _second_conv_model(model, keep):
+    from helpers import make_model, tensor
+    from onnx import helper
+    n = next(n for n in model.graph.node if n.name == "c1")
+    attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+    inits = {"w": init(model, n.input[1])[:, keep], "b": init(model, n.input[2])}
+    return make_model([helper.make_node("Conv", ["h", "w", "b"], ["y"], **attrs)],
+                      [tensor("h", [1, len(keep), 16, 16])], [tensor("y", None)], inits)
+
+
+def test_expand_to_a_constant_shape_prunes_exactly():
+    b = B(7)
+    h = b.relu(b.conv("x", 3, C, "c0"), "r0")
+    a = b.op("Expand", [b.op("Sigmoid", [b.op("GlobalAveragePool", [h], "gap")], "sig"),
+                        b.i64("full", [1, C, 16, 16])], "ex")
+    model = b.model(X, [b.conv(b.op("Mul", [h, a], "att"), C, 4, "c1")])
+    assert_prunable(_groups(model, approx=False)["c0"], C)
+    pruned, _, removed = check_oracle(model, "l1", 0.5)
+    assert list(weight(pruned, "ex")) == [1, C - len(removed), 16, 16]
+
+
+def test_expand_to_a_shape_that_does_not_follow_blocks():
+    b = B(7)
+    h = b.relu(b.conv("x", 3, C, "c0"), "r0")
+    a = b.op("Expand", [b.op("GlobalAveragePool", [h], "gap"), b.op("Shape", ["y"], "ys")], "ex")
+    model = b.model({**X, "y": [1, C, 16, 16]}, [b.conv(b.op("Mul", [h, a], "att"), C, 4, "c1")])
+    assert_blocked(_groups(model, approx=True)["c0"], "expands the channel axis to a size that does not follow")
