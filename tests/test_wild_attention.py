@@ -352,3 +352,14 @@ def test_expand_to_a_shape_that_does_not_follow_blocks():
     a = b.op("Expand", [b.op("GlobalAveragePool", [h], "gap"), b.op("Shape", ["y"], "ys")], "ex")
     model = b.model({**X, "y": [1, C, 16, 16]}, [b.conv(b.op("Mul", [h, a], "att"), C, 4, "c1")])
     assert_blocked(_groups(model, approx=True)["c0"], "expands the channel axis to a size that does not follow")
+
+
+def test_an_approximation_that_cannot_be_measured_is_not_called_faithful():
+    model = _layernorm_last()
+    prep, removed, pruned = _prune_rewrite(model)
+    broken = type(pruned)()
+    broken.CopyFrom(pruned)
+    del broken.graph.node[-1]   # the last Conv gone: onnxruntime refuses the model
+    result = approximate.check(prep.analysis, removed, broken, prep.input_shapes)
+    assert not result["faithful"] and not result["outputs"] and result["error"]
+    assert "could not be measured" in approximate.note(result)

@@ -43,7 +43,8 @@ def check(analysis: Analysis, removed: np.ndarray, rewritten: onnx.ModelProto, i
     with the masked original; None when no approximate group lost units.
 
     Returns {"groups", "inputs", "samples", "threshold", "outputs": {name: {"cosine",
-    "max_rel_diff"}}, "faithful"}.
+    "max_rel_diff"}}, "faithful"}; where the models cannot run, no outputs, faithful False and
+    the "error".
     """
     groups = approximated_groups(analysis, removed)
     if not groups:
@@ -52,11 +53,15 @@ def check(analysis: Analysis, removed: np.ndarray, rewritten: onnx.ModelProto, i
     gone[np.asarray(removed, dtype=np.int64)] = True
     lost = [g.id for g in analysis.groups if gone[analysis.group_units[g.id]].any()]
     masks = {gid: (~gone[analysis.group_units[gid]]).astype(np.float32) for gid in lost}
-    feeds = random_feeds(analysis.model, input_shapes, batch=SAMPLES, seed=seed)
-    masked = MaskRunner(analysis, lost).run(feeds, [masks])[0]
-    names = [o.name for o in analysis.model.graph.output]
-    pruned = session(rewritten).run(names, feeds)
     threshold = APPROX_COSINE if min_cosine is None else float(min_cosine)
+    names = [o.name for o in analysis.model.graph.output]
+    feeds = random_feeds(analysis.model, input_shapes, batch=SAMPLES, seed=seed)
+    try:
+        masked = MaskRunner(analysis, lost).run(feeds, [masks])[0]
+        pruned = session(rewritten).run(names, feeds)
+    except Exception as exc:  # noqa: BLE001 - a model onnxruntime cannot run (custom ops): not measured
+        return {"groups": groups, "inputs": "random", "samples": SAMPLES, "threshold": threshold, "outputs": {},
+                "faithful": False, "error": str(exc).splitlines()[0][:200]}
     outputs = {}
     for name, a, b in zip(names, masked, pruned):
         if not np.issubdtype(np.asarray(a).dtype, np.floating) or np.shape(a) != np.shape(b):
@@ -67,7 +72,7 @@ def check(analysis: Analysis, removed: np.ndarray, rewritten: onnx.ModelProto, i
         scale = float(np.max(np.abs(fa))) if fa.size else 0.0
         rel = float(np.max(np.abs(fa - fb)) / scale) if scale > 0 else float(np.max(np.abs(fb), initial=0.0))
         outputs[name] = {"cosine": cos, "max_rel_diff": rel}
-    faithful = all(o["cosine"] >= threshold for o in outputs.values())
+    faithful = bool(outputs) and all(o["cosine"] >= threshold for o in outputs.values())
     return {"groups": groups, "inputs": "random", "samples": SAMPLES, "threshold": threshold,
             "outputs": outputs, "faithful": bool(faithful)}
 
@@ -76,6 +81,10 @@ def note(result: dict | None) -> str | None:
     """The report's line for an unfaithful approximation (None when faithful or not used)."""
     if not result or result["faithful"]:
         return None
+    if not result["outputs"]:
+        return (f"the pruned model is structurally valid but the approximation is not faithful: it could not be "
+                f"measured ({result.get('error', 'no float output')}) for {len(result['groups'])} group(s) pruned "
+                f"through ops whose result changes with the channel count (--approximate); drop --approximate")
     worst = min(result["outputs"].items(), key=lambda kv: kv[1]["cosine"])
     return (f"the pruned model is structurally valid but the approximation is not faithful: {len(result['groups'])} "
             f"group(s) pruned through ops whose result changes with the channel count (--approximate) move output "
