@@ -363,3 +363,19 @@ def test_an_approximation_that_cannot_be_measured_is_not_called_faithful():
     result = approximate.check(prep.analysis, removed, broken, prep.input_shapes)
     assert not result["faithful"] and not result["outputs"] and result["error"]
     assert "could not be measured" in approximate.note(result)
+
+
+def test_cli_analyse_shows_the_groups_as_approximate_pruning_sees_them(tmp_path):
+    import onnx
+    from click.testing import CliRunner
+
+    from onnxprune.cli.main import main
+
+    path = tmp_path / "ln.onnx"
+    onnx.save(_layernorm_last(), path)
+    for flags, prunable in (([], False), (["--approximate"], True)):
+        res = CliRunner().invoke(main, ["analyse", str(path), "--json", *flags])
+        assert res.exit_code == 0, res.output
+        c0 = next(g for g in json.loads(res.output)["groups"] if g["name"] == "c0")
+        assert c0["prunable"] is prunable
+        assert bool(c0.get("approximate")) is prunable

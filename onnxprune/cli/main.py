@@ -297,8 +297,10 @@ def prune(model, output, criterion, ratio, global_pruning, max_ratio, min_channe
 @click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
 @click.option("--input-shape", multiple=True, metavar="NAME:DIMS", help="Fix dynamic input dims, e.g. x:1,3,224,224.")
 @click.option("--json", "as_json", is_flag=True, help="Print the groups as JSON.")
+@click.option("--approximate", is_flag=True,
+              help="The groups as `prune --approximate` sees them (channel statistics do not block).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def analyse(model, input_shape, as_json, debug):
+def analyse(model, input_shape, as_json, approximate, debug):
     """Print MODEL's channel groups (what could be pruned, and why not) without pruning."""
     shapes = parse_input_shapes(input_shape)
 
@@ -310,7 +312,7 @@ def analyse(model, input_shape, as_json, debug):
         from .. import pipeline
         from ..report import render as report
 
-        an = pipeline.analyse(str(model), shapes)
+        an = pipeline.analyse(str(model), shapes, approximate)
         groups = [g.to_dict() for g in an.groups]
         if as_json:
             click.echo(json.dumps({"schema_version": 1, "model": str(model), "groups": groups}, indent=1))
