@@ -379,3 +379,12 @@ def test_cli_analyse_shows_the_groups_as_approximate_pruning_sees_them(tmp_path)
         c0 = next(g for g in json.loads(res.output)["groups"] if g["name"] == "c0")
         assert c0["prunable"] is prunable
         assert bool(c0.get("approximate")) is prunable
+
+
+@pytest.mark.parametrize("build", [_eca, _grn])
+def test_approximate_groups_go_through_the_data_path(build):
+    """--calib: activation criteria, ThiNet, sensitivity allocation and the recovery steps (moment
+    matching, least squares) meet ECA's Conv1d and GRN's statistics without mistaking them for filters."""
+    result = prune(build(), ratio=0.5, approximate=True, calib="random", calib_samples=32)
+    assert result.verification.valid
+    assert result.report["approximate"]["groups"][0]["name"] == "c0"

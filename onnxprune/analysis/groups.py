@@ -110,7 +110,9 @@ class Analysis:
             t = self.tensors[name]
             if t.split:
                 continue
-            if any(slot == 0 and getattr(rule_for(n), "counts_macs", False)     # read by a weighted op
+            # read by a weighted op as its input channels (not ECA's Conv1d sliding along them)
+            if any(slot == 0 and getattr(rule_for(n), "counts_macs", False)
+                   and not (getattr(rule_for(n), "convolves", False) and t.axis != 1)
                    for n, slot in index.consumers.get(name, [])):
                 result[name] = t.axis
         return result
