@@ -10,6 +10,11 @@ Each rule has two halves that must agree:
 
 An op that is not in ``RULES`` blocks every channel tensor it reads: nothing is guessed.
 
+An op whose result changes with the channel count (LayerNorm over channels, a reduction over
+channels, ECA's Conv1d along them) asks ``an.approximate(tensor, why)``: with approximations on
+(``PruneConfig.approximate``) its channels pass and the group records why, else they block with a
+reason naming the option.
+
 What other modules ask of an op (is it a filter source, its weight layout as filter rows, may a
 least-squares refit or ThiNet read it, is it a BatchNormalization, a convolution, depthwise, its
 MACs) is a property or method of its rule; ``rule_or_default`` answers for unknown ops too.
