@@ -6,14 +6,18 @@ spelled ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div/Mul/Add), CBAM's spatial map 
 max over channels, ConvNeXt-V2's GRN. Their rewrite is checked against what it should compute
 (the statistics over the kept channels, the affine parameters sliced) and the pipeline's fidelity
 check against the masked original. Exact, under the oracle: selective-kernel and split-attention
-weighting (Softmax and sum over the radix axis of channels split into (radix, C)).
+weighting (Softmax and sum over the radix axis of channels split into (radix, C)). The same
+patterns as timm's own layers export them (tests/models_wild): under the oracle without the
+option, pruned approximately with it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
+import onnx
 import pytest
 
 from fixtures import B, X, init, weight
@@ -225,7 +229,6 @@ def test_min_fidelity_refuses_an_unfaithful_approximation():
 
 
 def test_cli_approximate_flag(tmp_path):
-    import onnx
     from click.testing import CliRunner
 
     from onnxprune.cli.main import main
@@ -366,7 +369,6 @@ def test_an_approximation_that_cannot_be_measured_is_not_called_faithful():
 
 
 def test_cli_analyse_shows_the_groups_as_approximate_pruning_sees_them(tmp_path):
-    import onnx
     from click.testing import CliRunner
 
     from onnxprune.cli.main import main
@@ -388,3 +390,36 @@ def test_approximate_groups_go_through_the_data_path(build):
     result = prune(build(), ratio=0.5, approximate=True, calib="random", calib_samples=32)
     assert result.verification.valid
     assert result.report["approximate"]["groups"][0]["name"] == "c0"
+
+
+# ---- timm's own layers, exported (tests/models_wild, benchmarks/export_wild_fixtures.py) --------
+
+WILD_DIR = os.path.join(os.path.dirname(__file__), "models_wild")
+
+
+def _wild(name):
+    return onnx.load(os.path.join(WILD_DIR, f"{name}.onnx"))
+
+
+@pytest.mark.parametrize("name", ["selective_kernel", "split_attention", "eca_cbam", "convnext_v2"])
+def test_timm_layers_prune_exactly_without_the_option(name):
+    check_oracle(_wild(name), "l1", 0.5)
+
+
+def test_timm_selective_kernel_prunes_every_inner_group():
+    groups = prepare(_wild("selective_kernel")).analysis.groups
+    assert sum(g.prunable for g in groups) == len(groups) - 1     # all but the classifier's
+    assert not any(g.approximate for g in groups)
+
+
+@pytest.mark.parametrize("name,approx_groups", [("eca_cbam", 1), ("convnext_v2", 2)])
+def test_timm_layers_prune_approximately_with_the_option(name, approx_groups):
+    model = _wild(name)
+    exact = prepare(model).analysis
+    approx = prepare(model, approximate=True).analysis
+    assert sum(g.prunable for g in approx.groups) > sum(g.prunable for g in exact.groups)
+    result = prune(model, criterion="l1", ratio=0.5, approximate=True, recover=False)
+    assert result.verification.valid
+    rep = result.report
+    assert len(rep["approximate"]["groups"]) == approx_groups
+    assert 0.0 < rep["approximate"]["outputs"]["output"]["cosine"] <= 1.0
