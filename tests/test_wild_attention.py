@@ -241,7 +241,9 @@ def test_cli_approximate_flag(tmp_path):
     assert "approximate: 1 group(s) pruned through ops" in res.output     # the console wraps at 80 columns
     rep = json.loads((tmp_path / "r.json").read_text())
     assert [g["name"] for g in rep["approximate"]["groups"]] == ["c0"]
-    assert ("approximation is not faithful" in " ".join(rep["notes"])) == (not rep["approximate"]["faithful"])
+    unfaithful = not rep["approximate"]["faithful"]
+    assert ("approximation is not faithful" in " ".join(rep["notes"])) == unfaithful
+    assert ("verification: structurally valid, but the approximation is NOT faithful" in res.output) == unfaithful
 
 
 # ---- selective kernel / split attention: exact through radix groups ---------------------------

@@ -97,6 +97,8 @@ def _verification_lines(report: dict) -> list[str]:
         where = (f"runs in onnxruntime on {batch} random inputs" if batch else "runs in onnxruntime on random inputs"
                  ) if ran else "not run in onnxruntime"
         verdict = "valid" if verification["valid"] else "FAILED: " + "; ".join(verification.get("problems", []))
+        if verification["valid"] and report.get("approximate") and not report["approximate"]["faithful"]:
+            verdict = "structurally valid, but the approximation is NOT faithful (below)"
         lines.append(f"verification: {verdict} (onnx checker, the original's inputs and outputs, {where})")
         for name, out in outs.items():
             if not isinstance(out, dict):   # why an output was not compared (a custom op: not run)
