@@ -425,3 +425,11 @@ def test_timm_layers_prune_approximately_with_the_option(name, approx_groups):
     rep = result.report
     assert len(rep["approximate"]["groups"]) == approx_groups
     assert 0.0 < rep["approximate"]["outputs"]["output"]["cosine"] <= 1.0
+
+
+def test_html_report_lists_the_approximate_groups():
+    from onnxprune.report import html as html_report
+
+    result = prune(_layernorm_last(), criterion="l1", ratio=0.5, recover=False, approximate=True)
+    page = html_report.render_html(result.report)
+    assert "Approximate groups (--approximate)" in page and "LayerNormalization &#x27;ln&#x27;" in page
