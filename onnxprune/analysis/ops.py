@@ -160,7 +160,7 @@ class ShapeRead(Rule):
 
 
 class Barrier(Rule):
-    """Ops known to mix channels (LRN, Softmax over channels, LayerNorm over channels...)."""
+    """Ops known to mix channels (LRN, GroupNorm, LpNormalization, DepthToSpace...)."""
 
     def __init__(self, why: str):
         self.why = why
@@ -172,7 +172,7 @@ class Barrier(Rule):
 
 
 class AxisGuarded(Rule):
-    """Passthrough unless the op works along the channel axis (Softmax, LayerNorm, ArgMax...)."""
+    """Passthrough unless the op works along the channel axis (Softmax, ArgMax...)."""
 
     def __init__(self, default_axis: int, why: str, reduces: bool = False):
         self.default_axis = default_axis
@@ -193,8 +193,8 @@ class AxisGuarded(Rule):
         if x.split:
             self._split(node, an, x, axis, legacy)
             return
-        # legacy softmax and LayerNormalization work over every axis from `axis` on
-        covered = axis <= x.axis if legacy or node.op_type == "LayerNormalization" else False
+        # legacy softmax works over every axis from `axis` on (LayerNormalization: `LayerNorm`)
+        covered = axis <= x.axis if legacy else False
         if axis == x.axis or covered:
             an.block(x.name, f"{node.op_type} '{node.name}' {self.why}")
             return
@@ -206,7 +206,6 @@ class AxisGuarded(Rule):
                 an.tie_same(x.name, node.output[0])
             return
         Rule.analyse(self, node, an)
-
 
     def _split(self, node, an, x, axis, legacy) -> None:
         """Channels split into (outer, inner) axes, as split attention and selective kernels
