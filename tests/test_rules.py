@@ -251,9 +251,10 @@ BLOCK = {
                                ("MatMul", "contracts axis 3 but channels are on axis 1")),
     "Concat_spatial_fixed": (lambda b, h: (b.op("Concat", [h, b.f32("pad", np.ones((1, 8, 2, 16)))], "y", axis=2), 8),
                              ("Concat", "along axis 2 mixes in fixed channels")),
+    # split axes moved apart keep channels on the inner axis; merging them back with a spatial axis in between mixes
     "Transpose_separates_shuffle_axes": (lambda b, h: (b.op("Reshape", [b.op("Transpose", [
         b.op("Reshape", [h, b.i64("s5", [1, 2, 4, 16, 16])], "r5")], "t", perm=[0, 1, 3, 2, 4]),
-        b.i64("s4", [1, 8, 16, 16])], "y"), 8), ("Transpose", "separates the two channel axes")),
+        b.i64("s4", [1, 8, 16, 16])], "y"), 8), ("Reshape", "mixes the channel axis with others")),
 }
 BLOCK_OPSET = {}
 BLOCK_SHAPE = {"MeanVarianceNormalization": [1, 4, 16, 16], "ReduceSum_runtime_axes": [1, 4, 16, 16],

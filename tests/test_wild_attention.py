@@ -433,3 +433,46 @@ def test_html_report_lists_the_approximate_groups():
     result = prune(_layernorm_last(), criterion="l1", ratio=0.5, recover=False, approximate=True)
     page = html_report.render_html(result.report)
     assert "Approximate groups (--approximate)" in page and "LayerNormalization &#x27;ln&#x27;" in page
+
+
+def _rsoftmax():
+    """ResNeSt's rSoftMax on a (radix 2, C) attention: Reshape to (1, radix, C), Transpose that puts
+    the cardinality axis between radix and channels, Softmax over the radix, back to 2C channels,
+    weighting a 2C-channel conv output."""
+    b = B(8)
+    h = b.relu(b.conv("x", 3, 2 * C, "c0"), "r0")
+    a = b.conv(b.op("GlobalAveragePool", [h], "gap"), 2 * C, 2 * C, "fc", k=1)
+    a = b.op("Reshape", [a, b.i64("s4", [1, 1, 2, C])], "card")
+    a = b.op("Softmax", [b.op("Transpose", [a], "tr", perm=[0, 2, 1, 3])], "sm", axis=1)
+    a = b.op("Reshape", [a, b.i64("back", [1, 2 * C, 1, 1])], "att")
+    return b.model(X, [b.conv(b.op("Mul", [h, a], "w"), 2 * C, 4, "head")])
+
+
+def _softmax_after_swap():
+    """(2, C) split, swapped to (C, 2) as a channel shuffle does, then a Softmax over the axis of C:
+    it mixes what were C different channels."""
+    b = B(9)
+    h = b.relu(b.conv("x", 3, 2 * C, "c0"), "r0")
+    a = b.conv(b.op("GlobalAveragePool", [h], "gap"), 2 * C, 2 * C, "fc", k=1)
+    a = b.op("Transpose", [b.op("Reshape", [a, b.i64("s3", [1, 2, C])], "split")], "swap", perm=[0, 2, 1])
+    a = b.op("Transpose", [b.op("Softmax", [a], "sm", axis=1)], "unswap", perm=[0, 2, 1])
+    a = b.op("Reshape", [a, b.i64("back", [1, 2 * C, 1, 1])], "att")
+    return b.model(X, [b.conv(b.op("Mul", [h, a], "w"), 2 * C, 4, "head")])
+
+
+def test_rsoftmax_prunes_radix_groups_exactly():
+    model = _rsoftmax()
+    assert_prunable(_groups(model, approx=False)["c0"])   # fc joins c0 through the Mul
+    pruned, an, removed = check_oracle(model, "l1", 0.5)
+    fc = weight(pruned, "fc").shape[0]
+    assert fc % 2 == 0 and fc < 2 * C and list(weight(pruned, "card"))[-1] == fc // 2
+
+
+def test_softmax_over_split_channels_ties_what_it_mixes():
+    """After the swap the softmax's axis runs across C different channels: the rule ties them, so
+    the group is one unit and nothing inexact can be removed."""
+    model = _softmax_after_swap()
+    an = prepare(model).analysis
+    t = an.tensors["swap"]
+    assert len(np.unique(an.unit_of[t.base:t.base + t.size])) == 1
+    check_oracle(model, "l1", 0.5, min_removed=0)

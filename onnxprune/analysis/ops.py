@@ -219,6 +219,9 @@ class AxisGuarded(Rule):
         self.reject_others(node, an, skip=(0,))
         if an.register(node.output[0], x.axis, like=x, split=x.split) is not None:
             an.tie_same(x.name, node.output[0])
+            if axis == x.axis:   # what the softmax mixes goes together (after a shuffle's swap too)
+                idx = np.arange(x.size)
+                an.tie(x.name, idx, x.name, idx % x.split[1])
 
 
 class LayerNorm(AxisGuarded):
@@ -1011,7 +1014,8 @@ def _clamp_range(start: int, end: int, size: int) -> tuple[int, int]:
 
 
 class Transpose(Rule):
-    """Transpose moves the channel axis to ``perm.index(axis)``; a channel shuffle swaps split axes."""
+    """Transpose moves the channel axis to ``perm.index(axis)``; a channel shuffle swaps split axes;
+    split axes moved apart keep the channels on the inner axis."""
 
     def reads_split(self, node) -> bool:
         """A permutation moves both split axes."""
@@ -1038,7 +1042,12 @@ class Transpose(Rule):
                 a, b = np.divmod(np.arange(x.size), inner)
                 an.tie(x.name, np.arange(x.size), out, b * outer + a)
         else:
-            an.block(x.name, f"Transpose '{node.name}' separates the two channel axes")
+            # the two axes end up apart (split attention's rSoftMax puts the cardinality axis
+            # between radix and channels): the output keeps channels on the inner axis only, the
+            # outer one becomes an ordinary axis; every outer copy of inner channel b is tied to
+            # it, so removing b removes the whole slice
+            if an.register(out, p1, size=inner) is not None:
+                an.tie(x.name, np.arange(x.size), out, np.arange(x.size) % inner)
 
 
 class Reshape(Rule):
