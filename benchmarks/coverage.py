@@ -1,6 +1,11 @@
 """Coverage benchmark: prune every model in a folder and print valid / MACs kept / params kept / seconds.
 
     python benchmarks/coverage.py DIR [--ratio 0.5] [--criterion l1] [--tp benchmarks/tp_reference_0.5.json]
+                                      [--approximate]
+
+The "wild" families of issue 20 (ConvNeXt, ConvNeXt-V2, ECA, ResNeSt, SKNet, CBAM) are exported by
+benchmarks/export_wild.py (`WILD` there); --approximate prunes through the ops whose result changes
+with the channel count and adds the rewrite's cosine against the masked original ("approx").
 
 With a Torch-Pruning reference JSON (benchmarks/tp_reference.py, same ratio, PyTorch originals),
 the table also shows Torch-Pruning's MACs kept and our ratio to it (target: <= 1.1).
@@ -24,6 +29,7 @@ def main() -> int:
     ap.add_argument("--criterion", default="l1")
     ap.add_argument("--tp", help="Torch-Pruning reference JSON {model: {macs_kept: ...}}")
     ap.add_argument("--json", help="write the rows as JSON")
+    ap.add_argument("--approximate", action="store_true", help="prune approximately through channel statistics")
     args = ap.parse_args()
 
     import onnxprune
@@ -36,8 +42,12 @@ def main() -> int:
         t = time.perf_counter()
         row = {"model": name}
         try:
-            result = onnxprune.prune(path, criterion=args.criterion, ratio=args.ratio)
+            result = onnxprune.prune(path, criterion=args.criterion, ratio=args.ratio, approximate=args.approximate)
             rep = result.report
+            approx = rep.get("approximate")
+            if approx and approx["outputs"]:
+                row.update(approx_groups=len(approx["groups"]), approx_faithful=approx["faithful"],
+                           approx_cosine=min(o["cosine"] for o in approx["outputs"].values()))
             row.update(valid=rep["verification"]["valid"], macs_kept=rep["macs_kept"], params_kept=rep["params_kept"],
                        groups=len(rep["groups"]), pruned_groups=sum(1 for g in rep["groups"] if g["kept"] < g["size"]),
                        top1_agree=_top1(rep), prune_seconds=sum(v for k, v in rep["seconds"].items() if k != "verify"))
@@ -68,6 +78,8 @@ def _line(r):
     if "macs_kept" not in r:
         return f"{r['model']:<24} FAILED  {r.get('error', '')[:120]}"
     tp = f"  TP {r['tp_macs_kept']:.3f}  ratio {r['vs_tp']:.2f}" if "tp_macs_kept" in r else ""
+    if "approx_cosine" in r:
+        tp += f"  approx {r['approx_groups']} groups cosine {r['approx_cosine']:.4f}" + ("" if r["approx_faithful"] else " NOT faithful")
     return (f"{r['model']:<24} valid={r['valid']!s:<5} MACs kept {r['macs_kept']:.3f}  params kept "
             f"{r['params_kept']:.3f}  groups {r['pruned_groups']}/{r['groups']}  prune {r['prune_seconds']:.1f}s "
             f"total {r['seconds']:.1f}s{tp}")

@@ -64,6 +64,9 @@ class Selection:
     allocate: str | None = None
     variety: str | None = None
     order_check: bool | None = None
+    # prune through ops whose result changes with the channel count (LayerNorm over channels, a
+    # mean/max over channels, GRN): not exact, so the rewrite's fidelity is measured and reported
+    approximate: bool = False
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from .errors import OnnxPruneError
 from .recovery import stage as recovery
 from .report import build
 from .runtime import pool, providers, sessions
-from .verification import stage as verification
+from .verification import approximate, stage as verification
 from .verification.verify import Verification
 
 
@@ -55,8 +55,9 @@ class Prepared:
 
 
 
-def prepare(model_or_path, input_shape: dict | None = None) -> Prepared:
-    """Load (if a path), fix input shapes, normalise weights, infer shapes and analyse groups."""
+def prepare(model_or_path, input_shape: dict | None = None, approximate: bool = False) -> Prepared:
+    """Load (if a path), fix input shapes, normalise weights, infer shapes and analyse groups
+    (`approximate`: also through ops whose result changes with the channel count, `groups.analyse`)."""
     if isinstance(model_or_path, (str, os.PathLike)):
         source = str(model_or_path)
         model = io.load(model_or_path)
@@ -70,13 +71,13 @@ def prepare(model_or_path, input_shape: dict | None = None) -> Prepared:
     norm = fold.normalise(model, input_shapes, folded := {})
     graph.check_finite(norm, source)
     shapes = graph.infer_shapes(norm, input_shapes)
-    return Prepared(model, analyse_groups(norm, shapes), input_shapes, source, folded or None)
+    return Prepared(model, analyse_groups(norm, shapes, approximate), input_shapes, source, folded or None)
 
 
 
-def analyse(model_or_path, input_shape: dict | None = None) -> Analysis:
+def analyse(model_or_path, input_shape: dict | None = None, approximate: bool = False) -> Analysis:
     """The channel-dependency groups of a model (path or ModelProto), without pruning."""
-    return prepare(model_or_path, input_shape).analysis
+    return prepare(model_or_path, input_shape, approximate).analysis
 
 
 
@@ -106,7 +107,7 @@ def prune(model_or_path, criterion: str | None = None, ratio: float | None = Non
     # every session on --device; the independent passes on --workers processes or --ray actors
     with pool.active(runtime.workers, runtime.ray, run.config.recovery.device) as workers:
         with run.timed("analyse"):
-            run.prep = prepare(model_or_path, config.input_shape)
+            run.prep = prepare(model_or_path, config.input_shape, config.selection.approximate)
             recovery.check_model(run)
             check_prunable(run.prep)
         if run.config.calibration.calib:
@@ -118,6 +119,11 @@ def prune(model_or_path, criterion: str | None = None, ratio: float | None = Non
         with run.timed("rewrite"):
             run.removed = run.plan.removed_units(run.prep.analysis)
             run.pruned = rewrite.apply(run.prep.analysis, run.removed)
+        if run.config.selection.approximate:   # before recovery changes the rewrite: the oracle's replacement
+            with run.timed("approximate"):
+                run.approximate = approximate.check(run.prep.analysis, run.removed, run.pruned,
+                                                    run.prep.input_shapes, run.config.scoring.seed,
+                                                    run.config.verification.min_fidelity)
         recovery.run(run)
         with run.timed("verify"):
             verification.run(run)
@@ -186,6 +192,7 @@ class Run:
     checker: object = None                 # the data-free fidelity checker, or None
     check: Verification | None = None
     fidelity: dict | None = None
+    approximate: dict | None = None        # the fidelity check of groups pruned approximately (verification.approximate)
     holdout: dict | None = None            # held-out metrics of the pruned model (calibration.stage)
     timings: dict = field(default_factory=dict)
     passes: dict = field(default_factory=dict)   # image passes through the whole network, per stage

@@ -69,6 +69,9 @@ PASS = {
     "Mod_fmod": lambda b, h: (b.op("Mod", [h, thr(b, "d", 0.5, 1.5)], "y", fmod=1), 8),
     "ReduceSum_noop_empty_axes": lambda b, h: (b.op("ReduceSum", [h, b.i64("axes", np.zeros(0))], "y",
                                                     noop_with_empty_axes=1), 8),
+    "Expand_channel_shape": lambda b, h: (b.op("Mul", [h, b.op("Expand", [
+        b.op("GlobalAveragePool", [h], "g"), b.i64("shape", [1, 8, 16, 16])], "e")], "y"), 8),
+    "Expand_batch": lambda b, h: (b.op("Expand", [h, b.i64("shape", [2, 1, 1, 1])], "y"), 8),
     "ReduceL2_spatial": lambda b, h: (b.op("Mul", [h, b.op("ReduceL2", [h], "r", axes=[2, 3])], "y"), 8),
 }
 PASS_OPSET = {}
@@ -212,7 +215,9 @@ BLOCK = {
         b.f32("bv", np.ones(8))], "y"), 8), ("BatchNormalization", "non-constant parameter")),
     "DepthToSpace": (lambda b, h: (b.op("DepthToSpace", [h], "y", blocksize=2), 2), ("DepthToSpace", "moves channels")),
     "SpaceToDepth": (lambda b, h: (b.op("SpaceToDepth", [h], "y", blocksize=2), 32), ("SpaceToDepth", "moves space")),
-    "Expand": (lambda b, h: (b.op("Expand", [h, b.i64("shape", [2, 8, 16, 16])], "y"), 8), ("Expand", "broadcasts")),
+    "Expand_runtime_shape": (lambda b, h: (b.op("Mul", [h, b.op("Expand", [
+        b.op("GlobalAveragePool", [h], "g"), _runtime_i64(b, [1, 1, 16, 16], "shape")], "e")], "y"), 8),
+        ("Expand", "expands the channel axis to a size that does not follow the channel count")),
     "Tile": (lambda b, h: (b.op("Tile", [h, b.i64("reps", [1, 2, 1, 1])], "y"), 16), ("Tile", "repeats channels")),
     "Einsum": (lambda b, h: (b.op("Einsum", [h, b.f32("s", np.ones(16, np.float32))], "y", equation="nchw,w->nchw"), 8),
                ("Einsum", "contracts arbitrary axes")),
@@ -246,9 +251,10 @@ BLOCK = {
                                ("MatMul", "contracts axis 3 but channels are on axis 1")),
     "Concat_spatial_fixed": (lambda b, h: (b.op("Concat", [h, b.f32("pad", np.ones((1, 8, 2, 16)))], "y", axis=2), 8),
                              ("Concat", "along axis 2 mixes in fixed channels")),
+    # split axes moved apart keep channels on the inner axis; merging them back with a spatial axis in between mixes
     "Transpose_separates_shuffle_axes": (lambda b, h: (b.op("Reshape", [b.op("Transpose", [
         b.op("Reshape", [h, b.i64("s5", [1, 2, 4, 16, 16])], "r5")], "t", perm=[0, 1, 3, 2, 4]),
-        b.i64("s4", [1, 8, 16, 16])], "y"), 8), ("Transpose", "separates the two channel axes")),
+        b.i64("s4", [1, 8, 16, 16])], "y"), 8), ("Reshape", "mixes the channel axis with others")),
 }
 BLOCK_OPSET = {}
 BLOCK_SHAPE = {"MeanVarianceNormalization": [1, 4, 16, 16], "ReduceSum_runtime_axes": [1, 4, 16, 16],

@@ -166,7 +166,7 @@ ALLOWED_OP_COMPARISONS = {
     "onnxprune.analysis.graph": {"Identity", "Clip", "Max", "Min", "Less", "Greater", "LessOrEqual",
                                  "GreaterOrEqual", "Equal", "Pad", "IsInf", "IsNaN"},  # INF_OK: ops whose constants may be inf
     # the shape-subgraph evaluator follows the values of Shape/Gather/Concat/arithmetic on shape vectors
-    "onnxprune.analysis.shapes": {"Abs", "Add", "Cast", "Ceil", "Clip", "Concat", "Div", "Floor", "Gather",
+    "onnxprune.analysis.shapes": {"Abs", "Add", "Cast", "Ceil", "Clip", "Concat", "Div", "Expand", "Floor", "Gather",
                                   "Identity", "Max", "Min", "Mod", "Mul", "Neg", "Pad", "Reshape", "Resize",
                                   "Shape", "Slice", "Squeeze", "Sub", "Transpose", "Unsqueeze"},
     # the rewrite looks through a Cast/Identity (shapes.PASS_THROUGH) for a shape constant's producer

@@ -11,6 +11,12 @@ Conv/ConvTranspose/Gemm/MatMul with constant weights, which a criterion can scor
 Units that share a source tensor form a *group*: the unit a ratio is applied to and scores are
 ranked within (one group per layer, or one per residual stream).
 
+Some ops compute statistics over the channel axis (LayerNorm over channels, a mean or max over
+channels, a Conv1d across neighbouring channels): removing channels changes their result, so
+pruning through them is not exact. With ``approximate=True`` their channels stay prunable and
+the group records why (``Group.approximate``: the pipeline then measures the fidelity of the
+rewrite against the masked original); without it they block, naming the option.
+
 ``analyse`` is a pure function of the graph and its shapes.
 """
 
@@ -54,6 +60,7 @@ class Group:
     size: int
     blocked: int
     reasons: tuple[str, ...]
+    approximate: tuple[str, ...] = ()    # why removing units of this group is not exact (with approximations on)
 
     @property
     def prunable(self) -> bool:
@@ -63,7 +70,8 @@ class Group:
     def to_dict(self) -> dict:
         """Plain-data form for reports."""
         return {"id": self.id, "name": self.name, "sources": list(self.sources), "size": self.size,
-                "blocked": self.blocked, "prunable": self.prunable, "reasons": list(self.reasons)}
+                "blocked": self.blocked, "prunable": self.prunable, "reasons": list(self.reasons),
+                **({"approximate": list(self.approximate)} if self.approximate else {})}
 
 
 @dataclass
@@ -102,7 +110,9 @@ class Analysis:
             t = self.tensors[name]
             if t.split:
                 continue
-            if any(slot == 0 and getattr(rule_for(n), "counts_macs", False)     # read by a weighted op
+            # read by a weighted op as its input channels (not ECA's Conv1d sliding along them)
+            if any(slot == 0 and getattr(rule_for(n), "counts_macs", False)
+                   and not (getattr(rule_for(n), "convolves", False) and t.axis != 1)
                    for n, slot in index.consumers.get(name, [])):
                 result[name] = t.axis
         return result
@@ -126,8 +136,10 @@ class Analysis:
 class _Builder:
     """The context rules see while analysing (`an` in ops.py)."""
 
-    def __init__(self, model: onnx.ModelProto, shapes: dict):
+    def __init__(self, model: onnx.ModelProto, shapes: dict, approximate: bool = False):
         self.index = GraphIndex(model)
+        self.approximations_on = approximate
+        self.approximated: dict[str, list[str]] = {}
         self.shapes = shapes
         self.opset = default_opset(model)
         self.tensors: dict[str, ChannelTensor] = {}
@@ -190,6 +202,20 @@ class _Builder:
             if reason not in self.blocked[name]:
                 self.blocked[name].append(reason)
 
+    def approximate(self, name: str, reason: str) -> bool:
+        """Channels of `name` reach an op whose result changes with the channel count (`reason`
+        says how): recorded and True with approximations on; else `name` is blocked with a reason
+        naming the option, and False."""
+        if name not in self.tensors:
+            return False
+        if not self.approximations_on:
+            self.block(name, f"{reason}: approximate, pass --approximate to prune it")
+            return False
+        self.approximated.setdefault(name, [])
+        if reason not in self.approximated[name]:
+            self.approximated[name].append(reason)
+        return True
+
     def block_channels(self, name: str, idx: np.ndarray, reason: str) -> None:
         """Block only channels `idx` of `name` (e.g. channels a Concat takes from a fixed tensor)."""
         self.blocked_channels.append((name, np.asarray(idx)))
@@ -209,16 +235,18 @@ class _Builder:
         self.sources[name] = node
 
 
-def analyse(model: onnx.ModelProto, shapes: dict) -> Analysis:
+def analyse(model: onnx.ModelProto, shapes: dict, approximate: bool = False) -> Analysis:
     """Find the channel-dependency groups of `model`.
 
     Args:
         model: a normalised model (see `fold.normalise`), not modified.
         shapes: tensor name -> static shape, from `graph.infer_shapes`.
+        approximate: let channels pass ops whose result changes with the channel count
+            (`_Builder.approximate`); the groups concerned list why in `Group.approximate`.
     Returns:
         The `Analysis`, whose `groups` list every group with the reasons its blocked units are kept.
     """
-    an = _Builder(model, shapes)
+    an = _Builder(model, shapes, approximate)
     for node in model.graph.node:
         rule = rule_for(node)
         split_inputs = [n for n in node.input if an.channels(n) is not None and an.channels(n).split]
@@ -328,6 +356,7 @@ def _components(an: _Builder, model: onnx.ModelProto) -> Analysis:
 
     tensor_groups: dict[int, list[str]] = {gid: [] for gid in range(len(group_units))}
     reasons: dict[int, list[str]] = {gid: [] for gid in range(len(group_units))}
+    approx: dict[int, list[str]] = {gid: [] for gid in range(len(group_units))}
     for name, t in an.tensors.items():
         gs = {group_ids.get(int(group_of_unit[u])) for u in np.unique(unit_of[t.base:t.base + t.size])}
         for gid in gs:
@@ -337,6 +366,9 @@ def _components(an: _Builder, model: onnx.ModelProto) -> Analysis:
             for r in an.blocked.get(name, []):
                 if r not in reasons[gid]:
                     reasons[gid].append(r)
+            for r in an.approximated.get(name, []):
+                if r not in approx[gid]:
+                    approx[gid].append(r)
 
     groups = []
     arrays = []
@@ -347,6 +379,7 @@ def _components(an: _Builder, model: onnx.ModelProto) -> Analysis:
         groups.append(Group(
             id=gid, name=sources[0], sources=sources, tensors=tuple(tensor_groups[gid]),
             size=len(units), blocked=int(unit_blocked[units_arr].sum()), reasons=tuple(reasons[gid]),
+            approximate=tuple(approx[gid]),
         ))
     return Analysis(model=model, shapes=an.shapes, tensors=an.tensors, unit_of=unit_of,
                     unit_blocked=unit_blocked, groups=groups, group_units=arrays,

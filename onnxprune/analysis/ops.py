@@ -10,6 +10,11 @@ Each rule has two halves that must agree:
 
 An op that is not in ``RULES`` blocks every channel tensor it reads: nothing is guessed.
 
+An op whose result changes with the channel count (LayerNorm over channels, a reduction over
+channels, ECA's Conv1d along them) asks ``an.approximate(tensor, why)``: with approximations on
+(``PruneConfig.approximate``) its channels pass and the group records why, else they block with a
+reason naming the option.
+
 What other modules ask of an op (is it a filter source, its weight layout as filter rows, may a
 least-squares refit or ThiNet read it, is it a BatchNormalization, a convolution, depthwise, its
 MACs) is a property or method of its rule; ``rule_or_default`` answers for unknown ops too.
@@ -155,7 +160,7 @@ class ShapeRead(Rule):
 
 
 class Barrier(Rule):
-    """Ops known to mix channels (LRN, Softmax over channels, LayerNorm over channels...)."""
+    """Ops known to mix channels (LRN, GroupNorm, LpNormalization, DepthToSpace...)."""
 
     def __init__(self, why: str):
         self.why = why
@@ -167,12 +172,16 @@ class Barrier(Rule):
 
 
 class AxisGuarded(Rule):
-    """Passthrough unless the op works along the channel axis (Softmax, LayerNorm, ArgMax...)."""
+    """Passthrough unless the op works along the channel axis (Softmax, ArgMax...)."""
 
     def __init__(self, default_axis: int, why: str, reduces: bool = False):
         self.default_axis = default_axis
         self.why = why
         self.reduces = reduces
+
+    def reads_split(self, node) -> bool:
+        """Softmax-like ops follow channels split into (radix, C): over the radix axis they are exact."""
+        return not self.reduces
 
     def analyse(self, node, an) -> None:
         x = an.channels(node.input[0])
@@ -181,8 +190,11 @@ class AxisGuarded(Rule):
         rank = an.rank(x.name)
         legacy = an.opset < 13 and node.op_type in ("Softmax", "LogSoftmax", "Hardmax")
         axis = _norm_axis(attr(node, "axis", 1 if legacy else self.default_axis), rank)
-        # legacy softmax and LayerNormalization work over every axis from `axis` on
-        covered = axis <= x.axis if legacy or node.op_type == "LayerNormalization" else False
+        if x.split:
+            self._split(node, an, x, axis, legacy)
+            return
+        # legacy softmax works over every axis from `axis` on (LayerNormalization: `LayerNorm`)
+        covered = axis <= x.axis if legacy else False
         if axis == x.axis or covered:
             an.block(x.name, f"{node.op_type} '{node.name}' {self.why}")
             return
@@ -194,6 +206,79 @@ class AxisGuarded(Rule):
                 an.tie_same(x.name, node.output[0])
             return
         Rule.analyse(self, node, an)
+
+    def _split(self, node, an, x, axis, legacy) -> None:
+        """Channels split into (outer, inner) axes, as split attention and selective kernels
+        reshape theirs into (radix, C): a softmax over the outer (radix) axis mixes only the
+        channels (a, b) of one inner index b, which are tied already (removed together, every
+        radix slice keeping the same b): exact. Over the inner axis it normalises across channels."""
+        crosses = axis <= x.axis + 1 if legacy else axis == x.axis + 1   # legacy: every axis from `axis` on
+        if crosses:
+            an.block(x.name, f"{node.op_type} '{node.name}' {self.why}")
+            return
+        self.reject_others(node, an, skip=(0,))
+        if an.register(node.output[0], x.axis, like=x, split=x.split) is not None:
+            an.tie_same(x.name, node.output[0])
+            if axis == x.axis:   # what the softmax mixes goes together (after a shuffle's swap too)
+                idx = np.arange(x.size)
+                an.tie(x.name, idx, x.name, idx % x.split[1])
+
+
+class LayerNorm(AxisGuarded):
+    """LayerNormalization: a pass-through unless it normalises the channel axis, where it is an
+    approximation (the mean and variance change with the channels kept, `_Builder.approximate`)
+    whose per-channel scale and bias are sliced like BatchNormalization's."""
+
+    def __init__(self):
+        super().__init__(-1, "normalises over the channel axis")
+
+    def reads_split(self, node) -> bool:
+        """LayerNormalization blocks split channels."""
+        return False
+
+    def analyse(self, node, an) -> None:
+        x = an.channels(node.input[0])
+        if x is None:
+            return Rule.analyse(self, node, an)
+        rank = an.rank(x.name)
+        axis = _norm_axis(attr(node, "axis", -1), rank)
+        if axis > x.axis:
+            return Rule.analyse(self, node, an)
+        self.reject_others(node, an, skip=(0,))
+        for slot in (1, 2):
+            if len(node.input) > slot and node.input[slot] and self._param_axis(node, an, slot, x, rank) is None:
+                an.block(x.name, f"LayerNormalization '{node.name}' has a parameter that cannot be sliced by channel")
+                return
+        if any(o and an.index.consumers.get(o) for o in node.output[1:]):
+            an.block(x.name, f"LayerNormalization '{node.name}' returns its mean or inverse deviation")
+            return
+        if not an.approximate(x.name, f"LayerNormalization '{node.name}' normalises over the channel axis"):
+            return
+        if an.register(node.output[0], x.axis, like=x) is not None:
+            an.tie_same(x.name, node.output[0])
+
+    @staticmethod
+    def _param_axis(node, an, slot, x, rank):
+        """The axis of the constant scale/bias at `slot` that runs along the channels (-1 where it
+        broadcasts over them), or None when it is not a constant."""
+        value = an.index.const(node.input[slot])
+        if value is None:
+            return None
+        aligned = value.ndim - (rank - x.axis)
+        if 0 <= aligned < value.ndim and value.shape[aligned] == x.size and x.size > 1:
+            return aligned
+        return -1 if aligned < 0 or value.shape[aligned] == 1 else None
+
+    def rewrite(self, node, rw) -> None:
+        keep = rw.kept(node.input[0])
+        if keep is None:
+            return
+        x, rank = rw.channels(node.input[0]), len(rw.shape(node.input[0]))
+        for slot in (1, 2):
+            if len(node.input) > slot and node.input[slot]:
+                aligned = self._param_axis(node, rw, slot, x, rank)
+                if aligned is not None and aligned >= 0:
+                    rw.set_const(node, slot, np.take(rw.const(node.input[slot]), keep, axis=aligned))
 
 
 class Pool(Rule):
@@ -253,6 +338,10 @@ class Broadcast(Rule):
     constants with the full count on that axis are sliced; size-1 operands broadcast freely.
     """
 
+    def reads_split(self, node) -> bool:
+        """Split channels (radix, C) times per-channel tensors, as selective kernels weight their paths."""
+        return True
+
     def analyse(self, node, an) -> None:
         out = node.output[0]
         out_shape = an.shape(out)
@@ -264,6 +353,8 @@ class Broadcast(Rule):
             for _, x in carried:
                 an.block(x.name, f"{node.op_type} '{node.name}': output shape unknown")
             return
+        if any(x.split for _, x in carried):
+            return self._split(node, an, ins, carried, out_shape)
         rank = len(out_shape)
         full = [(slot, x) for slot, x in carried if x.size > 1 or out_shape[x.axis + rank - an.rank(x.name)] == 1]
         axes = {x.axis + rank - an.rank(x.name) for _, x in full}
@@ -300,11 +391,54 @@ class Broadcast(Rule):
             for _, x in full:
                 an.tie_same(x.name, out)
 
+    @staticmethod
+    def _split(node, an, ins, carried, out_shape) -> None:
+        """Channels split into (outer, inner) on axes (k, k+1), combined with tensors that carry
+        the same split there, or the inner channels alone on axis k+1 (one value per path of a
+        selective kernel: inner channel b meets (a, b) for every a, which are tied already), or
+        constants and tensors of size 1 on both axes. The output carries the split."""
+        rank = len(out_shape)
+        first = next(x for _, x in carried if x.split)
+        k = first.axis + rank - an.rank(first.name)
+        outer, inner = first.split
+        problem = None if out_shape[k:k + 2] == [outer, inner] else "changes the split channel axes"
+        plain = []
+        for slot, name in ins:
+            x = an.channels(name)
+            if x is not None and x.split:
+                if x.split != first.split or x.axis + rank - an.rank(name) != k:
+                    problem = "combines channels split in different ways"
+            elif x is not None:
+                if x.axis + rank - an.rank(name) != k + 1 or x.size != inner:
+                    problem = f"combines split channels with '{name}', whose channels do not line up"
+                plain.append(x)
+            else:
+                shape = an.shape(name)
+                dims = [1, 1] if shape is None else [shape[a - rank + len(shape)] if a - rank + len(shape) >= 0 else 1
+                                                     for a in (k, k + 1)]
+                if shape is None or dims[1] != 1:
+                    problem = f"operand '{name}' carries values along the split channel axes that cannot be sliced"
+        if problem:
+            for _, x in carried:
+                an.block(x.name, f"{node.op_type} '{node.name}' {problem}")
+            return
+        out = node.output[0]
+        if an.register(out, k, like=first, split=first.split) is None:
+            return
+        for _, x in carried:
+            if x.split:
+                an.tie_same(x.name, out)
+        idx = np.arange(outer * inner)
+        for x in plain:
+            an.tie(x.name, idx % inner, out, idx)
+
     def rewrite(self, node, rw) -> None:
         keep = rw.kept(node.output[0])
         if keep is None:
             return
         ch = rw.channels(node.output[0])
+        if ch.split:
+            return   # analysis admits only operands of size 1 on the split axes besides channel tensors
         rank = len(rw.shape(node.output[0]))
         for slot, name in enumerate(node.input):
             if not name or rw.channels(name) is not None:
@@ -380,6 +514,14 @@ class Conv(Rule):
         groups = attr(node, "group", 1)
         c_in = w.shape[0] if self.transpose else w.shape[1] * groups
         c_out = w.shape[1] * groups if self.transpose else w.shape[0]
+        if x is not None and x.axis >= 2 and self._slides_over_channels(node, an, x, w):
+            # ECA: a 1-in 1-out Conv1d along the channel axis; a removed channel changes what its
+            # neighbours' windows see (and where the zero padding starts), so this is approximate
+            if an.approximate(x.name, f"{node.op_type} '{node.name}' slides a kernel along the channel axis "
+                                      f"(neighbouring channels interact)"):
+                if an.register(out, x.axis, like=x) is not None:
+                    an.tie_same(x.name, out)
+            return
         if x is not None and (x.axis != 1 or x.size != c_in):
             an.block(x.name, f"{node.op_type} '{node.name}' reads {c_in} channels on axis 1")
             x = None
@@ -401,10 +543,22 @@ class Conv(Rule):
             if x is not None:
                 an.tie(x.name, ins, x.name, ins % k_in)
 
+    def _slides_over_channels(self, node, an, x, w) -> bool:
+        """A one-channel Conv whose spatial axis is the channel axis of `x` (ECA), stride 1, its
+        output as long as its input there: channels map to themselves."""
+        shape, out_shape = an.shape(node.input[0]), an.shape(node.output[0])
+        if self.transpose or attr(node, "group", 1) != 1 or w.shape[0] != 1 or w.shape[1] != 1 \
+                or shape is None or out_shape is None or len(shape) != len(out_shape) or shape[1] != 1:
+            return False
+        strides = attr(node, "strides", [1] * (len(shape) - 2))
+        return strides[x.axis - 2] == 1 and out_shape[x.axis] == shape[x.axis]
+
     def rewrite(self, node, rw) -> None:
         keep_in, keep_out = rw.kept(node.input[0]), rw.kept(node.output[0])
         if keep_in is None and keep_out is None:
             return
+        if keep_in is not None and rw.channels(node.input[0]).axis != 1:
+            return   # ECA's Conv1d along the channel axis: its weight has no channel axis to slice
         w = rw.const(node.input[1])
         groups = attr(node, "group", 1)
         w, merged_delta, merged = self._merge(node, rw, w, groups, keep_in)
@@ -860,7 +1014,8 @@ def _clamp_range(start: int, end: int, size: int) -> tuple[int, int]:
 
 
 class Transpose(Rule):
-    """Transpose moves the channel axis to ``perm.index(axis)``; a channel shuffle swaps split axes."""
+    """Transpose moves the channel axis to ``perm.index(axis)``; a channel shuffle swaps split axes;
+    split axes moved apart keep the channels on the inner axis."""
 
     def reads_split(self, node) -> bool:
         """A permutation moves both split axes."""
@@ -887,7 +1042,12 @@ class Transpose(Rule):
                 a, b = np.divmod(np.arange(x.size), inner)
                 an.tie(x.name, np.arange(x.size), out, b * outer + a)
         else:
-            an.block(x.name, f"Transpose '{node.name}' separates the two channel axes")
+            # the two axes end up apart (split attention's rSoftMax puts the cardinality axis
+            # between radix and channels): the output keeps channels on the inner axis only, the
+            # outer one becomes an ordinary axis; every outer copy of inner channel b is tied to
+            # it, so removing b removes the whole slice
+            if an.register(out, p1, size=inner) is not None:
+                an.tie(x.name, np.arange(x.size), out, np.arange(x.size) % inner)
 
 
 class Reshape(Rule):
@@ -982,12 +1142,42 @@ class Reduce(Rule):
                 return Rule.analyse(self, node, an)
             axes = list(range(rank))
         axes = [_norm_axis(int(a), rank) for a in axes]
-        if x.axis in axes:
-            an.block(x.name, f"{node.op_type} '{node.name}' reduces over the channel axis")
-            return
         keep = attr(node, "keepdims", 1)
+        if x.split:
+            return self._split(node, an, x, axes, keep)
+        if x.axis in axes:
+            # the output has no channel axis left; what it computes changes with the channels kept
+            an.approximate(x.name, f"{node.op_type} '{node.name}' reduces over the channel axis "
+                                   f"(its value changes with the channels kept)")
+            return
         out_axis = x.axis if keep else x.axis - sum(1 for a in axes if a < x.axis)
         if an.register(node.output[0], out_axis, like=x) is not None:
+            an.tie_same(x.name, node.output[0])
+
+    def reads_split(self, node) -> bool:
+        """A reduction over the outer axis of split channels (the radix sum of split attention)."""
+        return True
+
+    @staticmethod
+    def _split(node, an, x, axes, keep) -> None:
+        """Channels split into (outer, inner): summing over the outer (radix) axis adds channels
+        (a, b) of one inner index b, tied already: output channel b, exact. Over other axes the
+        split stays; over the inner axis the reduction crosses channels (blocked)."""
+        outer, inner = x.split
+        before = sum(1 for a in axes if a < x.axis)
+        if x.axis + 1 in axes:
+            an.block(x.name, f"{node.op_type} '{node.name}' reduces over split channels")
+            return
+        if x.axis in axes:
+            out_axis = x.axis + 1 if keep else x.axis - before
+            if an.register(node.output[0], out_axis, size=inner) is None:
+                an.block(x.name, f"{node.op_type} '{node.name}': output shape unknown")
+                return
+            idx = np.arange(x.size)
+            an.tie(x.name, idx, node.output[0], idx % inner)
+            return
+        out_axis = x.axis if keep else x.axis - before
+        if an.register(node.output[0], out_axis, like=x, split=x.split) is not None:
             an.tie_same(x.name, node.output[0])
 
 
@@ -1048,6 +1238,64 @@ class Resize(Rule):
                 sizes = sizes.copy()
                 sizes[pos] = len(keep)
                 rw.set_const(node, 3, sizes)
+
+
+class Expand(Rule):
+    """Expand broadcasts to a shape: channels pass where the shape's entry on the channel axis is
+    the channel count or 1, a constant (rewritten) or computed from the shape of a tensor with
+    the same channels (ECA's ``expand_as(x)``: the shape evaluator shows that it follows them)."""
+
+    def analyse(self, node, an) -> None:
+        x = an.channels(node.input[0])
+        if x is None:
+            self.reject_others(node, an, skip=())
+            return
+        self.reject_others(node, an, skip=(0,))
+        out_shape, rank = an.shape(node.output[0]), an.rank(x.name)
+        target = an.shapes.get(node.input[1])
+        if out_shape is None or target is None or len(target) != 1 or not isinstance(target[0], int):
+            an.block(x.name, f"Expand '{node.name}': shapes unknown")
+            return
+        axis = x.axis + len(out_shape) - rank
+        pos = axis - (len(out_shape) - target[0])
+        if not self._follows(node, an, x, pos):
+            an.block(x.name, f"Expand '{node.name}' expands the channel axis to a size that does not follow "
+                             f"the channel count")
+            return
+        if an.register(node.output[0], axis, like=x) is not None:
+            an.tie_same(x.name, node.output[0])
+
+    @staticmethod
+    def _follows(node, an, x, pos) -> bool:
+        """Whether the target shape's entry `pos` (< 0: none) is 1 or the channel count, now and
+        with one channel fewer, the other entries staying."""
+        if pos < 0:
+            return True
+        value = an.index.const(node.input[1])
+        if value is not None:
+            return int(np.asarray(value).reshape(-1)[pos]) in (1, x.size)
+        evaluate = shape_evaluator([node.input[1]], an, x)
+        if evaluate is None or x.split:
+            return False
+        try:
+            (now,), (fewer,) = evaluate(x.size), evaluate(x.size - 1)
+        except Exception:   # noqa: BLE001 - a shape computation the evaluator cannot run stays blocked
+            return False
+        same = np.array_equal(np.delete(now, pos), np.delete(fewer, pos))
+        return bool(same and (now[pos], fewer[pos]) in ((1, 1), (x.size, x.size - 1)))
+
+    def rewrite(self, node, rw) -> None:
+        keep = rw.kept(node.input[0])
+        value = rw.const(node.input[1]) if keep is not None else None
+        if value is None:
+            return   # computed at run time from a shape that follows the pruned count
+        x = rw.channels(node.input[0])
+        pos = x.axis + len(rw.shape(node.output[0])) - len(rw.shape(node.input[0])) - \
+            (len(rw.shape(node.output[0])) - value.size)
+        if 0 <= pos < value.size and int(value[pos]) == x.size and x.size > 1:
+            value = value.copy()
+            value[pos] = len(keep)
+            rw.set_const(node, 1, value)
 
 
 class Pad(Rule):
@@ -1136,7 +1384,7 @@ RULES: dict[str, Rule] = {
     "Softmax": AxisGuarded(-1, "normalises over the channel axis"),
     "LogSoftmax": AxisGuarded(-1, "normalises over the channel axis"),
     "Hardmax": AxisGuarded(-1, "normalises over the channel axis"),
-    "LayerNormalization": AxisGuarded(-1, "normalises over the channel axis"),
+    "LayerNormalization": LayerNorm(),
     "ArgMax": AxisGuarded(0, "picks along the channel axis", reduces=True),
     "ArgMin": AxisGuarded(0, "picks along the channel axis", reduces=True),
     "LRN": Barrier("normalises across neighbouring channels"),
@@ -1146,7 +1394,7 @@ RULES: dict[str, Rule] = {
     "DepthToSpace": Barrier("moves channels into space"),
     "SpaceToDepth": Barrier("moves space into channels"),
     "Gather": Barrier("indexes channels (not supported yet)"),
-    "Expand": Barrier("broadcasts a channel tensor (not supported yet)"),
+    "Expand": Expand(),
     "Tile": Barrier("repeats channels (not supported yet)"),
     "Einsum": Barrier("contracts arbitrary axes"),
 }

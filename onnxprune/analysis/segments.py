@@ -178,7 +178,8 @@ class Walker:
         for batch in self.state:
             values = dict(zip(fresh, sess.run(fresh, {n: batch[n] for n in names}))) if fresh else {}
             new_state.append({name: values[name] if name in values else batch[name] for name in outputs})
-            self.rows += len(next(iter(batch.values()))) if batch else 0
+            # the sample rows of the batch: a live shape scalar (Shape -> Gather) has none
+            self.rows += max((len(v) for v in batch.values() if np.ndim(v)), default=0)
         self.state = new_state
         self.position = stop
         self._check()

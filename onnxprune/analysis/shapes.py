@@ -38,6 +38,8 @@ def count_escapes(tensor, pos, x, an, depth) -> str | None:
             found = count_escapes(user.output[0], pos if op in ("Cast", "Identity") else None, x, an, depth + 1)
         elif (op == "Reshape" and slot == 1 or op == "Slice" and slot in (1, 2)) and an.channels(user.input[0]):
             continue  # the Reshape/Slice rules check that these values follow the channel count
+        elif op == "Expand" and slot == 1 and an.channels(user.input[0]):
+            continue  # the Expand rule checks that the shape follows the channel count (or is 1 there)
         elif op == "Pad" and slot == 1 and an.channels(user.input[0]):
             continue  # run-time pads: the Pad rule checks that they do not follow the channel count
         elif op == "Resize" and slot == 3 and user.input[0] == x.name:

@@ -158,6 +158,10 @@ def main():
                    "on the CPU provider of an AVX-512 CPU, else 8 (multiples of onnxruntime's channel blocks run "
                    "faster); else 1].")
 @click.option("--ignore", multiple=True, metavar="PATTERN", help="Leave groups of matching node names alone (fnmatch).")
+@click.option("--approximate", is_flag=True,
+              help="Also prune channels read by ops whose result changes with the channel count (LayerNorm "
+                   "over channels, a mean or max over channels, GRN): not exact; the report lists these groups "
+                   "and the measured fidelity of the rewrite against the masked original.")
 @click.option("--plan", "plan", type=click.Path(path_type=Path), help="Apply a saved plan instead of scoring.")
 @click.option("--save-plan", type=click.Path(path_type=Path), help="Write the plan (kept channels per group) as JSON.")
 @click.option("--input-shape", multiple=True, metavar="NAME:DIMS", help="Fix dynamic input dims, e.g. x:1,3,224,224.")
@@ -222,7 +226,7 @@ def main():
 @click.option("--ray", "ray_address", metavar="ADDRESS", default=None,
               help="Run those passes on Ray actors: a cluster address or auto (needs the [ray] extra).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def prune(model, output, criterion, ratio, global_pruning, max_ratio, min_channels, round_to, ignore, plan,
+def prune(model, output, criterion, ratio, global_pruning, max_ratio, min_channels, round_to, ignore, approximate, plan,
           save_plan, input_shape, report_path, show, seed, no_verify, calib, calib_samples, batch_size, mean, std,
           scale, holdout, recover, allocate, target_macs, preset, variety, target_latency, latency_provider,
           latency_batch, latency_threads, then_bench, plot_groups, ensemble_mode, order_check, finetune, epochs, lr,
@@ -252,7 +256,8 @@ def prune(model, output, criterion, ratio, global_pruning, max_ratio, min_channe
         result = pipeline.prune(
             str(model), criterion=criterion, ratio=ratio if ratio_given else None,   # only a typed --ratio conflicts
             global_pruning=global_pruning, max_ratio=max_ratio,
-            min_channels=min_channels, round_to=round_to, ignore=ignore, plan=str(plan) if plan else None,
+            min_channels=min_channels, round_to=round_to, ignore=ignore, approximate=approximate,
+            plan=str(plan) if plan else None,
             save_plan=str(save_plan) if save_plan else None, input_shape=shapes, seed=seed, verify=not no_verify,
             calib=calib, calib_samples=calib_samples, batch_size=batch_size, mean=mean, std=std, scale=scale,
             holdout=holdout, recover=recover, allocate=allocate, target_macs=target_macs, variety=variety,
@@ -300,8 +305,10 @@ def prune(model, output, criterion, ratio, global_pruning, max_ratio, min_channe
 @click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
 @click.option("--input-shape", multiple=True, metavar="NAME:DIMS", help="Fix dynamic input dims, e.g. x:1,3,224,224.")
 @click.option("--json", "as_json", is_flag=True, help="Print the groups as JSON.")
+@click.option("--approximate", is_flag=True,
+              help="The groups as `prune --approximate` sees them (channel statistics do not block).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def analyse(model, input_shape, as_json, debug):
+def analyse(model, input_shape, as_json, approximate, debug):
     """Print MODEL's channel groups (what could be pruned, and why not) without pruning."""
     shapes = parse_input_shapes(input_shape)
 
@@ -313,7 +320,7 @@ def analyse(model, input_shape, as_json, debug):
         from .. import pipeline
         from ..report import render as report
 
-        an = pipeline.analyse(str(model), shapes)
+        an = pipeline.analyse(str(model), shapes, approximate)
         groups = [g.to_dict() for g in an.groups]
         if as_json:
             click.echo(json.dumps({"schema_version": 1, "model": str(model), "groups": groups}, indent=1))

@@ -105,6 +105,9 @@ def _targets(model: onnx.ModelProto, kept: dict, max_dim: int) -> tuple[list, li
             if refusal:
                 skipped.append((node.output[0], refusal))
                 continue
+            if rule.convolves and w.shape[1] != len(kept[node.input[0]]):   # ECA's Conv1d reads its channels along a spatial axis
+                skipped.append((node.output[0], "reads its input channels on another axis"))
+                continue
             d = rule.filters(node, w).shape[1]     # inputs per output: a filter row's length
             if d > max_dim:
                 skipped.append((node.output[0], f"{d} inputs per output exceed {max_dim}"))

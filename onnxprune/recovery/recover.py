@@ -79,7 +79,11 @@ def repaired_nodes(pruned: onnx.ModelProto, kept: dict[str, np.ndarray]) -> list
     index = GraphIndex(pruned)
     result = []
     for node in pruned.graph.node:
-        if rule_or_default(node).moment_matched and node.input[0] in kept:
+        rule = rule_or_default(node)
+        if rule.moment_matched and node.input[0] in kept:
+            w = index.const(node.input[1])
+            if node.output[0] in kept and (w is None or w.shape[rule.out_axis(node)] != len(kept[node.output[0]])):
+                continue   # its kept channels are not its filters (ECA's Conv1d along the channel axis)
             if not any(is_batchnorm(c) for c, _ in index.consumers.get(node.output[0], [])):
                 result.append(node.output[0])
     return result

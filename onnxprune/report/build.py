@@ -51,6 +51,7 @@ def prune_report(run) -> dict:
         "skipped": run.skipped,
         "verification": run.check.to_dict() if run.check else None,
         "fidelity": run.fidelity,
+        "approximate": run.approximate,
         "scoring": {k: v for k, v in run.ctx.extras.items() if k != "ranks"},
         "allocation": run.allocation,
         "latency_search": run.latency_search,

@@ -119,6 +119,7 @@ def _summary(report: dict) -> str:
         out.append(f"<p class=\"data\">Data: fidelity inputs ({fidelity['samples']} {html.escape(str(fidelity['inputs']))} "
                    f"inputs): does an output collapse to a constant?</p>")
         out.append(_table(["output", "cosine", "top-1 agreement", "collapsed"], rows, raw=True))
+    out.extend(_approximate(report.get("approximate")))
     calib = report.get("calibration")
     if calib:
         out.append(f"<p class=\"data\">Calibration data: {html.escape(str(calib.get('path')))}, {calib['samples']} "
@@ -128,6 +129,20 @@ def _summary(report: dict) -> str:
         out.append("<p class=\"data\">No calibration data: data-free scoring and repair.</p>")
     out.append("</section>")
     return "\n".join(out)
+
+
+def _approximate(approx: dict | None) -> list[str]:
+    """The groups pruned with --approximate and the rewrite's fidelity to the masked original."""
+    if not approx:
+        return []
+    verdict = "<span class=\"ok\">faithful</span>" if approx["faithful"] else "<span class=\"bad\">NOT faithful</span>"
+    rows = [[_name(g["name"]), f"{g['removed']} of {g['size']}", html.escape("; ".join(g["why"]))]
+            for g in approx["groups"]]
+    outs = ", ".join(f"{html.escape(n)} cosine {o['cosine']:.4f}" for n, o in approx["outputs"].items())
+    return [f"<p>Approximate groups (--approximate): {verdict} against the masked original on {approx['samples']} "
+            f"random inputs ({outs or html.escape(approx.get('error', 'not measured'))}; threshold "
+            f"{approx['threshold']:g}).</p>",
+            _table(["group", "units removed", "approximate because"], rows, raw=True)]
 
 
 def _groups(report: dict) -> str:

@@ -97,6 +97,8 @@ def _verification_lines(report: dict) -> list[str]:
         where = (f"runs in onnxruntime on {batch} random inputs" if batch else "runs in onnxruntime on random inputs"
                  ) if ran else "not run in onnxruntime"
         verdict = "valid" if verification["valid"] else "FAILED: " + "; ".join(verification.get("problems", []))
+        if verification["valid"] and report.get("approximate") and not report["approximate"]["faithful"]:
+            verdict = "structurally valid, but the approximation is NOT faithful (below)"
         lines.append(f"verification: {verdict} (onnx checker, the original's inputs and outputs, {where})")
         for name, out in outs.items():
             if not isinstance(out, dict):   # why an output was not compared (a custom op: not run)
@@ -109,7 +111,21 @@ def _verification_lines(report: dict) -> list[str]:
     fidelity = report.get("fidelity")
     if fidelity and fidelity.get("outputs"):
         lines.append("fidelity: " + fidelity_cell(fidelity, markup=False))
+    lines.extend(_approximate_lines(report.get("approximate")))
     return lines
+
+
+def _approximate_lines(approx: dict | None) -> list[str]:
+    """The groups pruned approximately (--approximate) and the rewrite's fidelity to the masked original."""
+    if not approx:
+        return []
+    names = ", ".join(g["name"] for g in approx["groups"][:6]) + (" ..." if len(approx["groups"]) > 6 else "")
+    worst = min(approx["outputs"].values(), key=lambda o: o["cosine"], default=None)
+    figure = f"cosine {worst['cosine']:.4f}, max relative diff {worst['max_rel_diff']:.3g}" if worst else "no float output"
+    verdict = "faithful" if approx["faithful"] else "NOT faithful"
+    return [f"approximate: {len(approx['groups'])} group(s) pruned through ops whose result changes with the channel "
+            f"count ({names}); against the masked original on {approx['samples']} random inputs: {figure} "
+            f"({verdict}, threshold {approx['threshold']:g})"]
 
 
 def _print_skipped(skipped: list[dict], console: Console) -> None:

@@ -8,13 +8,15 @@ from ..calibration.activations import outputs
 from ..calibration.stage import holdout_metrics
 from ..errors import OnnxPruneError
 from ..recovery import datafree
+from . import approximate
 from .evaluate import warnings_for
 from .verify import verify
 
 
 def run(run) -> None:
-    """Verify `run.pruned`: sets `run.check`, `run.fidelity` and `run.holdout`; a collapsed output
-    is a note, or an error under `min_fidelity`."""
+    """Verify `run.pruned`: sets `run.check`, `run.fidelity` and `run.holdout`; a collapsed output,
+    or an approximation that is not faithful (`run.approximate`), is a note, or an error under
+    `min_fidelity`."""
     config, prep = run.config, run.prep
     min_fidelity = config.verification.min_fidelity
     on = config.verification.verify
@@ -31,9 +33,15 @@ def run(run) -> None:
     holdout_notes = warnings_for(run.holdout) if run.holdout else []
     # the held-out warnings say it already where they apply (one class for every image)
     warning = None if holdout_notes else datafree.collapse_warning(run.fidelity, bool(config.calibration.calib))
+    approx = approximate.note(run.approximate)   # the more specific cause: named first
+    if approx and min_fidelity is not None:
+        raise OnnxPruneError(approx.replace("structurally valid but", "not written:").replace(
+            "; prune", f" (--min-fidelity {min_fidelity:g}); prune"))
     failure = datafree.fidelity_failure(run.fidelity, min_fidelity)
     if failure and min_fidelity is not None:
         raise OnnxPruneError(failure)
+    if approx:
+        run.ctx.notes.append(approx)
     if warning:
         run.ctx.notes.append(warning)
     run.ctx.notes.extend(holdout_notes)
