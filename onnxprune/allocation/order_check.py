@@ -14,7 +14,7 @@ from ..recovery.reconstruct import Teacher, reconstruct
 from ..verification.evaluate import choice_loss
 from .select import select
 
-CHECK_FIT_SAMPLES = 64        # scoring images behind the order check's least-squares repair of a candidate
+CHECK_FIT_SAMPLES = 32        # scoring images behind the order check's least-squares repair of a candidate
 CLOSE_RUNNER_UP = 0.1         # a representative this close to a winning blend (relative loss) gets counts of its own
 
 
@@ -42,8 +42,8 @@ def check_orders(allocator, orders: dict[str, dict], target_macs, data: CalibDat
     group that is sensitive under the blend's order may not be under another's, and the reverse.
     So a winner other than the blend is probed again for counts of its own (`try_own_counts`),
     kept if they lower its loss; where the blend wins, the best representative is probed too when
-    it came within CLOSE_RUNNER_UP of the blend and a second probe repeats the first (cheap
-    models, allocate.SECOND_PROBE_MACS), and wins if its own counts beat the blend. PaddleOCR's
+    it came within CLOSE_RUNNER_UP of the blend and a second probe repeats the first (the first
+    ran out of rows before its budget), and wins if its own counts beat the blend. PaddleOCR's
     recogniser (64 crops), seed 0: blend 0.104, mean_act 0.111 at the blend's counts, 0.096 at its own.
     With `question_variety` (variety was defaulted, not asked for), all this runs without the
     variety chooser, and the final order and counts keep it only if that lowers their loss: one

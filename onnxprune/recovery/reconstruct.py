@@ -186,21 +186,28 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[s
     return model, skipped
 
 
+def batch_size(data: CalibData) -> int:
+    """The size of the batches `data.batches` yields (a model's fixed batch dim, else the config's)."""
+    return data.static_batch or data.config.batch_size
+
+
 class Teacher:
     """The original network's outputs at the sampled locations (`_positions`) of every layer least
     squares may refit, over the 'score' split of one calibration set.
 
-    Computed in one pass of the original for all such layers at the first request and kept on the
-    data (`CalibData.shared`, which its views share), so the order check's candidate repairs and
-    the final recovery reuse it instead of running the original once per repair (each candidate
-    refits a different set of layers). A layer outside that set (none in practice) costs a pass of
-    its own. Memory: per_image samples per image and output channel of each layer, as one repair
-    held before. `passes` counts the image passes of the original spent so far."""
+    Recorded during the calibration pass (`recorder`), or else computed in one pass of the original
+    for all such layers at the first request, and kept on the data (`CalibData.shared`, which its
+    views share): the order check's candidate repairs and the final recovery read it instead of
+    running the original once per repair (each candidate refits a different set of layers). A
+    layer outside that set (none in practice) costs a pass of its own. Memory: per_image samples
+    per image and output channel of each layer, as one repair held before. `passes` counts the
+    image passes of the original spent here (not those of the calibration pass)."""
 
     def __init__(self, original: onnx.ModelProto, per_image: int, seed: int):
         self.original, self.per_image, self.seed = original, per_image, seed
         nodes = list(original.graph.node)
         self.layer_index = {n.output[0]: k for k, n in enumerate(nodes)}
+        self.by_output = {n.output[0]: n for n in nodes}
         graph_inputs = {i.name for i in original.graph.input}
         self.candidates = [n.output[0] for n in nodes if n.input and n.input[0] not in graph_inputs
                            and rule_or_default(n).dense_filter(n) and not rule_or_default(n).refit_refusal(n)]
@@ -220,7 +227,7 @@ class Teacher:
     def samples(self, layers: list[str], data: CalibData) -> dict[str, list[np.ndarray]]:
         """{layer: its sampled original outputs per score batch of `data`} (all output channels)."""
         whole = data.unlimited()
-        size, batch = data.size("score"), data.config.batch_size
+        size, batch = data.size("score"), batch_size(data)
         if size < whole.size("score") and size % batch:
             # a view whose last batch is not one of the whole split's: its own pass, not cached
             return self._collect(layers, data)
@@ -231,16 +238,31 @@ class Teacher:
         batches = -(-size // batch)
         return {o: self.values[o][:batches] for o in layers}
 
+    def recorder(self, data: CalibData):
+        """(layers, record) for `activations.collect(..., also=...)`: a pass of the original over
+        `data`'s whole 'score' split that already runs (the calibration pass) fills the teacher
+        on the way, so least squares never runs the original itself."""
+        values = {o: [] for o in self.candidates}
+
+        def record(k: int, outputs: dict[str, np.ndarray]) -> None:
+            for o, y in outputs.items():
+                values[o].append(self._sampled(o, y, k))
+            if k + 1 == -(-data.size("score") // batch_size(data)):
+                self.values = values
+
+        return self.candidates, record
+
+    def _sampled(self, o: str, y: np.ndarray, k: int) -> np.ndarray:
+        pos = _positions(self.by_output[o], y.shape, self.per_image, (self.seed, k, self.layer_index[o]))
+        return y if pos is None else y[(pos[0], slice(None), *pos[1:])]
+
     def _collect(self, layers: list[str], data: CalibData) -> dict[str, list[np.ndarray]]:
-        by_output = {n.output[0]: n for n in self.original.graph.node}
         teacher = session(with_outputs(self.original, layers))
         values = {o: [] for o in layers}
         for k, feeds in enumerate(progress(data.batches("score"), data.size("score"), data.config.batch_size,
                                            "least squares: targets")):
             for o, y in zip(layers, teacher.run(layers, feeds)):
-                node = by_output[o]
-                pos = _positions(node, y.shape, self.per_image, (self.seed, k, self.layer_index[o]))
-                values[o].append(y if pos is None else y[(pos[0], slice(None), *pos[1:])])
+                values[o].append(self._sampled(o, y, k))
             self.passes += len(next(iter(feeds.values())))
         return values
 
