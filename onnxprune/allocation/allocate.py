@@ -75,8 +75,9 @@ def sensitivity_curves(analysis: Analysis, scores, group_ids, feeds: dict[str, n
 
     The budget: the bundled Fashion-MNIST model (31.5 full passes per probed image) gets 32 rows.
     At 4096 passes (128 rows) and the second probe repeated in full, the default at --ratio 0.5
-    spent 17,095 image passes in all for 88.10% test accuracy (10k); at 1024 with the half-budget
-    second probe, 5,404 passes for 88.76% (benchmarks/passes.py; docs/speed.md). Earlier figures
+    spent 17,095 image passes in all for 88.10% test accuracy (10k, seed 0); at 1024 with the
+    half-budget second probe, 5,404 passes for 88.76% (benchmarks/passes.py; docs/results.md,
+    "Cost and scale", has three seeds). Earlier figures
     on PaddleOCR's recogniser, measured at the larger budget: a second probe with 16 held-out rows
     and interpolated curves gave counts that repaired to 0.49 instead of 0.39, and with 40, 18
     rows gave counts that lost to the blend's.
