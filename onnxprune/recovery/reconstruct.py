@@ -216,9 +216,12 @@ class Teacher:
 
     @staticmethod
     def of(original: onnx.ModelProto, data: CalibData, per_image: int = 16, seed: int = 0) -> "Teacher":
-        """The teacher for `original` on `data`'s calibration set (made on first use; the entry
-        holds the original, so its id cannot be reused while the entry lives)."""
-        key = ("least squares teacher", id(original), per_image, seed)
+        """The teacher for `original` on `data`'s calibration set (made on first use). Keyed by the
+        graph's structure, not the object's identity, so a copy of the data sent to a worker
+        process (runtime.pool) finds the teacher recorded here."""
+        nodes = original.graph.node
+        key = ("least squares teacher", per_image, seed, len(nodes), tuple(n.output[0] for n in nodes if n.output),
+               tuple((i.name, tuple(i.dims)) for i in original.graph.initializer))
         entry = data.shared.get(key)
         if entry is None:
             entry = data.shared[key] = Teacher(original, per_image, seed)
