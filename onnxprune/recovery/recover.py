@@ -120,9 +120,11 @@ def moment_targets(original: onnx.ModelProto) -> list[str]:
     """Every output `repaired_nodes` can name for some pruning of `original` (a Conv/Gemm whose
     input is not a graph input and whose output feeds no BN): the calibration pass collects their
     statistics too, so moment matching does not run the original again."""
+    index = GraphIndex(original)
     graph_inputs = {i.name for i in original.graph.input}
-    every = {t: None for n in original.graph.node for t in n.input if t and t not in graph_inputs}
-    return repaired_nodes(original, every)
+    return [n.output[0] for n in original.graph.node
+            if rule_or_default(n).moment_matched and n.input and n.input[0] not in graph_inputs
+            and not any(is_batchnorm(c) for c, _ in index.consumers.get(n.output[0], []))]
 
 
 def match_moments(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, np.ndarray],
