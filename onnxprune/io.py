@@ -154,6 +154,22 @@ def new_file_mode() -> int:
     return 0o666 & ~mask
 
 
+def write_text(text: str, path: str | os.PathLike) -> None:
+    """Write `text` (UTF-8) to `path` atomically (temp file in the same folder + rename), with the
+    mode the umask gives: a failed write leaves no partial file and an existing one untouched."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, new_file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def save(model: onnx.ModelProto, output: str | os.PathLike, size_limit: int | None = None) -> list[Path]:
     """Write a model atomically; above `size_limit` bytes (default `PROTOBUF_LIMIT`) its tensors go
     to `<output>.data`, named by a relative location, written tensor by tensor (no copy of the model).

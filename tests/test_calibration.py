@@ -119,6 +119,27 @@ def test_t14_bn_reestimation_matches_empirical_statistics(tmp_path):
     np.testing.assert_allclose(inits[bn.input[4]], st.var, rtol=1e-4, atol=1e-6)
 
 
+def test_bn_reestimation_matches_every_bn_of_a_deep_chain(tmp_path):
+    # four Conv-BN-Relu blocks: each BN's inputs change when the BNs before it are re-estimated,
+    # so setting every BN from one pass of the old model (or two) leaves the later ones wrong;
+    # one walk in node order sets each from the inputs of the final model
+    from fixtures import B, X
+
+    b = B(3)
+    h = "x"
+    for k, c_in in enumerate((3, 8, 8, 8)):
+        h = b.relu(b.bn(b.conv(h, c_in, 8, f"c{k}"), 8, f"bn{k}"), f"r{k}")
+    model = b.model(X, [b.conv(h, 8, 4, "out")])
+    prep, data = calib_for(model, npz_data(tmp_path, n=48, shape=tuple(X["x"][1:])), holdout=0.25)
+    result = recover.reestimate_bn(prep.analysis.model, data)
+    bns = [n for n in result.graph.node if n.op_type == "BatchNormalization"]
+    st = activations.collect(result, {n.input[0]: 1 for n in bns}, data, "score")
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in result.graph.initializer}
+    for bn in bns:
+        np.testing.assert_allclose(inits[bn.input[3]], st[bn.input[0]].mean, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(inits[bn.input[4]], st[bn.input[0]].var, rtol=1e-4, atol=1e-5)
+
+
 def test_bn_reestimation_keeps_statistics_that_overflow_the_dtype(tmp_path):
     # a blown-up channel (PaddleOCR's detector after pruning): float32 cannot hold its variance
     model = conv_bn_relu_conv()

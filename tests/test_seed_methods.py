@@ -522,10 +522,11 @@ def test_order_check_drops_a_defaulted_variety_that_hurts(two_criteria_calib):
     assert check["variety"] == "off" and default["allocation"]["variety"] == "off (order check)"
     assert check["losses"]["mean_act with variety"] > 1e-2
     assert default["holdout"]["y"]["rel_sq_error"] < 1e-6
-    # each candidate: plain and mean-compensated held-out runs, least squares (two passes over the
-    # scoring split), the repaired held-out run; 64 samples = 48 scoring + 16 held out
-    assert check["passes"] == len(check["losses"]) * (3 * 16 + 2 * 48)
-    assert asked["allocation"]["order_check"]["passes"] == 3 * (3 * 16 + 2 * 48)
+    # each candidate: least squares over the first 32 of the 48 scoring images (the pruned model;
+    # the original's targets came from the calibration pass), then the repaired model's held-out
+    # run on the 16 held out
+    assert check["passes"] == len(check["losses"]) * (32 + 16)
+    assert asked["allocation"]["order_check"]["passes"] == 3 * (32 + 16)
 
 
 def test_cli_says_when_the_order_check_turned_the_variety_off(tmp_path, two_criteria_calib):
@@ -611,7 +612,7 @@ def test_order_check_gives_a_winner_its_own_counts(two_criteria_calib):
     assert rep["allocation"]["curves"] == alone["allocation"]["curves"]
     # four repairs (three orders and the own counts) and the winner's probe, counted by the check;
     # the sensitivity entry stays the first probe's
-    repairs = 4 * (3 * 16 + 2 * 48)
+    repairs = 4 * (32 + 16)
     first = alone["forward_passes"]["sensitivity"]
     assert check["passes"] == pytest.approx(repairs + first, abs=0.2)
     assert rep["forward_passes"]["sensitivity"] == pytest.approx(first, abs=0.1)
@@ -654,7 +655,7 @@ def test_order_check_probes_a_runner_up_close_to_a_winning_blend(two_criteria_ca
     assert check["losses"]["l1"] <= (1 + order_check.CLOSE_RUNNER_UP) * check["losses"]["blend"]
     assert check["losses"]["l1 at its own counts"] >= check["losses"]["blend"]
     probe = rep["forward_passes"]["sensitivity"]
-    assert check["passes"] == pytest.approx(3 * (3 * 16 + 2 * 48) + probe, abs=0.2)
+    assert check["passes"] == pytest.approx(3 * (32 + 16) + probe, abs=0.2)
     # a runner-up further away is not probed ...
     monkeypatch.setattr(order_check, "CLOSE_RUNNER_UP", -0.5)
     far = onnxprune.prune(duplicated_half_model(), criterion="blend", target_macs=0.3, calib=str(path),
@@ -663,14 +664,13 @@ def test_order_check_probes_a_runner_up_close_to_a_winning_blend(two_criteria_ca
     # ... nor where a second probe would not repeat the first (an expensive model)
     monkeypatch.setattr(order_check, "CLOSE_RUNNER_UP", 0.1)
     monkeypatch.setattr(allocate, "PROBE_PASSES", 8)
-    monkeypatch.setattr(allocate, "SECOND_PROBE_MACS", 0)
     costly = onnxprune.prune(duplicated_half_model(), criterion="blend", target_macs=0.3, calib=str(path),
                              variety="off").report
     assert costly["allocation"]["cost"]["repeatable"] is False
     assert "own_counts" not in costly["allocation"]["order_check"]
 
 
-def test_order_check_fits_its_repairs_on_at_most_64_scoring_images(tmp_path, two_criteria_calib):
+def test_order_check_fits_its_repairs_on_at_most_32_scoring_images(tmp_path, two_criteria_calib):
     import onnxprune
     from onnxprune.allocation.order_check import CHECK_FIT_SAMPLES
 
@@ -679,9 +679,10 @@ def test_order_check_fits_its_repairs_on_at_most_64_scoring_images(tmp_path, two
     rep = onnxprune.prune(dead_large_half_model(), criterion="blend", ratio=0.5, calib=str(path),
                           allocate="uniform", variety="off").report
     check = rep["allocation"]["order_check"]
-    # 128 samples = 96 scoring + 32 held out; least squares runs over the first 64 scoring images twice
-    assert CHECK_FIT_SAMPLES == 64
-    assert check["passes"] == len(check["losses"]) * (3 * 32 + 2 * 64)
+    # 128 samples = 96 scoring + 32 held out; least squares runs the pruned model over the first 32
+    # scoring images (the original's targets came from the calibration pass), then the held-out run
+    assert CHECK_FIT_SAMPLES == 32
+    assert check["passes"] == len(check["losses"]) * (32 + 32)
     assert check["chosen"] == "mean_act" and check["losses"]["mean_act"] < 1e-6
 
 

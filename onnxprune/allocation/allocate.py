@@ -27,9 +27,8 @@ from ..progress import iterate as stage_iterate
 from .select import SelectConfig, limit_removal, select
 
 GRID = tuple(round(0.1 * k, 1) for k in range(1, 10))
-PROBE_PASSES = 4096       # sensitivity budget, in full-network forward passes of one image ...
+PROBE_PASSES = 1024       # sensitivity budget, in full-network forward passes of one image ...
 MIN_PROBE_SAMPLES = 16    # ... but never fewer probe images than this
-SECOND_PROBE_MACS = 8e12  # a second probe under this much compute repeats the first (see sensitivity_curves)
 
 
 def removed_by(analysis: Analysis, scores: dict[int, np.ndarray], counts: dict[int, int]) -> np.ndarray:
@@ -70,16 +69,18 @@ def sensitivity_curves(analysis: Analysis, scores, group_ids, feeds: dict[str, n
     """``dL_l(rho)`` for every group on the grid: the loss when only group l loses its lowest `rho`.
 
     A `second` probe (the order check's winner, whose counts are kept only if they repair to a
-    lower held-out loss) repeats the first where that costs at most SECOND_PROBE_MACS of compute
-    (twice 4096 passes of a 1-GMAC model: PaddleOCR's recogniser, 0.7 GMACs, 37 rows; nudenet's
-    YOLOv8n, 1.0 GMACs, 5.1 TMAC) or half the budget; else it spends half the budget: every other
-    ratio (0.1, 0.3, ..., 0.9; those between interpolated linearly) on the rows half the budget
-    allows, at least half the minimum (ResNet-50, 4.1 GMACs: 8 rows, about a quarter of the first
-    probe's cost). Fewer rows or a coarser grid cost the recogniser its gain: with 16 held-out
-    rows interpolated curves gave counts that repaired to 0.49 instead of 0.39; with 40, 18 rows
-    gave counts that lost to the blend's, and the default's CER was 0.29 against 0.20 for
-    mean_act with the full probe. On YOLOv8n the repeated probe gave mean_act counts that kept F1
-    0.90 of the original's detections on two seeds of three (the blend, kept on the third, 0.88).
+    lower held-out loss) repeats the first where the first spent at most half the budget (it ran
+    out of rows), else it spends half the budget: every other ratio (0.1, 0.3, ..., 0.9; those
+    between interpolated linearly) on the rows half the budget allows, at least half the minimum.
+
+    The budget: the bundled Fashion-MNIST model (31.5 full passes per probed image) gets 32 rows.
+    At 4096 passes (128 rows) and the second probe repeated in full, the default at --ratio 0.5
+    spent 17,095 image passes in all for 88.10% test accuracy (10k, seed 0); at 1024 with the
+    half-budget second probe, 5,404 passes for 88.76% (benchmarks/passes.py; docs/results.md,
+    "Cost and scale", has three seeds). Earlier figures
+    on PaddleOCR's recogniser, measured at the larger budget: a second probe with 16 held-out rows
+    and interpolated curves gave counts that repaired to 0.49 instead of 0.39, and with 40, 18
+    rows gave counts that lost to the blend's.
 
     Groups are probed in node order on suffix sub-models (onnxprune/analysis/segments.py): the unmasked
     tensors at the cut before a group's first producer are carried forward once, and only the
@@ -91,13 +92,13 @@ def sensitivity_curves(analysis: Analysis, scores, group_ids, feeds: dict[str, n
     """
     model = analysis.model
     start = group_starts(analysis, group_ids)
-    node_macs, total_macs = _node_mac_shares(analysis)
+    node_macs, _ = _node_mac_shares(analysis)
     # as many probe images as the budget allows (at least MIN_PROBE_SAMPLES)
     per_image = len(GRID) * sum(float(node_macs[start[gid]:].sum()) for gid in group_ids)
     available = len(next(iter(feeds.values())))
     rows = min(available, max(MIN_PROBE_SAMPLES, int(PROBE_PASSES / max(per_image, 1e-9))))
     grid = GRID
-    repeatable = rows * per_image <= PROBE_PASSES / 2 or rows * per_image * total_macs <= SECOND_PROBE_MACS
+    repeatable = rows * per_image <= PROBE_PASSES / 2
     if second and not repeatable:
         # rows budgeted on the whole grid's cost: the coarse grid spends fewer passes, not more rows
         grid = GRID[::2]

@@ -10,12 +10,12 @@ from .. import progress, rewrite
 from ..analysis.groups import Analysis
 from ..calibration.calib import CalibData
 from ..recovery import recover as recovery
-from ..recovery.reconstruct import reconstruct
+from ..recovery.reconstruct import Teacher, reconstruct
 from ..runtime import pool
 from ..verification.evaluate import choice_loss
 from .select import select
 
-CHECK_FIT_SAMPLES = 64        # scoring images behind the order check's least-squares repair of a candidate
+CHECK_FIT_SAMPLES = 32        # scoring images behind the order check's least-squares repair of a candidate
 CLOSE_RUNNER_UP = 0.1         # a representative this close to a winning blend (relative loss) gets counts of its own
 
 
@@ -34,8 +34,8 @@ def check_orders(allocator, orders: dict[str, dict], target_macs, data: CalibDat
                   stats: dict, reference: list, recover: bool, question_variety: bool = False) -> dict:
     """Which order to prune by: the blend or one of its representatives alone (the vertices of the
     blend's simplex), whichever gives the lowest held-out loss after cheap recovery (criteria.md
-    §5's fitness: the plan at the allocated counts, repaired as `recovery.sequence.recover` starts: mean
-    compensation if it helps, then least squares, the best of these counted).
+    §5's fitness: the plan at the allocated counts, repaired as `recovery.sequence.recover`
+    repairs it: mean compensation, then least squares; `repaired_loss`).
     Masked losses without recovery cannot tell the orders apart where recovery does most of the
     work (PaddleOCR's direction classifier: all within 10%). The first order (the blend) wins ties.
 
@@ -43,8 +43,8 @@ def check_orders(allocator, orders: dict[str, dict], target_macs, data: CalibDat
     group that is sensitive under the blend's order may not be under another's, and the reverse.
     So a winner other than the blend is probed again for counts of its own (`try_own_counts`),
     kept if they lower its loss; where the blend wins, the best representative is probed too when
-    it came within CLOSE_RUNNER_UP of the blend and a second probe repeats the first (cheap
-    models, allocate.SECOND_PROBE_MACS), and wins if its own counts beat the blend. PaddleOCR's
+    it came within CLOSE_RUNNER_UP of the blend and a second probe repeats the first (the first
+    ran out of rows before its budget), and wins if its own counts beat the blend. PaddleOCR's
     recogniser (64 crops), seed 0: blend 0.104, mean_act 0.111 at the blend's counts, 0.096 at its own.
     With `question_variety` (variety was defaulted, not asked for), all this runs without the
     variety chooser, and the final order and counts keep it only if that lowers their loss: one
@@ -98,7 +98,7 @@ def check_orders(allocator, orders: dict[str, dict], target_macs, data: CalibDat
         if losses[label] >= held:
             allocator.chooser, variety = None, "off"
     entry = {"losses": {n: round(v, 6) for n, v in losses.items()}, "chosen": best, "variety": variety,
-             "passes": passes, "recovery": "best of none / mean compensation, then least squares" if recover else "none"}
+             "passes": passes, "recovery": "mean compensation, then least squares" if recover else "none"}
     if own_counts:
         entry["own_counts"] = own_counts["kept"]
     return entry
@@ -140,25 +140,27 @@ def repaired_task(shared, removed) -> tuple[float, int]:
 
 
 def repaired_loss(an: Analysis, removed, data: CalibData, means: dict, reference: list,
-                   recover: bool) -> tuple[float, int]:
+                   recover: bool) -> tuple[float, float]:
     """Held-out loss (evaluate.choice_loss: top-1 disagreement, then KL) of the network without
-    `removed`, repaired as `recovery.sequence.recover` starts (the better of
-    plain and mean compensation, then least squares fitted on the first CHECK_FIT_SAMPLES scoring
-    images; the best of the three counts), or as it is without `recover`; NaN counts as inf.
-    Returns (loss, image passes spent)."""
+    `removed`, repaired as `recovery.sequence.recover` repairs it (mean compensation, then least
+    squares fitted on the first CHECK_FIT_SAMPLES scoring images), or as it is without `recover`;
+    NaN counts as inf. Returns (loss, image passes spent).
+
+    Only the repaired model is evaluated: least squares refits every consumer of the pruned
+    channels, biases included, so what mean compensation did for them is replaced, and the
+    comparison is between repaired candidates. The original's least-squares targets are computed
+    once for every candidate (reconstruct.Teacher) and counted where they are first computed.
+    Bundled Fashion-MNIST model, --ratio 0.5: the same choice as evaluating the plain, the
+    compensated and the repaired model of each candidate and taking the best, at 192 instead of
+    512 image passes per candidate (benchmarks/passes.py)."""
     held = data.size("holdout")
-    fit = data.with_score_limit(CHECK_FIT_SAMPLES)    # a comparison, not the final repair
-    score = fit.size("score")
-    plain = rewrite.apply(an, removed)
-    best = float(recovery.held_out_loss(plain, data, reference, choice_loss))
+    model = rewrite.apply(an, removed, means=means if recover else None)
     passes = held
     if recover:
-        start = plain
-        compensated = rewrite.apply(an, removed, means=means)
-        loss = float(recovery.held_out_loss(compensated, data, reference, choice_loss))
-        if loss < best:
-            start, best = compensated, loss
-        repaired, _ = reconstruct(an.model, start, an.kept_channels(removed), fit)
-        passes += held + 2 * score + held
-        best = min(best, float(recovery.held_out_loss(repaired, data, reference, choice_loss)))
-    return (best if np.isfinite(best) else float("inf")), passes    # a NaN must not win min()
+        fit = data.with_score_limit(CHECK_FIT_SAMPLES)    # a comparison, not the final repair
+        teacher = Teacher.of(an.model, fit)
+        spent = teacher.passes
+        model, _ = reconstruct(an.model, model, an.kept_channels(removed), fit)
+        passes += fit.size("score") + teacher.passes - spent
+    loss = float(recovery.held_out_loss(model, data, reference, choice_loss))
+    return (loss if np.isfinite(loss) else float("inf")), passes    # a NaN must not win min()

@@ -166,7 +166,7 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
 
 def collect(model: onnx.ModelProto, axes: dict[str, int], data: CalibData, split: str = "score",
             rank_samples: int = 0, label: str = "calibration pass",
-            want: frozenset = ALL_STATS) -> dict[str, ChannelStats]:
+            want: frozenset = ALL_STATS, also=None) -> dict[str, ChannelStats]:
     """Stream `data[split]` through `model` once and return statistics of the tensors in `axes`.
 
     Args:
@@ -176,15 +176,20 @@ def collect(model: onnx.ModelProto, axes: dict[str, int], data: CalibData, split
         split: 'score', 'holdout' or 'all'.
         rank_samples: how many samples feed the HRank matrix ranks (0: none).
         want: optional statistics to keep (see ChannelStats); sums and counts always.
+        also: optional (tensor names, callable(batch index, {name: value})): more tensors of the
+            same pass handed to the callable batch by batch (the least-squares teacher's targets).
     """
     names = list(axes)
-    sess = session(with_outputs(model, names))
+    extra = [n for n in (also[0] if also else ()) if n not in axes]
+    sess = session(with_outputs(model, names + extra))
     batch = batch_axes(model, {spec.name: [1, *spec.sample_shape] for spec in data.specs})
     stats = {name: ChannelStats(axis, frozenset(want), batch.get(name, 0)) for name, axis in axes.items()}
-    for feeds in progress(data.batches(split), data.size(split), data.config.batch_size, label):
-        values = sess.run(names, feeds)
-        for name, value in zip(names, values):
-            stats[name].update(value, rank_samples)
+    for k, feeds in enumerate(progress(data.batches(split), data.size(split), data.config.batch_size, label)):
+        values = dict(zip(names + extra, sess.run(names + extra, feeds)))
+        for name in names:
+            stats[name].update(values[name], rank_samples)
+        if also:
+            also[1](k, {n: values[n] for n in also[0]})
     return stats
 
 

@@ -84,6 +84,9 @@ class CalibData:
         self.specs = specs
         self.labels: np.ndarray | None = None
         self.notes: list[str] = []
+        # results computed once from this calibration set and reused by later stages (the least
+        # squares teacher, recovery.reconstruct.Teacher); views (with_score_limit) share it
+        self.shared: dict = {}
         path = config.path
         if path == "random":
             self.notes.append("calibration on random data: scores and recovery from random inputs are weak; "
@@ -202,6 +205,14 @@ class CalibData:
         b = max(1, self.static_batch)
         view.score_limit = max(b, samples - samples % b)
         return view
+
+    def unlimited(self) -> "CalibData":
+        """The data without a view's score limit (itself when it has none)."""
+        if self.score_limit is None:
+            return self
+        whole = copy.copy(self)
+        whole.score_limit = None
+        return whole
 
     def size(self, split: str = "all") -> int:
         """Number of samples in `split`."""

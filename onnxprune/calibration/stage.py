@@ -7,6 +7,8 @@ import onnx
 
 from .. import criteria
 from ..verification.evaluate import Reference, compare
+from ..recovery.reconstruct import Teacher
+from ..recovery.recover import moment_targets
 from . import activations
 from .calib import CalibConfig, CalibData, input_specs
 
@@ -26,9 +28,20 @@ def calibrate(prep, config: CalibConfig, criterion: str, recover: bool, variety:
         want = set(record.stats if record else ())
         if recover or variety != "off":
             want.add("signature")   # merge compensation and variety compare activation signatures
-        stats = activations.collect(an.model, an.read_tensors(), data, "score",
+        axes = an.read_tensors()
+        moments = {}
+        if recover:
+            # the original's moments at the outputs moment matching may repair, in the same pass
+            moments = {o: 1 for o in moment_targets(an.model)}
+            want.add("sumsq")
+        # with recovery, the least-squares teacher's targets come from this pass too
+        also = Teacher.of(an.model, data).recorder(data) if recover else None
+        stats = activations.collect(an.model, {**moments, **axes}, data, "score",
                                     rank_samples=128 if record is not None and record.ranks else 0,
-                                    want=frozenset(want))
+                                    want=frozenset(want), also=also)
+        if moments:
+            data.shared["moment teacher"] = {o: stats[o] for o in moments}
+            stats = {t: stats[t] for t in axes}
     reference = Reference.of(an, activations.outputs(an.model, data, "holdout")) if data.size("holdout") else None
     return data, stats, reference
 

@@ -132,17 +132,13 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[s
     by_output = {n.output[0]: n for n in model.graph.node}
     inputs = {o: by_output[o].input[0] for o in targets}
     names = _tensor_names(model)
-    # the original network's targets at fixed sampled locations: one pass for every layer
-    teacher = session(with_outputs(original, targets))
+    # the original network's targets at fixed sampled locations (one pass, shared through the data)
+    teacher = Teacher.of(original, data, per_image, seed)
     wanted = {o: (by_output[o], GraphIndex(model).const(by_output[o].input[1]).shape) for o in targets}
-    y_samples = {o: [] for o in targets}
-    for k, feeds in enumerate(progress(data.batches("score"), data.size("score"), data.config.batch_size,
-                                       "least squares: targets")):
-        for o, y in zip(targets, teacher.run(targets, feeds)):
-            if o in kept:                       # the consumer's own outputs were pruned too
-                y = np.take(y, kept[o], axis=1)
-            pos = _positions(wanted[o][0], y.shape, per_image, (seed, k, targets.index(o)))
-            y_samples[o].append(y if pos is None else y[(pos[0], slice(None), *pos[1:])])
+    y_samples = teacher.samples(targets, data)
+    for o in targets:
+        if o in kept:                           # the consumer's own outputs were pruned too
+            y_samples[o] = [np.take(y, kept[o], axis=1) for y in y_samples[o]]
     positions = {n.output[0]: k for k, n in enumerate(model.graph.node)}
 
     def design(o, x, k):
@@ -150,7 +146,7 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[s
         node, w_shape = wanted[o]
         if rule_or_default(node).patch_rows:
             out_shape = (x.shape[0], 0) + out_spatial(node, x.shape, w_shape)
-            rows = im2col_rows(x, node, w_shape, _positions(node, out_shape, per_image, (seed, k, targets.index(o))))
+            rows = im2col_rows(x, node, w_shape, _positions(node, out_shape, per_image, (seed, k, teacher.layer_index[o])))
         else:
             rows = x.reshape(x.shape[0], -1)
         d = np.hstack([rows.astype(np.float64), np.ones((len(rows), 1))])
@@ -191,6 +187,90 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[s
             solve(o, acc[o])
     remove_dead(model)
     return model, skipped
+
+
+def batch_size(data: CalibData) -> int:
+    """The size of the batches `data.batches` yields (a model's fixed batch dim, else the config's)."""
+    return data.static_batch or data.config.batch_size
+
+
+class Teacher:
+    """The original network's outputs at the sampled locations (`_positions`) of every layer least
+    squares may refit, over the 'score' split of one calibration set.
+
+    Recorded during the calibration pass (`recorder`), or else computed in one pass of the original
+    for all such layers at the first request, and kept on the data (`CalibData.shared`, which its
+    views share): the order check's candidate repairs and the final recovery read it instead of
+    running the original once per repair (each candidate refits a different set of layers). A
+    layer outside that set (none in practice) costs a pass of its own. Memory: per_image samples
+    per image and output channel of each layer, as one repair held before. `passes` counts the
+    image passes of the original spent here (not those of the calibration pass)."""
+
+    def __init__(self, original: onnx.ModelProto, per_image: int, seed: int):
+        self.original, self.per_image, self.seed = original, per_image, seed
+        nodes = list(original.graph.node)
+        self.layer_index = {n.output[0]: k for k, n in enumerate(nodes)}
+        self.by_output = {n.output[0]: n for n in nodes}
+        graph_inputs = {i.name for i in original.graph.input}
+        self.candidates = [n.output[0] for n in nodes if n.input and n.input[0] not in graph_inputs
+                           and rule_or_default(n).dense_filter(n) and not rule_or_default(n).refit_refusal(n)]
+        self.values: dict[str, list[np.ndarray]] = {}     # per score batch of the whole split
+        self.passes = 0
+
+    @staticmethod
+    def of(original: onnx.ModelProto, data: CalibData, per_image: int = 16, seed: int = 0) -> "Teacher":
+        """The teacher for `original` on `data`'s calibration set (made on first use). Keyed by the
+        graph's structure, not the object's identity, so a copy of the data sent to a worker
+        process (runtime.pool) finds the teacher recorded here."""
+        nodes = original.graph.node
+        key = ("least squares teacher", per_image, seed, len(nodes), tuple(n.output[0] for n in nodes if n.output),
+               tuple((i.name, tuple(i.dims)) for i in original.graph.initializer))
+        entry = data.shared.get(key)
+        if entry is None:
+            entry = data.shared[key] = Teacher(original, per_image, seed)
+        return entry
+
+    def samples(self, layers: list[str], data: CalibData) -> dict[str, list[np.ndarray]]:
+        """{layer: its sampled original outputs per score batch of `data`} (all output channels)."""
+        whole = data.unlimited()
+        size, batch = data.size("score"), batch_size(data)
+        if size < whole.size("score") and size % batch:
+            # a view whose last batch is not one of the whole split's: its own pass, not cached
+            return self._collect(layers, data)
+        missing = [o for o in layers if o not in self.values]
+        if missing:
+            self.values = self._collect(sorted(set(missing) | set(self.candidates) | set(self.values),
+                                               key=self.layer_index.get), whole)
+        batches = -(-size // batch)
+        return {o: self.values[o][:batches] for o in layers}
+
+    def recorder(self, data: CalibData):
+        """(layers, record) for `activations.collect(..., also=...)`: a pass of the original over
+        `data`'s whole 'score' split that already runs (the calibration pass) fills the teacher
+        on the way, so least squares never runs the original itself."""
+        values = {o: [] for o in self.candidates}
+
+        def record(k: int, outputs: dict[str, np.ndarray]) -> None:
+            for o, y in outputs.items():
+                values[o].append(self._sampled(o, y, k))
+            if k + 1 == -(-data.size("score") // batch_size(data)):
+                self.values = values
+
+        return self.candidates, record
+
+    def _sampled(self, o: str, y: np.ndarray, k: int) -> np.ndarray:
+        pos = _positions(self.by_output[o], y.shape, self.per_image, (self.seed, k, self.layer_index[o]))
+        return y if pos is None else y[(pos[0], slice(None), *pos[1:])]
+
+    def _collect(self, layers: list[str], data: CalibData) -> dict[str, list[np.ndarray]]:
+        teacher = session(with_outputs(self.original, layers))
+        values = {o: [] for o in layers}
+        for k, feeds in enumerate(progress(data.batches("score"), data.size("score"), data.config.batch_size,
+                                           "least squares: targets")):
+            for o, y in zip(layers, teacher.run(layers, feeds)):
+                values[o].append(self._sampled(o, y, k))
+            self.passes += len(next(iter(feeds.values())))
+        return values
 
 
 def _tensor_names(model: onnx.ModelProto) -> set[str]:

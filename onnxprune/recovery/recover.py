@@ -23,8 +23,9 @@ from onnx import numpy_helper
 
 from ..calibration import activations
 from ..calibration.calib import CalibData
+from ..analysis.segments import OverBudget, Walker
 from ..verification.evaluate import fidelity_loss
-from ..analysis.graph import GraphIndex, remove_dead, unique_name
+from ..analysis.graph import GraphIndex, batch_axes, remove_dead, unique_name
 from ..analysis.ops import is_batchnorm, rule_for, rule_or_default
 
 
@@ -51,27 +52,57 @@ def _all_names(model: onnx.ModelProto) -> set:
 
 
 def reestimate_bn(model: onnx.ModelProto, data: CalibData, sweeps: int = 2) -> onnx.ModelProto | None:
-    """A copy of `model` whose BN statistics equal the empirical ones of their inputs (None: no BN)."""
+    """A copy of `model` whose BN statistics equal the empirical ones of their inputs (None: no BN).
+
+    The network is walked once in node order (segments.Walker): each BN's statistics are set from
+    its inputs as the BNs before it already changed them, so one pass of the 'score' split gives
+    every BN the statistics of the final model. Where the walk's cached tensors exceed its memory
+    budget, `sweeps` whole-network passes (each setting every BN from the model the last one
+    left) instead, exact for chains of at most `sweeps` BNs.
+    """
     bns = [n for n in model.graph.node if is_batchnorm(n)]
     if not bns:
         return None
     result = onnx.ModelProto()
     result.CopyFrom(model)
-    for _ in range(sweeps):
-        stats = activations.collect(result, {n.input[0]: 1 for n in bns}, data, "score", label="BN re-estimation")
-        names = _all_names(result)
-        index = GraphIndex(result)
-        for node in [n for n in result.graph.node if is_batchnorm(n)]:
-            st = stats[node.input[0]]
-            old_mean, old_var = index.const(node.input[3]), index.const(node.input[4])
-            # a channel whose statistics do not fit the BN's dtype (an input blown up by the pruning)
-            # keeps its old statistics: an inf variance would silence it, a NaN poison the output
-            limit = np.finfo(old_var.dtype).max
-            fits = np.isfinite(st.mean) & np.isfinite(st.var) & (np.abs(st.mean) < limit) & (st.var < limit)
-            _set_initializer(result, node, 3, np.where(fits, st.mean, old_mean).astype(old_mean.dtype), names)
-            _set_initializer(result, node, 4, np.where(fits, st.var, old_var).astype(old_var.dtype), names)
+    try:
+        _reestimate_walking(result, data)
+    except OverBudget:
+        result.CopyFrom(model)
+        for _ in range(sweeps):
+            stats = activations.collect(result, {n.input[0]: 1 for n in bns}, data, "score", label="BN re-estimation")
+            for node in [n for n in result.graph.node if is_batchnorm(n)]:
+                _set_bn_statistics(result, node, stats[node.input[0]])
     remove_dead(result)    # the replaced statistics would otherwise stay in the file, unread
     return result
+
+
+def _reestimate_walking(model: onnx.ModelProto, data: CalibData) -> None:
+    """Set every BN's statistics in node order from one walk of the 'score' split (raises OverBudget)."""
+    walker = Walker(model, list(data.batches("score")))
+    batch_axis = batch_axes(model, {spec.name: [1, *spec.sample_shape] for spec in data.specs})
+    for position, node in enumerate(list(model.graph.node)):
+        if not is_batchnorm(node):
+            continue
+        walker.advance(model, position)
+        st = activations.ChannelStats(1, frozenset({"sumsq"}), batch_axis.get(node.input[0], 0))
+        for value in walker.values(node.input[0]):
+            st.update(value)
+        _set_bn_statistics(model, model.graph.node[position], st)
+
+
+def _set_bn_statistics(model: onnx.ModelProto, node: onnx.NodeProto, st) -> None:
+    """Replace a BN's mean and variance by `st`'s (ChannelStats), channel by channel where they fit."""
+    index = GraphIndex(model)
+    old_mean, old_var = index.const(node.input[3]), index.const(node.input[4])
+    # a channel whose statistics do not fit the BN's dtype (an input blown up by the pruning)
+    # keeps its old statistics: an inf variance would silence it, a NaN poison the output
+    limit = np.finfo(old_var.dtype).max
+    with np.errstate(over="ignore", invalid="ignore"):
+        fits = np.isfinite(st.mean) & np.isfinite(st.var) & (np.abs(st.mean) < limit) & (st.var < limit)
+    names = _all_names(model)
+    _set_initializer(model, node, 3, np.where(fits, st.mean, old_mean).astype(old_mean.dtype), names)
+    _set_initializer(model, node, 4, np.where(fits, st.var, old_var).astype(old_var.dtype), names)
 
 
 def repaired_nodes(pruned: onnx.ModelProto, kept: dict[str, np.ndarray]) -> list[str]:
@@ -89,16 +120,29 @@ def repaired_nodes(pruned: onnx.ModelProto, kept: dict[str, np.ndarray]) -> list
     return result
 
 
+def moment_targets(original: onnx.ModelProto) -> list[str]:
+    """Every output `repaired_nodes` can name for some pruning of `original` (a Conv/Gemm whose
+    input is not a graph input and whose output feeds no BN): the calibration pass collects their
+    statistics too, so moment matching does not run the original again."""
+    index = GraphIndex(original)
+    graph_inputs = {i.name for i in original.graph.input}
+    return [n.output[0] for n in original.graph.node
+            if rule_or_default(n).moment_matched and n.input and n.input[0] not in graph_inputs
+            and not any(is_batchnorm(c) for c, _ in index.consumers.get(n.output[0], []))]
+
+
 def match_moments(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[str, np.ndarray],
                   data: CalibData, teacher_stats: dict | None = None) -> tuple[onnx.ModelProto | None, dict]:
     """A copy of `pruned` with affine moment matching on its repaired Conv/Gemm outputs.
 
+    `teacher_stats`: the original's statistics of those outputs on the 'score' split (the
+    calibration pass's, `moment_targets`), or None to collect them now.
     Returns the model (None when nothing to match) and the teacher statistics (reusable).
     """
     outs = repaired_nodes(pruned, kept)
     if not outs:
         return None, teacher_stats or {}
-    if teacher_stats is None:
+    if teacher_stats is None or any(o not in teacher_stats for o in outs):
         teacher_stats = activations.collect(original, {o: 1 for o in outs}, data, "score", label="teacher statistics")
     student = activations.collect(pruned, {o: 1 for o in outs}, data, "score", label="pruned statistics")
     result = onnx.ModelProto()

@@ -19,7 +19,7 @@ from ..analysis.groups import Analysis
 from ..calibration.calib import CalibData
 from ..criteria.variety import merges as find_merges
 from . import recover as repair
-from .reconstruct import reconstruct
+from .reconstruct import Teacher, reconstruct
 
 
 @dataclass
@@ -59,19 +59,26 @@ def merge_duplicates(state: State) -> tuple:
 
 def least_squares(state: State) -> tuple:
     """Refit the consumers of pruned tensors to the original's outputs (teacher targets + one walk)."""
+    teacher = Teacher.of(state.an.model, state.data)
+    spent = teacher.passes
     repaired, skipped = reconstruct(state.an.model, state.best, state.kept, state.data)
     after = [{"step": "least_squares_skipped", "layers": [f"{n}: {why}" for n, why in skipped]}] if skipped else []
-    return repaired, 2 * state.data.size("score"), after
+    # the pruned model's pass, and the original's where its targets were not computed before
+    return repaired, state.data.size("score") + teacher.passes - spent, after
 
 
 def bn_reestimation(state: State) -> tuple:
-    """Re-estimate BatchNorm statistics on the pruned model (two sweeps)."""
-    return repair.reestimate_bn(state.best, state.data), 2 * state.data.size("score"), []
+    """Re-estimate BatchNorm statistics on the pruned model (one walk through the network)."""
+    return repair.reestimate_bn(state.best, state.data), state.data.size("score"), []
 
 
 def moment_matching(state: State) -> tuple:
-    """Match the pruned model's per-channel moments to the original's."""
-    return repair.match_moments(state.an.model, state.best, state.kept, state.data)[0], 2 * state.data.size("score"), []
+    """Match the pruned model's per-channel moments to the original's (the original's from the
+    calibration pass where it collected them: one pass of the pruned model, else two)."""
+    teacher = state.data.shared.get("moment teacher")
+    outs = repair.repaired_nodes(state.best, state.kept)
+    passes = (1 if teacher is not None and all(o in teacher for o in outs) else 2) * state.data.size("score")
+    return repair.match_moments(state.an.model, state.best, state.kept, state.data, teacher)[0], passes, []
 
 
 STEPS = (Step("mean_compensation", mean_compensation), Step("merge_duplicates", merge_duplicates),

@@ -13,7 +13,6 @@ import html
 import json
 import math
 import os
-import tempfile
 
 from .render import human, json_default, settings
 
@@ -43,20 +42,10 @@ svg{display:block;max-width:100%;height:auto}svg text{font-family:system-ui,sans
 
 def write_html(report: dict, path: str) -> None:
     """Write `report` (the dict `--report x.json` writes) as a self-contained HTML page at `path`:
-    atomically (temp file + rename), with the mode the umask gives."""
-    from ..io import new_file_mode
+    atomically (io.write_text), with the mode the umask gives."""
+    from ..io import write_text
 
-    page = render_html(report)
-    fd, tmp = tempfile.mkstemp(prefix=".report.", suffix=".tmp", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(page)
-        os.chmod(tmp, new_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_text(render_html(report), path)
 
 
 def render_html(report: dict) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 from rich.console import Console
 from rich import box
@@ -246,20 +245,10 @@ def render_analysis(groups: list[dict], console: Console) -> None:
 
 
 def write_json(data: dict, path: str) -> None:
-    """Write JSON atomically (temp file + rename), with the mode the umask gives."""
-    from ..io import new_file_mode
+    """Write JSON atomically (io.write_text), with the mode the umask gives."""
+    from ..io import write_text
 
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".report.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, default=json_default)
-        os.chmod(tmp, new_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_text(json.dumps(data, indent=1, default=json_default), path)
 
 
 def json_default(obj):
