@@ -7,6 +7,7 @@ import onnx
 
 from .. import criteria
 from ..verification.evaluate import Reference, compare
+from ..analysis.graph import batch_axes
 from ..recovery.reconstruct import Teacher
 from ..recovery.recover import moment_targets
 from . import activations
@@ -28,22 +29,30 @@ def calibrate(prep, config: CalibConfig, criterion: str, recover: bool, variety:
         want = set(record.stats if record else ())
         if recover or variety != "off":
             want.add("signature")   # merge compensation and variety compare activation signatures
-        axes = an.read_tensors()
-        moments = {}
-        if recover:
-            # the original's moments at the outputs moment matching may repair, in the same pass
-            moments = {o: 1 for o in moment_targets(an.model)}
-            want.add("sumsq")
-        # with recovery, the least-squares teacher's targets come from this pass too
-        also = Teacher.of(an.model, data).recorder(data) if recover else None
-        stats = activations.collect(an.model, {**moments, **axes}, data, "score",
+        stats = activations.collect(an.model, an.read_tensors(), data, "score",
                                     rank_samples=128 if record is not None and record.ranks else 0,
-                                    want=frozenset(want), also=also)
-        if moments:
-            data.shared["moment teacher"] = {o: stats[o] for o in moments}
-            stats = {t: stats[t] for t in axes}
+                                    want=frozenset(want), also=recovery_targets(an.model, data) if recover else None)
     reference = Reference.of(an, activations.outputs(an.model, data, "holdout")) if data.size("holdout") else None
     return data, stats, reference
+
+
+def recovery_targets(original: onnx.ModelProto, data: CalibData):
+    """(tensors, record) for `activations.collect(..., also=...)`: what recovery reads of the
+    original, taken from the calibration pass instead of passes of its own: the least-squares
+    teacher's sampled targets (reconstruct.Teacher) and the moments at the outputs moment matching
+    may repair (`data.shared["moment teacher"]`, recover.moment_targets). Only means and variances
+    for the latter: the criteria's statistics (ranks, signatures) stay on the tensors they read."""
+    tensors, teach = Teacher.of(original, data).recorder(data)
+    batch = batch_axes(original, {spec.name: [1, *spec.sample_shape] for spec in data.specs})
+    moments = {o: activations.ChannelStats(1, frozenset({"sumsq"}), batch.get(o, 0)) for o in moment_targets(original)}
+    data.shared["moment teacher"] = moments
+
+    def record(k: int, outputs: dict) -> None:
+        teach(k, {o: outputs[o] for o in tensors})
+        for o, st in moments.items():
+            st.update(outputs[o])
+
+    return list(dict.fromkeys([*tensors, *moments])), record
 
 
 def holdout_metrics(model: onnx.ModelProto, data: CalibData, reference, held_out: list | None = None) -> dict:
