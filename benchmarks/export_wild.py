@@ -8,7 +8,7 @@ Global Response Normalization (ConvNeXt-V2), ECA's Conv1d over the channel axis,
 attention (ResNeSt), selective kernel (SKNet) and CBAM's spatial map from channel reductions.
 BatchNorm running statistics are randomised so BN is not an identity. The legacy TorchScript
 exporter at opset 17 is used (LayerNormalization is a single op there); the output is then
-pruned with ``benchmarks/coverage.py /tmp/wild`` (add ``--approx-norm`` for the approximate
+pruned with ``benchmarks/coverage.py /tmp/wild`` (add ``--approximate`` for the approximate
 rules).
 """
 

@@ -3,6 +3,7 @@ and record the original's outputs on the held-out split."""
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
 from .. import criteria
@@ -31,18 +32,33 @@ def calibrate(prep, config: CalibConfig, criterion: str, recover: bool, variety:
             want.add("signature")   # merge compensation and variety compare activation signatures
         stats = activations.collect(an.model, an.read_tensors(), data, "score",
                                     rank_samples=128 if record is not None and record.ranks else 0,
-                                    want=frozenset(want), also=recovery_targets(an.model, data) if recover else None)
+                                    want=frozenset(want), also=recovery_targets(an, data) if recover else None)
     reference = Reference.of(an, activations.outputs(an.model, data, "holdout")) if data.size("holdout") else None
     return data, stats, reference
 
 
-def recovery_targets(original: onnx.ModelProto, data: CalibData):
-    """(tensors, record) for `activations.collect(..., also=...)`: what recovery reads of the
-    original, taken from the calibration pass instead of passes of its own: the least-squares
-    teacher's sampled targets (reconstruct.Teacher) and the moments at the outputs moment matching
-    may repair (`data.shared["moment teacher"]`, recover.moment_targets). Only means and variances
-    for the latter: the criteria's statistics (ranks, signatures) stay on the tensors they read."""
-    tensors, teach = Teacher.of(original, data).recorder(data)
+RECORD_BATCH_BYTES = 512 << 20   # the most recovery's extra outputs may add to one calibration batch
+
+
+def recovery_targets(an, data: CalibData):
+    """(tensors, record) for `activations.collect(..., also=...)`, or None: what recovery reads
+    of the original, taken from the calibration pass instead of passes of its own: the
+    least-squares teacher's sampled targets (reconstruct.Teacher) and the moments at the outputs
+    moment matching may repair (`data.shared["moment teacher"]`, recover.moment_targets; means
+    and variances only: the criteria's statistics stay on the tensors they read).
+
+    None where those outputs of one batch exceed RECORD_BATCH_BYTES: onnxruntime holds every
+    requested output of a batch at once (ResNet-50 at batch 16, every conv output: 5.1 GB peak
+    for the calibration pass instead of 3.0 GB), so there least squares and moment matching each
+    run the original once when they first need it, as separate passes."""
+    original = an.model
+    teacher = Teacher.of(original, data)
+    wanted = list(dict.fromkeys([*teacher.candidates, *moment_targets(original)]))
+    per_image = sum(4 * int(np.prod([d for d in an.shapes.get(o, [])[1:] if isinstance(d, int)] or [0]))
+                    for o in wanted)
+    if per_image * (data.static_batch or data.config.batch_size) > RECORD_BATCH_BYTES:
+        return None
+    tensors, teach = teacher.recorder(data)
     batch = batch_axes(original, {spec.name: [1, *spec.sample_shape] for spec in data.specs})
     moments = {o: activations.ChannelStats(1, frozenset({"sumsq"}), batch.get(o, 0)) for o in moment_targets(original)}
     data.shared["moment teacher"] = moments
@@ -52,7 +68,7 @@ def recovery_targets(original: onnx.ModelProto, data: CalibData):
         for o, st in moments.items():
             st.update(outputs[o])
 
-    return list(dict.fromkeys([*tensors, *moments])), record
+    return wanted, record
 
 
 def holdout_metrics(model: onnx.ModelProto, data: CalibData, reference, held_out: list | None = None) -> dict:
