@@ -399,3 +399,25 @@ def test_a_file_sorted_by_class_gets_a_note(tmp_path):
     assert any("holds 1 of the 4 classes" in n for n in data.notes)
     _, data = calib_for(conv_bn_relu_conv(), str(tmp_path / "mixed.npz"))
     assert not any("classes" in n for n in data.notes)
+
+
+def test_recovery_targets_from_the_calibration_pass_or_their_own_give_the_same_model(monkeypatch):
+    # the least-squares teacher and the moment teacher come out of the calibration pass where they
+    # fit its memory budget, else from passes of their own: the same numbers either way
+    import os
+
+    import onnxprune
+    from onnxprune.calibration import stage
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    model, calib = os.path.join(root, "models", "fmnist_resnet.onnx"), os.path.join(root, "calib_data", "fmnist_calib.npz")
+    recorded = onnxprune.prune(model, ratio=0.5, calib=calib, calib_samples=64)
+    monkeypatch.setattr(stage, "RECORD_BATCH_BYTES", 0)
+    separate = onnxprune.prune(model, ratio=0.5, calib=calib, calib_samples=64)
+    assert separate.model.SerializeToString() == recorded.model.SerializeToString()
+    before, after = recorded.report["forward_passes"], separate.report["forward_passes"]
+    assert after["calibration"] == before["calibration"]
+    # the teacher's own pass over the 48 scoring samples is counted where it runs (the order
+    # check's first repair), moment matching's on top of its pruned-model pass
+    assert after["order_check"] == before["order_check"] + 48
+    assert after["recovery"] == before["recovery"] + 48
