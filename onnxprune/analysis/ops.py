@@ -73,7 +73,6 @@ class Rule:
 
     # what other modules ask of an op, answered here rather than by comparing op_type strings
     counts_macs = False    # a multiply-accumulate op counted by `metrics` (weights of a source)
-    is_filter_source = False   # its weight (input 1) holds one filter per output channel (`filters`)
     convolves = False      # a spatial convolution (Conv, ConvTranspose): what `prepare` requires
     patch_rows = False     # an output value is a filter row times an im2col patch of the input (Conv)
     is_batchnorm = False   # a BatchNormalization: per-channel gamma/beta/mean/var at inputs 1..4
@@ -463,7 +462,6 @@ class Conv(Rule):
 
     transpose = False
     counts_macs = True
-    is_filter_source = True
     convolves = True
     patch_rows = True
     moment_matched = True
@@ -650,7 +648,6 @@ class Gemm(Rule):
     """Gemm with a constant B: input features index B's K axis; output features are a source."""
 
     counts_macs = True
-    is_filter_source = True
     moment_matched = True
 
     def dense_filter(self, node) -> bool:
@@ -744,7 +741,6 @@ class MatMul(Rule):
     """MatMul by a constant 2-D matrix over the channel axis (the last axis): like Gemm."""
 
     counts_macs = True
-    is_filter_source = True
 
     def out_axis(self, node) -> int:
         """A constant B is ``[K, N]``."""
