@@ -15,7 +15,6 @@ else on the 2000 bundled test images. Figures, not assertions.
 from __future__ import annotations
 
 import argparse
-import gzip
 import os
 import sys
 import time
@@ -24,23 +23,17 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+from finetune import FMNIST, idx_images, idx_labels  # noqa: E402
 from quality import accuracy  # noqa: E402
 
 MODEL = os.path.join(ROOT, "models", "fmnist_resnet.onnx")
 CALIB = os.path.join(ROOT, "calib_data", "fmnist_calib.npz")
-FMNIST = "/usr/share/datasets/fashion-mnist"
-MEAN, STD = 0.2860, 0.3530      # the bundled model's preprocessing (models/README.md)
 
 
 def test_set() -> tuple[np.ndarray, np.ndarray, str]:
     """(inputs, labels, name): the 10k Fashion-MNIST test set if installed, else the bundled 2000."""
-    images = os.path.join(FMNIST, "t10k-images-idx3-ubyte.gz")
-    if os.path.exists(images):
-        with gzip.open(images) as f:
-            pixels = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)
-        with gzip.open(os.path.join(FMNIST, "t10k-labels-idx1-ubyte.gz")) as f:
-            labels = np.frombuffer(f.read(), np.uint8, offset=8).astype(np.int64)
-        return ((pixels.astype(np.float32) / 255 - MEAN) / STD).astype(np.float32), labels, "10k"
+    if os.path.exists(os.path.join(FMNIST, "t10k-images-idx3-ubyte.gz")):
+        return idx_images("t10k-images-idx3-ubyte.gz"), idx_labels("t10k-labels-idx1-ubyte.gz"), "10k"
     test = np.load(os.path.join(ROOT, "calib_data", "fmnist_test.npz"))
     return test["input"], test["labels"], "2000 bundled"
 

@@ -206,6 +206,11 @@ class CalibData:
         view.score_limit = max(b, samples - samples % b)
         return view
 
+    @property
+    def feed_batch(self) -> int:
+        """The size of the feeds `batches` yields by default (a model's fixed batch dim, else the config's)."""
+        return self.static_batch or self.config.batch_size
+
     def unlimited(self) -> "CalibData":
         """The data without a view's score limit (itself when it has none)."""
         if self.score_limit is None:
@@ -230,7 +235,7 @@ class CalibData:
         """Stream feeds of at most `batch_size` samples over `split`. Without `batch_size`, a model
         with a fixed batch dim gets feeds of exactly that size (an explicit size is for MaskRunner,
         which splits its feeds itself)."""
-        bs = batch_size or self.static_batch or self.config.batch_size
+        bs = batch_size or self.feed_batch
         lo, hi = self.split_range(split)
         for start in range(lo, hi, bs):
             stop = min(start + bs, hi)

@@ -53,14 +53,15 @@ def recovery_targets(an, data: CalibData):
     run the original once when they first need it, as separate passes."""
     original = an.model
     teacher = Teacher.of(original, data)
-    wanted = list(dict.fromkeys([*teacher.candidates, *moment_targets(original)]))
+    moment_outputs = moment_targets(original)
+    wanted = list(dict.fromkeys([*teacher.candidates, *moment_outputs]))
     per_image = sum(4 * int(np.prod([d for d in an.shapes.get(o, [])[1:] if isinstance(d, int)] or [0]))
                     for o in wanted)
-    if per_image * (data.static_batch or data.config.batch_size) > RECORD_BATCH_BYTES:
+    if per_image * data.feed_batch > RECORD_BATCH_BYTES:
         return None
     tensors, teach = teacher.recorder(data)
     batch = batch_axes(original, {spec.name: [1, *spec.sample_shape] for spec in data.specs})
-    moments = {o: activations.ChannelStats(1, frozenset({"sumsq"}), batch.get(o, 0)) for o in moment_targets(original)}
+    moments = {o: activations.ChannelStats(1, frozenset({"sumsq"}), batch.get(o, 0)) for o in moment_outputs}
     data.shared["moment teacher"] = moments
 
     def record(k: int, outputs: dict) -> None:

@@ -51,6 +51,7 @@ import onnx
 from .. import rewrite
 from ..analysis.graph import GraphIndex, attr
 from ..analysis.ops import is_batchnorm, rule_or_default
+from ..verification.evaluate import flat_cosine, flat_pair
 
 ACTIVATIONS = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu",
                "Softplus", "Gelu", "PRelu", "Softsign", "Mish"}
@@ -563,11 +564,9 @@ def fidelity(reference: list[np.ndarray], outputs: list[np.ndarray], names: list
     result, collapsed = {}, []
     samples = int(len(reference[0])) if reference and np.ndim(reference[0]) else 0
     for name, a, b in zip(names, reference, outputs):
-        if not np.issubdtype(np.asarray(a).dtype, np.floating) or np.shape(a) != np.shape(b):
+        if (pair := flat_pair(a, b)) is None:
             continue
-        fa, fb = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-        denom = np.linalg.norm(fa) * np.linalg.norm(fb)
-        cos = float(fa @ fb / denom) if denom > 0 and np.isfinite(denom) else float(np.array_equal(fa, fb))
+        cos = flat_cosine(*pair)
         entry = {"cosine": cos}
         bad = not cos >= COLLAPSE_COSINE
         if np.ndim(a) == 2 and np.shape(a)[1] > 1 and len(a) > 1:

@@ -189,11 +189,6 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict[s
     return model, skipped
 
 
-def batch_size(data: CalibData) -> int:
-    """The size of the batches `data.batches` yields (a model's fixed batch dim, else the config's)."""
-    return data.static_batch or data.config.batch_size
-
-
 class Teacher:
     """The original network's outputs at the sampled locations (`_positions`) of every layer least
     squares may refit, over the 'score' split of one calibration set.
@@ -233,7 +228,7 @@ class Teacher:
     def samples(self, layers: list[str], data: CalibData) -> dict[str, list[np.ndarray]]:
         """{layer: its sampled original outputs per score batch of `data`} (all output channels)."""
         whole = data.unlimited()
-        size, batch = data.size("score"), batch_size(data)
+        size, batch = data.size("score"), data.feed_batch
         if size < whole.size("score") and size % batch:
             # a view whose last batch is not one of the whole split's: its own pass, not cached
             return self._collect(layers, data)
@@ -253,7 +248,7 @@ class Teacher:
         def record(k: int, outputs: dict[str, np.ndarray]) -> None:
             for o, y in outputs.items():
                 values[o].append(self._sampled(o, y, k))
-            if k + 1 == -(-data.size("score") // batch_size(data)):
+            if k + 1 == -(-data.size("score") // data.feed_batch):
                 self.values = values
 
         return self.candidates, record

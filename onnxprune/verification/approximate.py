@@ -19,6 +19,7 @@ import onnx
 from ..analysis.groups import Analysis
 from ..runtime.masking import MaskRunner
 from ..runtime.sessions import random_feeds, session
+from .evaluate import flat_cosine, flat_pair
 
 APPROX_COSINE = 0.99   # an approximation below it is flagged as not faithful
 SAMPLES = 4            # seeded random inputs both models run on
@@ -64,11 +65,10 @@ def check(analysis: Analysis, removed: np.ndarray, rewritten: onnx.ModelProto, i
                 "faithful": False, "error": str(exc).splitlines()[0][:200]}
     outputs = {}
     for name, a, b in zip(names, masked, pruned):
-        if not np.issubdtype(np.asarray(a).dtype, np.floating) or np.shape(a) != np.shape(b):
+        if (pair := flat_pair(a, b)) is None:
             continue
-        fa, fb = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-        denom = np.linalg.norm(fa) * np.linalg.norm(fb)
-        cos = float(fa @ fb / denom) if denom > 0 and np.isfinite(denom) else float(np.array_equal(fa, fb))
+        fa, fb = pair
+        cos = flat_cosine(fa, fb)
         scale = float(np.max(np.abs(fa))) if fa.size else 0.0
         rel = float(np.max(np.abs(fa - fb)) / scale) if scale > 0 else float(np.max(np.abs(fb), initial=0.0))
         outputs[name] = {"cosine": cos, "max_rel_diff": rel}

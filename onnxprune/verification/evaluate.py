@@ -24,6 +24,21 @@ import numpy as np
 from ..analysis.graph import attr
 
 
+def flat_pair(a, b) -> tuple[np.ndarray, np.ndarray] | None:
+    """Two outputs as flat float64 vectors, or None where they cannot be compared element by
+    element (not floating point, or different shapes: data-dependent detections)."""
+    if not np.issubdtype(np.asarray(a).dtype, np.floating) or np.shape(a) != np.shape(b):
+        return None
+    return np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+
+
+def flat_cosine(fa: np.ndarray, fb: np.ndarray) -> float:
+    """Cosine similarity of two flat vectors; where a norm is zero or not finite, 1.0 if they are
+    equal, else 0.0."""
+    denom = np.linalg.norm(fa) * np.linalg.norm(fb)
+    return float(fa @ fb / denom) if denom > 0 and np.isfinite(denom) else float(np.array_equal(fa, fb))
+
+
 def log_softmax(z: np.ndarray) -> np.ndarray:
     """Row-wise log-softmax in float64."""
     z = z.astype(np.float64)
