@@ -147,11 +147,11 @@ def repaired_loss(an: Analysis, removed, data: CalibData, means: dict, reference
     NaN counts as inf. Returns (loss, image passes spent).
 
     Only the repaired model is evaluated: least squares refits every consumer of the pruned
-    channels, biases included, so what mean compensation did for them is replaced, and the
+    channels it can (biases included), so what mean compensation did for them is replaced, and the
     comparison is between repaired candidates. The original's least-squares targets are computed
     once for every candidate (reconstruct.Teacher) and counted where they are first computed.
-    Bundled Fashion-MNIST model, --ratio 0.5: the same choice as evaluating the plain, the
-    compensated and the repaired model of each candidate and taking the best, at 192 instead of
+    Bundled Fashion-MNIST model, --ratio 0.5, seed 0: the same choice as evaluating the plain, the
+    compensated and the repaired model of each candidate and taking the best, at 160 instead of
     512 image passes per candidate (benchmarks/passes.py)."""
     held = data.size("holdout")
     model = rewrite.apply(an, removed, means=means if recover else None)
